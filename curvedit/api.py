@@ -1,0 +1,166 @@
+"""The public Python API: ``curvedit.load()`` and the ``Model`` it returns.
+
+Arrays in and out are NumPy: latents float32 ``[n, d]``, amounts float32 ``[n, K]``, images uint8
+``[n, H, W, 3]``. Every input is checked here, and a bad one raises ``ValueError`` saying what is wrong and
+what is expected, so services and command lines built on ``Model`` can pass the message straight on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from curvedit.bundle import Bundle, load_bundle
+from curvedit.engines import make_engine
+
+Edits = Mapping[str, float] | np.ndarray | Sequence[Sequence[float]]
+
+
+def default_bundle_path() -> Path:
+    """The bundle shipped inside the package (generator + supervised DeCurvEd editor)."""
+    return Path(str(resources.files("curvedit") / "default_bundle"))
+
+
+def load(path: str | Path | None = None, engine: str = "auto", device: str | None = None) -> Model:
+    """Load a bundle (``None`` = the shipped default) with an engine (``auto``, ``torch``, ...)."""
+    return Model(load_bundle(path if path is not None else default_bundle_path()), engine, device)
+
+
+def _finite_float32(array, what: str, hint: str) -> np.ndarray:
+    try:
+        out = np.asarray(array, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be numeric ({hint}), got {type(array).__name__}: {exc}") from exc
+    if out.ndim != 2:
+        raise ValueError(f"{what} must be 2-D {hint}, got shape {list(out.shape)}")
+    if not np.isfinite(out).all():
+        bad = np.argwhere(~np.isfinite(out))[0].tolist()
+        raise ValueError(f"{what} contains NaN or Inf (first at index {bad}); pass finite values")
+    return np.ascontiguousarray(out)
+
+
+class Model:
+    """A loaded bundle plus the engine that runs it.
+
+    ``directions`` are the default editor's direction names, index = axis k of the amounts array.
+    """
+
+    def __init__(self, bundle: Bundle, engine: str = "auto", device: str | None = None):
+        self.bundle = bundle
+        self._engine = make_engine(bundle, engine, device)
+
+    # -- what the bundle holds ------------------------------------------------------------------------------
+    @property
+    def engine(self) -> str:
+        return self._engine.name
+
+    @property
+    def name(self) -> str:
+        return self.bundle.manifest.get("name", self.bundle.path.name)
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.bundle.manifest["latent_dim"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.bundle.manifest["image_shape"])
+
+    @property
+    def editors(self) -> list[str]:
+        return list(self.bundle.editors)
+
+    @property
+    def default_editor(self) -> str:
+        return self.bundle.default_editor
+
+    @property
+    def directions(self) -> list[str]:
+        return self.directions_of(None)
+
+    def directions_of(self, editor: str | None) -> list[str]:
+        return list(self.bundle.editors[self.resolve_editor(editor)].directions)
+
+    def resolve_editor(self, editor: str | None) -> str:
+        """``None`` or ``""`` → the default editor; an unknown name raises ``ValueError`` listing the known."""
+        if not editor:
+            return self.bundle.default_editor
+        if editor not in self.bundle.editors:
+            raise ValueError(f"unknown editor {editor!r}; this model has {self.editors}")
+        return editor
+
+    # -- checking inputs ------------------------------------------------------------------------------------
+    def check_latents(self, z) -> np.ndarray:
+        """Validate latents: float32 ``[n, d]``, ``n >= 1``, finite. Returns a contiguous float32 array."""
+        d = self.latent_dim
+        z = _finite_float32(z, "latents", f"[n, {d}]")
+        if z.shape[1] != d:
+            raise ValueError(f"latents have width {z.shape[1]}, but this model's latent dim is {d}: pass [n, {d}]")
+        if z.shape[0] == 0:
+            raise ValueError("empty batch: pass at least one latent")
+        return z
+
+    def amounts(self, edits: Edits, n: int, editor: str | None = None) -> np.ndarray:
+        """Turn ``{"name": amount}`` (applied to all n) or an ``[n, K]`` array into float32 ``[n, K]``."""
+        names = self.directions_of(editor)
+        k = len(names)
+        if isinstance(edits, Mapping):
+            out = np.zeros((n, k), dtype=np.float32)
+            for name, amount in edits.items():
+                if name not in names:
+                    raise ValueError(f"unknown direction {name!r}; known directions: {names}")
+                value = float(amount)
+                if not np.isfinite(value):
+                    raise ValueError(f"amount for direction {name!r} is {value}; pass a finite number")
+                out[:, names.index(name)] = value
+            return out
+        out = _finite_float32(edits, "amounts", f"[n, K] = [{n}, {k}]")
+        if out.shape != (n, k):
+            raise ValueError(
+                f"amounts have shape {list(out.shape)}, expected [n, K] = [{n}, {k}] "
+                f"(one row per latent, one column per direction: {names})"
+            )
+        return out
+
+    # -- the work -------------------------------------------------------------------------------------------
+    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
+        """``n`` latents float32 ``[n, d]``: row i is ``N(0, I)`` drawn from seed ``seed + i``.
+
+        So ``sample(n, seed=s)`` equals ``sample_seeds(range(s, s + n))``; ``seed=None`` draws a fresh seed.
+        """
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        return self.sample_seeds(range(seed, seed + n))
+
+    def sample_seeds(self, seeds: Sequence[int]) -> np.ndarray:
+        """One latent per seed: float32 ``[len(seeds), d]``, row i from ``numpy.random.default_rng(seeds[i])``."""
+        seeds = [int(s) for s in seeds]
+        if not seeds:
+            raise ValueError("empty batch: pass at least one seed")
+        if any(s < 0 for s in seeds):
+            raise ValueError(f"seeds must be >= 0, got {min(seeds)}")
+        d = self.latent_dim
+        return np.stack([np.random.default_rng(s).standard_normal(d, dtype=np.float32) for s in seeds])
+
+    def edit(self, z, edits: Edits, editor: str | None = None) -> np.ndarray:
+        """Edited latents float32 ``[n, d]``; ``edits`` is ``{"direction": amount}`` or ``[n, K]`` amounts."""
+        editor = self.resolve_editor(editor)
+        z = self.check_latents(z)
+        return self._engine.edit(editor, z, self.amounts(edits, z.shape[0], editor))
+
+    def generate(self, z) -> np.ndarray:
+        """Images uint8 ``[n, H, W, 3]`` for latents ``[n, d]``."""
+        return self._engine.generate(self.check_latents(z))
+
+    def __repr__(self) -> str:
+        return (f"Model(name={self.name!r}, version={self.version!r}, latent_dim={self.latent_dim}, "
+                f"editors={self.editors}, directions={self.directions}, engine={self.engine!r})")

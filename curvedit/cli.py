@@ -1,0 +1,60 @@
+"""The ``curvedit`` command line. Each area registers its own subcommands; this file only dispatches.
+
+Every command module has ``register(subparsers)``, which adds its parsers and sets ``func`` on each; ``func``
+receives the parsed arguments and returns an exit code. A ``ValueError`` (bad input, a refused bundle) becomes
+a one-line message on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = (
+    "curvedit.commands",  # edit, traverse, info
+    "curvedit.train_cli",  # train generator | regressor | editor | default
+    "curvedit.export.cli",  # export
+    "curvedit.bench_cli",  # bench engine | serve
+    "curvedit.service.cli",  # serve, client, batch, bench serve
+    "curvedit.evaluation.cli",  # eval
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="curvedit", description="Commutative, nonlinear latent-space image editing (DeCurvEd)."
+    )
+    parser.add_argument("--version", action="version", version=f"curvedit {_version()}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not name.startswith(exc.name):
+                raise
+            continue  # an area not built yet
+        module.register(subparsers)
+    return parser
+
+
+def _version() -> str:
+    from curvedit import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as exc:
+        print(f"curvedit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"curvedit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Commands for people: ``curvedit edit``, ``curvedit traverse``, ``curvedit info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+import curvedit
+from curvedit.models.files import atomic_write, image_grid, save_png
+
+
+def add_model_options(parser: argparse.ArgumentParser, editor: bool = True) -> None:
+    """``--model`` and ``--engine`` (and ``--editor``): the options every model-using command shares."""
+    parser.add_argument("--model", default=None, help="bundle directory (default: the shipped model)")
+    parser.add_argument("--engine", default="auto", help="auto, torch, onnxruntime or triton (default: auto)")
+    if editor:
+        parser.add_argument("--editor", default=None, help="editor name (default: the bundle's default)")
+
+
+def parse_edit(text: str) -> tuple[str, float]:
+    """``NAME=AMOUNT`` → ``(name, amount)``."""
+    name, sep, amount = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=AMOUNT (e.g. scale=1.5), got {text!r}")
+    try:
+        return name, float(amount)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"amount in {text!r} is not a number (e.g. scale=1.5)") from None
+
+
+def load_latents(args: argparse.Namespace, model: curvedit.Model) -> np.ndarray:
+    if args.latents is not None:
+        path = Path(args.latents)
+        if not path.is_file():
+            raise ValueError(f"--latents {path} does not exist; pass a .npy file of float32 [n, d]")
+        return model.check_latents(np.load(path, allow_pickle=False))
+    return model.sample(args.count, seed=args.seed)
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), array))
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    model = curvedit.load(args.model, engine=args.engine)
+    z = load_latents(args, model)
+    edits = dict(args.edit or [])
+    if not edits:
+        raise ValueError(f"give at least one --edit NAME=AMOUNT; directions: {model.directions_of(args.editor)}")
+    edited = model.edit(z, edits, editor=args.editor)
+    out = Path(args.out)
+    save_npy(out / "latents.npy", z)
+    save_npy(out / "edited.npy", edited)
+    images = model.generate(np.concatenate([z, edited]))
+    save_png(image_grid(images, columns=len(z), zoom=args.zoom), out / "edit.png")
+    print(f"edited {len(z)} latents with {edits} → {out}/latents.npy, edited.npy, edit.png (top: input)")
+    return 0
+
+
+def cmd_traverse(args: argparse.Namespace) -> int:
+    model = curvedit.load(args.model, engine=args.engine)
+    names = args.direction or model.directions_of(args.editor)
+    z = model.sample(1, seed=args.seed)
+    steps = np.linspace(-args.range, args.range, args.steps, dtype=np.float32)
+    rows = []
+    for name in names:
+        amounts = model.amounts({name: 1.0}, len(steps), args.editor) * steps[:, None]
+        latents = model.edit(np.repeat(z, len(steps), 0), amounts, editor=args.editor)
+        rows.append(model.generate(latents))
+    save_png(image_grid(np.concatenate(rows), columns=len(steps), zoom=args.zoom), args.out)
+    print(f"traversal of {names} from {-args.range:g} to {args.range:g} (one row each) → {args.out}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    model = curvedit.load(args.model, engine="torch")
+    manifest = model.bundle.manifest
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return 0
+    print(f"bundle      {model.bundle.path}")
+    print(f"name        {model.name} (version {model.version}, format {manifest['format_version']})")
+    print(f"latent dim  {model.latent_dim}    image shape {list(model.image_shape)}")
+    print(f"generator   {manifest['generator']['kind']} {manifest['generator']['config']}")
+    for name, entry in manifest["editors"].items():
+        default = " (default)" if name == model.default_editor else ""
+        directions = ", ".join(f"{d['index']}:{d['name']}" for d in entry["directions"])
+        print(f"editor      {name}{default}: {entry['kind']}, {entry['mode']}; directions {directions}")
+        measured = {k: entry["training"][k] for k in ("mean_purity", "reconstructor_accuracy")
+                    if k in entry.get("training", {})}
+        if measured:
+            print(f"            measured at training: {measured}")
+    print(f"files       {len(manifest['files'])} (sha256 verified)")
+    return 0
+
+
+def register(subparsers) -> None:
+    edit = subparsers.add_parser("edit", help="edit latents and render before/after images")
+    add_model_options(edit)
+    edit.add_argument("--latents", default=None, help=".npy of float32 [n, d] (default: sample from --seed)")
+    edit.add_argument("--seed", type=int, default=0)
+    edit.add_argument("--count", type=int, default=8)
+    edit.add_argument("--edit", type=parse_edit, action="append", metavar="NAME=AMOUNT",
+                      help="repeatable; amounts in standardised units for supervised editors")
+    edit.add_argument("--out", default="out/edit")
+    edit.add_argument("--zoom", type=int, default=3)
+    edit.set_defaults(func=cmd_edit)
+
+    traverse = subparsers.add_parser("traverse", help="PNG grid: one row per direction, columns -T..+T")
+    add_model_options(traverse)
+    traverse.add_argument("--seed", type=int, default=0)
+    traverse.add_argument("--direction", action="append", default=None, help="repeatable (default: all)")
+    traverse.add_argument("--range", type=float, default=1.5, help="T: amounts span [-T, +T]")
+    traverse.add_argument("--steps", type=int, default=7)
+    traverse.add_argument("--out", default="out/traverse.png")
+    traverse.add_argument("--zoom", type=int, default=3)
+    traverse.set_defaults(func=cmd_traverse)
+
+    info = subparsers.add_parser("info", help="what a bundle holds")
+    add_model_options(info, editor=False)
+    info.add_argument("--json", action="store_true", help="print the whole manifest")
+    info.set_defaults(func=cmd_info)

@@ -1,0 +1,1 @@
+"""Measuring editors against each other on generators whose truth is known."""

@@ -1,0 +1,86 @@
+"""Small file helpers shared by training and bundles: atomic writes, checksums, image grids."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place.
+
+    A reader never sees a half-written file: either the old one, or the complete new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, data: dict) -> Path:
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images ``[batch, 3, H, W]`` in [-1, 1] → uint8 ``[batch, H, W, 3]``."""
+    scaled = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round()
+    return scaled.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def image_grid(images: np.ndarray, columns: int, pad: int = 2, zoom: int = 1) -> Image.Image:
+    """uint8 ``[n, H, W, 3]`` → one PIL image, ``columns`` tiles a row, white gutters of ``pad`` pixels."""
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"image_grid expects uint8 [n, H, W, 3], got {images.dtype} {list(images.shape)}")
+    n, h, w, _ = images.shape
+    rows = -(-n // columns)
+    canvas = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, columns)
+        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        canvas[top : top + h, left : left + w] = images[i]
+    grid = Image.fromarray(canvas)
+    if zoom > 1:
+        grid = grid.resize((grid.width * zoom, grid.height * zoom), Image.NEAREST)
+    return grid
+
+
+def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
+    """Training checkpoints (weights, optimiser state, step) for resuming a run.
+
+    Loaded back with ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects. Model
+    bundles never use this format: they hold safetensors only.
+    """
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)

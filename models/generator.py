@@ -1,0 +1,77 @@
+"""DCGAN-style generator and an SNGAN-style discriminator for 32×32 RGB images.
+
+Reference: Radford et al., "Unsupervised Representation Learning with Deep Convolutional GANs", ICLR 2016;
+Miyato et al., "Spectral Normalization for Generative Adversarial Networks", ICLR 2018.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    latent_dim: int = 8
+    image_size: int = 32
+    base_channels: int = 32
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Generator(nn.Module):
+    """``z [batch, latent_dim]`` → images ``[batch, 3, size, size]`` in [-1, 1].
+
+    Starts with a linear layer acting on z (SeFa factorises its weight). Batch norm runs in eval mode once
+    trained, so an image depends only on its own latent.
+    """
+
+    def __init__(self, config: GeneratorConfig):
+        super().__init__()
+        if config.image_size != 32:
+            raise ValueError(f"only 32×32 generators are implemented, got image_size={config.image_size}")
+        self.config = config
+        c = config.base_channels
+        self.start_channels = 4 * c
+        self.fc = nn.Linear(config.latent_dim, 4 * 4 * self.start_channels)
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(4 * c),
+            nn.ReLU(),
+            nn.ConvTranspose2d(4 * c, 2 * c, 4, 2, 1),  # 8×8
+            nn.BatchNorm2d(2 * c),
+            nn.ReLU(),
+            nn.ConvTranspose2d(2 * c, c, 4, 2, 1),  # 16×16
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c, 3, 4, 2, 1),  # 32×32
+            nn.Tanh(),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.fc(z).view(z.shape[0], self.start_channels, 4, 4)
+        return self.body(h)
+
+
+class Discriminator(nn.Module):
+    """Images ``[batch, 3, 32, 32]`` → realness scores ``[batch]``; spectral norm on every layer."""
+
+    def __init__(self, base_channels: int = 32):
+        super().__init__()
+        c = base_channels
+
+        self.body = nn.Sequential(
+            spectral_norm(nn.Conv2d(3, c, 4, 2, 1)),  # 16×16
+            nn.LeakyReLU(0.1),
+            spectral_norm(nn.Conv2d(c, 2 * c, 4, 2, 1)),  # 8×8
+            nn.LeakyReLU(0.1),
+            spectral_norm(nn.Conv2d(2 * c, 4 * c, 4, 2, 1)),  # 4×4
+            nn.LeakyReLU(0.1),
+        )
+        self.head = spectral_norm(nn.Linear(4 * c * 4 * 4, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(images).flatten(1)).squeeze(1)
