@@ -26,6 +26,8 @@ class FactorRegressor(nn.Module):
         self.body = nn.Sequential(
             nn.Conv2d(3, c, 4, 2, 1),  # 16×16
             nn.SiLU(),
+            nn.Conv2d(c, c, 3, 1, 1),  # contours at 16×16: the shape factor lives in the corners
+            nn.SiLU(),
             nn.Conv2d(c, 2 * c, 4, 2, 1),  # 8×8
             nn.SiLU(),
             nn.Conv2d(2 * c, 4 * c, 4, 2, 1),  # 4×4

@@ -36,7 +36,7 @@ FACTORS: tuple[Factor, ...] = (
     Factor("y", -0.35, 0.35, "vertical centre, image height = 2 (top to bottom)"),
     Factor("scale", 0.3, 0.6, "half-length of the long axis, image width = 2"),
     Factor("rotation", -1.0, 1.0, "angle of the long axis in radians, counter-clockwise on screen"),
-    Factor("shape", 0.0, 1.0, "superellipse morph: 0 = ellipse (exponent 2), 1 = rounded box (exponent 10)"),
+    Factor("shape", 0.0, 1.0, "superellipse morph: 0 = rhombus (exponent 1.2), 1 = rounded box (exponent 6)"),
     Factor("hue", 0.0, 0.75, "hue of the shape's colour, 0 = red, 1/3 = green, 2/3 = blue"),
 )
 FACTOR_NAMES: tuple[str, ...] = tuple(f.name for f in FACTORS)
@@ -101,7 +101,7 @@ def render(raw: torch.Tensor, size: int = 32) -> torch.Tensor:
     cos, sin = torch.cos(rotation)[:, None, None], torch.sin(rotation)[:, None, None]
     u = (cos * dx - sin * dy) / scale[:, None, None]
     v = (-sin * dx - cos * dy) / (scale[:, None, None] * _ASPECT)
-    exponent = (2.0 * 5.0 ** shape)[:, None, None]
+    exponent = (1.2 * 5.0 ** shape)[:, None, None]
     radius = (u.abs().pow(exponent) + v.abs().pow(exponent) + 1e-8).pow(1.0 / exponent)
     pixel = 2.0 / size
     mask = torch.sigmoid((1.0 - radius) * scale[:, None, None] / (_EDGE_PIXELS * pixel))

@@ -23,7 +23,7 @@ from curvedit.models.renderer import RenderedShapes
 
 @dataclass(frozen=True)
 class GANTrainConfig:
-    steps: int = 12000
+    steps: int = 10000
     batch_size: int = 64
     lr: float = 2e-4
     betas: tuple[float, float] = (0.0, 0.9)

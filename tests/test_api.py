@@ -1,0 +1,88 @@
+"""The public API: shapes, dtypes, determinism, and a clear ValueError for every bad input."""
+
+import numpy as np
+import pytest
+
+import curvedit
+
+
+@pytest.fixture(scope="module")
+def model(tiny_bundle):
+    return curvedit.load(tiny_bundle, engine="torch")
+
+
+def test_sample_is_float32_and_seeded(model):
+    z = model.sample(5, seed=3)
+    assert z.dtype == np.float32 and z.shape == (5, 8)
+    np.testing.assert_array_equal(z, model.sample(5, seed=3))
+    np.testing.assert_array_equal(z[2:], model.sample_seeds([5, 6, 7]))
+    assert not np.array_equal(model.sample(5, seed=4), z)
+
+
+def test_edit_accepts_a_mapping_or_an_array(model):
+    z = model.sample(4, seed=0)
+    by_name = model.edit(z, {"scale": 1.5, "x": -1.0})
+    amounts = np.zeros((4, 4), np.float32)
+    amounts[:, 0], amounts[:, 2] = -1.0, 1.5
+    np.testing.assert_array_equal(by_name, model.edit(z, amounts))
+    assert by_name.dtype == np.float32 and by_name.shape == (4, 8)
+
+
+def test_per_item_amounts_edit_each_row_independently(model):
+    z = model.sample(3, seed=0)
+    amounts = np.array([[1, 0, 0, 0], [0, 0.5, 0, 0], [0, 0, 0, 0]], np.float32)
+    rows = np.concatenate([model.edit(z[i : i + 1], amounts[i : i + 1]) for i in range(3)])
+    np.testing.assert_allclose(model.edit(z, amounts), rows, rtol=1e-6, atol=1e-6)
+
+
+def test_generate_returns_uint8_images(model):
+    images = model.generate(model.sample(2, seed=0))
+    assert images.dtype == np.uint8 and images.shape == (2, 32, 32, 3)
+
+
+def test_metadata(model):
+    assert model.directions == ["x", "y", "scale", "rotation"]
+    assert model.editors == ["decurved"] and model.default_editor == "decurved"
+    assert model.latent_dim == 8 and model.image_shape == (32, 32, 3)
+    assert model.engine == "torch" and "decurved" in repr(model)
+
+
+BAD_LATENTS = [
+    (np.zeros((2, 7), np.float32), "latent dim is 8"),
+    (np.zeros(8, np.float32), "must be 2-D"),
+    (np.zeros((0, 8), np.float32), "empty batch"),
+    (np.array([[np.nan] * 8], np.float32), "NaN or Inf"),
+    (np.array([[np.inf] * 8], np.float32), "NaN or Inf"),
+    ([["a"] * 8], "numeric"),
+]
+
+
+@pytest.mark.parametrize(("latents", "message"), BAD_LATENTS)
+def test_bad_latents_are_refused(model, latents, message):
+    with pytest.raises(ValueError, match=message):
+        model.edit(latents, {"x": 1.0})
+    with pytest.raises(ValueError, match=message):
+        model.generate(latents)
+
+
+@pytest.mark.parametrize(("edits", "message"), [
+    ({"smile": 1.0}, r"unknown direction 'smile'; known directions: \['x', 'y', 'scale', 'rotation'\]"),
+    ({"x": float("nan")}, "finite"),
+    (np.zeros((2, 3), np.float32), r"expected \[n, K\] = \[2, 4\]"),
+    (np.zeros((3, 4), np.float32), r"expected \[n, K\] = \[2, 4\]"),
+    (np.full((2, 4), np.inf, np.float32), "NaN or Inf"),
+])
+def test_bad_edits_are_refused(model, edits, message):
+    with pytest.raises(ValueError, match=message):
+        model.edit(model.sample(2, seed=0), edits)
+
+
+def test_unknown_editor_lists_the_known(model):
+    with pytest.raises(ValueError, match=r"unknown editor 'nope'; this model has \['decurved'\]"):
+        model.edit(model.sample(1, seed=0), {"x": 1.0}, editor="nope")
+
+
+@pytest.mark.parametrize(("n", "seeds"), [(0, None), (None, []), (None, [-1])])
+def test_bad_sampling_requests_are_refused(model, n, seeds):
+    with pytest.raises(ValueError):
+        model.sample(n) if n is not None else model.sample_seeds(seeds)

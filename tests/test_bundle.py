@@ -1,0 +1,93 @@
+"""Bundles: round trip, checksums and versions verified, tampering refused."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import curvedit
+from curvedit.bundle import BundleError, load_bundle, read_manifest
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path):
+    return shutil.copytree(tiny_bundle, tmp_path / "copy")
+
+
+def test_round_trip_keeps_weights_and_manifest(tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    manifest = bundle.manifest
+    assert manifest["format_version"] == 1 and manifest["latent_dim"] == 8
+    assert manifest["image_shape"] == [32, 32, 3]
+    assert manifest["editors"]["decurved"]["directions"][1] == {"index": 1, "name": "y"}
+    assert manifest["editors"]["decurved"]["kind"] == "decurved"
+    assert set(manifest["files"]) == {"generator.safetensors", "regressor.safetensors", "editor_decurved.safetensors"}
+    assert all(len(digest) == 64 for digest in manifest["files"].values())
+    again = load_bundle(tiny_bundle)
+    z = torch.randn(3, 8)
+    assert torch.equal(bundle.editors["decurved"].edit(z, torch.ones(3, 4)),
+                       again.editors["decurved"].edit(z, torch.ones(3, 4)))
+    assert torch.equal(bundle.generator(z), again.generator(z))
+
+
+def test_weights_are_safetensors_not_pickle(tiny_bundle):
+    for name in read_manifest(tiny_bundle)["files"]:
+        header_length = int.from_bytes((tiny_bundle / name).read_bytes()[:8], "little")
+        header = json.loads((tiny_bundle / name).read_bytes()[8 : 8 + header_length])
+        assert all("dtype" in v for k, v in header.items() if k != "__metadata__")
+
+
+@pytest.mark.parametrize("name", ["generator.safetensors", "editor_decurved.safetensors"])
+def test_tampered_weight_file_is_refused(bundle_copy, name):
+    data = bytearray((bundle_copy / name).read_bytes())
+    data[-1] ^= 0xFF
+    (bundle_copy / name).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=f"checksum mismatch for .*{name}"):
+        curvedit.load(bundle_copy)
+
+
+def test_missing_weight_file_is_refused(bundle_copy):
+    (bundle_copy / "generator.safetensors").unlink()
+    with pytest.raises(BundleError, match="missing"):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("format_version", 2, "format_version 2 is not supported"),
+    ("format", "something-else", "format is"),
+])
+def test_unsupported_manifest_is_refused(bundle_copy, key, value, message):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest[key] = value
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle_copy)
+
+
+def test_unlisted_weight_file_is_refused(bundle_copy):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    del manifest["files"]["generator.safetensors"]
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="not listed"):
+        load_bundle(bundle_copy)
+
+
+def test_not_a_bundle_is_refused(tmp_path):
+    with pytest.raises(BundleError, match="manifest.json is missing"):
+        curvedit.load(tmp_path)
+
+
+def test_bundle_errors_are_value_errors(tmp_path):
+    with pytest.raises(ValueError):
+        curvedit.load(tmp_path)
+
+
+def test_load_returns_engine_results_equal_to_modules(tiny_bundle):
+    model = curvedit.load(tiny_bundle, engine="torch")
+    z = model.sample(4, seed=1)
+    edited = model.edit(z, {"x": 1.0})
+    with torch.no_grad():
+        expected = model.bundle.editors["decurved"].edit(torch.from_numpy(z), torch.tensor([[1.0, 0, 0, 0]] * 4))
+    np.testing.assert_allclose(edited, expected.numpy(), rtol=1e-6, atol=1e-6)

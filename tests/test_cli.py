@@ -1,0 +1,79 @@
+"""The command line for people: edit, traverse, info, train — each writes what it says."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from curvedit.cli import main
+
+
+def test_edit_writes_latents_and_grid(tiny_bundle, tmp_path):
+    out = tmp_path / "edit"
+    assert main(["edit", "--model", str(tiny_bundle), "--engine", "torch", "--seed", "2", "--count", "3",
+                 "--edit", "x=1.0", "--edit", "scale=-0.5", "--out", str(out), "--zoom", "1"]) == 0
+    latents, edited = np.load(out / "latents.npy"), np.load(out / "edited.npy")
+    assert latents.shape == edited.shape == (3, 8)
+    assert not np.allclose(latents, edited)
+    grid = Image.open(out / "edit.png")
+    assert grid.size == (3 * 34 + 2, 2 * 34 + 2)  # 3 columns, input row + edited row, 2-pixel gutters
+
+
+def test_edit_reads_latents_from_npy(tiny_bundle, tmp_path):
+    np.save(tmp_path / "z.npy", np.ones((2, 8), np.float32))
+    assert main(["edit", "--model", str(tiny_bundle), "--engine", "torch", "--latents", str(tmp_path / "z.npy"),
+                 "--edit", "y=0.5", "--out", str(tmp_path / "o")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "o" / "latents.npy"), np.ones((2, 8), np.float32))
+
+
+def test_traverse_writes_one_row_per_direction(tiny_bundle, tmp_path):
+    out = tmp_path / "t.png"
+    assert main(["traverse", "--model", str(tiny_bundle), "--engine", "torch", "--steps", "5", "--zoom", "1",
+                 "--out", str(out)]) == 0
+    assert Image.open(out).size == (5 * 34 + 2, 4 * 34 + 2)
+
+
+def test_info_prints_directions(tiny_bundle, capsys):
+    assert main(["info", "--model", str(tiny_bundle)]) == 0
+    text = capsys.readouterr().out
+    assert "0:x, 1:y, 2:scale, 3:rotation" in text and "sha256 verified" in text
+    assert main(["info", "--model", str(tiny_bundle), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["latent_dim"] == 8
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["edit", "--edit", "smile=1"], "unknown direction 'smile'"),
+    (["edit"], "give at least one --edit"),
+    (["edit", "--latents", "missing.npy", "--edit", "x=1"], "does not exist"),
+])
+def test_bad_input_is_one_clear_line(tiny_bundle, tmp_path, capsys, args, message):
+    code = main([*args[:1], "--model", str(tiny_bundle), "--engine", "torch", "--out", str(tmp_path), *args[1:]])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_malformed_edit_flag_is_a_usage_error(tiny_bundle):
+    with pytest.raises(SystemExit) as exc:
+        main(["edit", "--model", str(tiny_bundle), "--edit", "scale"])
+    assert exc.value.code == 2
+
+
+def test_train_editor_adds_an_editor_to_a_bundle(tiny_bundle, tmp_path):
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "b")
+    assert main(["train", "editor", "--bundle", str(bundle), "--mode", "unsupervised", "--steps", "3",
+                 "--directions", "3", "--name", "unsup"]) == 0
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    entry = manifest["editors"]["unsup"]
+    assert [d["name"] for d in entry["directions"]] == ["d0", "d1", "d2"]
+    assert "reconstructor_accuracy" in entry["training"] and entry["file"] in manifest["files"]
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "curvedit.cli", "--help"], capture_output=True, text=True,
+                            check=True)
+    for command in ("edit", "traverse", "info", "train"):
+        assert command in result.stdout
