@@ -41,7 +41,13 @@ def load_latents(args: argparse.Namespace, model: curvedit.Model) -> np.ndarray:
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
-    atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), array))
+    """Write a ``.npy`` atomically (a reader never sees half a file)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a bare path
+            np.save(f, array, allow_pickle=False)
+
+    atomic_write(path, write)
 
 
 def cmd_edit(args: argparse.Namespace) -> int:

@@ -8,7 +8,9 @@ from curvedit.models.editors import Editor
 
 
 @torch.no_grad()
-def factor_response(generator, editor: Editor, regressor, latents: torch.Tensor, amount: float = 1.0) -> torch.Tensor:
+def factor_response(
+    generator, editor: Editor, regressor, latents: torch.Tensor, amount: float = 1.0
+) -> torch.Tensor:
     """``M [K, F]``: mean |Δ factor j| (standardised units) when direction k moves by ±``amount``.
 
     Half of the latents are edited by ``+amount``, half by ``-amount``.

@@ -5,13 +5,13 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from curvedit.bundle import write_bundle  # noqa: E402
-from curvedit.models.editors import DeCurvEd  # noqa: E402
-from curvedit.models.generator import Generator, GeneratorConfig  # noqa: E402
-from curvedit.models.regressor import FactorRegressor  # noqa: E402
+from curvedit.bundle import write_bundle
+from curvedit.models.editors import DeCurvEd
+from curvedit.models.generator import Generator, GeneratorConfig
+from curvedit.models.regressor import FactorRegressor
 
 
 def randomize(module: torch.nn.Module, std: float = 0.3, seed: int = 0) -> torch.nn.Module:

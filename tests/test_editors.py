@@ -24,7 +24,7 @@ def one_hot(n: int, k: int, amount: float, count: int = 4) -> torch.Tensor:
 def test_edits_commute_in_every_order(editor, order):
     z = torch.randn(64, 10, generator=torch.Generator().manual_seed(0))
     amounts = [0.8, -1.3, 2.1]
-    reference = editor.edit(z, torch.tensor([amounts + [0.0]]).expand(64, 4))
+    reference = editor.edit(z, torch.tensor([[*amounts, 0.0]]).expand(64, 4))
     current = z
     for k in order:
         current = editor.edit(current, one_hot(64, k, amounts[k]))

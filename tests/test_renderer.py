@@ -3,8 +3,15 @@
 import pytest
 import torch
 
-from curvedit.models.renderer import FACTOR_NAMES, FACTORS, RenderedShapes, render, sample_factors, standardize, \
-    unstandardize
+from curvedit.models.renderer import (
+    FACTOR_NAMES,
+    FACTORS,
+    RenderedShapes,
+    render,
+    sample_factors,
+    standardize,
+    unstandardize,
+)
 
 
 def test_stream_is_deterministic_by_seed():
