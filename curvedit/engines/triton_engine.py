@@ -1,0 +1,127 @@
+"""The Triton engine: DeCurvEd edits run as one fused kernel launch (``curvedit.kernels.edit``).
+
+Each DeCurvEd editor's flow is packed once at construction (weights in the chosen MLP precision, biases fp32,
+permutations int32). Editors of any other kind, and the generator, run on the bundle's torch modules. Batches are
+padded to power-of-two buckets (at least 16 on a GPU) with fixed buffers per (editor, bucket, K); on a GPU,
+``use_cuda_graphs=True`` also captures one CUDA graph per bucket: a call then costs two input copies, one graph
+replay and one output copy. On a CPU machine the engine runs only under Triton's interpreter
+(``TRITON_INTERPRET=1``), which is for tests, not speed.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from curvedit.bundle import Bundle
+from curvedit.kernels.configs import bucket_size, check_precision, interpreting, triton_available
+from curvedit.kernels.coupling import check_latents
+from curvedit.kernels.edit import EditPlan, check_amounts
+from curvedit.kernels.packing import PackedFlow, pack_flow
+from curvedit.models.editors import DeCurvEd
+from curvedit.models.files import to_uint8
+
+__all__ = ["TritonEngine", "triton_available"]
+
+
+class TritonEngine:
+    """``edit`` / ``generate`` on NumPy arrays (the engine protocol) plus ``edit_tensor`` on device tensors.
+
+    ``precision`` is the MLP precision of the kernels: "fp32" (exact fp32 products), "tf32", "bf16" (bf16
+    inputs, fp32 accumulation; GPU only, the interpreter mishandles bf16) or "fp16". The latent state and the
+    affine step are fp32 in every mode.
+    """
+
+    name = "triton"
+
+    def __init__(self, bundle: Bundle, device: str = "cuda", precision: str = "fp32",
+                 use_cuda_graphs: bool = False):
+        self.device = torch.device(device)
+        self.precision = check_precision(precision)
+        if not triton_available(self.device):
+            if self.device.type == "cpu":
+                where = "TRITON_INTERPRET=1 is not set"
+            elif interpreting():
+                where = "TRITON_INTERPRET=1 is set, and the interpreter runs on the CPU only"
+            else:
+                where = "no CUDA device is available"
+            raise ValueError(f"the triton engine cannot run on {self.device}: {where}. Use a CUDA device, set "
+                             "TRITON_INTERPRET=1 before importing curvedit (tests only), or pick engine='torch' "
+                             "or 'onnxruntime'")
+        if use_cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"use_cuda_graphs needs a CUDA device, got {self.device}")
+        if precision == "bf16" and interpreting():
+            raise ValueError("bf16 does not work under TRITON_INTERPRET=1 (bf16 tl.dot is wrong there); "
+                             "use precision='fp32' or 'fp16' on the interpreter, bf16 on a GPU")
+        self.use_cuda_graphs = use_cuda_graphs
+        self.generator = bundle.generator.to(self.device).eval()
+        self.editors = {name: editor.to(self.device).eval() for name, editor in bundle.editors.items()}
+        self.packed: dict[str, PackedFlow] = {
+            name: pack_flow(editor, precision, self.device)
+            for name, editor in self.editors.items() if isinstance(editor, DeCurvEd)
+        }
+        # (editor, batch bucket, K) → fixed buffers, and their CUDA graph when graphs are on.
+        self._plans: dict[tuple[str, int, int], tuple[EditPlan, torch.cuda.CUDAGraph | None]] = {}
+        self._lock = threading.Lock()
+
+    def _editor(self, editor: str) -> torch.nn.Module:
+        if editor not in self.editors:
+            raise ValueError(f"unknown editor {editor!r}; this bundle has {sorted(self.editors)}")
+        return self.editors[editor]
+
+    @torch.inference_mode()
+    def edit_tensor(self, editor: str, z: torch.Tensor, amounts: torch.Tensor) -> torch.Tensor:
+        """``z [B, d]``, ``amounts [B, K]`` float32 tensors on the engine's device → ``z' [B, d]`` (a new
+        tensor on the device). For on-device benchmarking without NumPy copies."""
+        module = self._editor(editor)
+        if editor not in self.packed:
+            return module.edit(z, amounts)
+        packed = self.packed[editor]
+        z = check_latents(z, packed, "z")
+        amounts = check_amounts(amounts, z, packed)
+        batch, directions = z.shape[0], amounts.shape[1]
+        key = (editor, bucket_size(batch, 16 if self.device.type == "cuda" else 1), directions)
+        with self._lock:
+            if key not in self._plans:
+                plan = EditPlan(packed, key[1], directions)
+                self._plans[key] = (plan, self._capture(plan) if self.use_cuda_graphs else None)
+        plan, graph = self._plans[key]
+        with self._lock:  # the plan's buffers are shared by every call of this bucket (e.g. service threads)
+            # Rows past `batch` keep earlier inputs: rows are independent, so they cannot disturb the real ones.
+            plan.z[:batch].copy_(z)
+            plan.t[:batch].copy_(amounts)
+            if graph is None:
+                plan.launch()
+            else:
+                graph.replay()
+            return plan.out[:batch].clone()
+
+    @staticmethod
+    def _capture(plan: EditPlan) -> torch.cuda.CUDAGraph:
+        device = plan.packed.device
+        # Compile and autotune eagerly first (on a side stream, as capture requires): neither may happen inside
+        # a capture.
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            plan.launch()
+        torch.cuda.current_stream(device).wait_stream(side)
+        torch.cuda.synchronize(device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            plan.launch()
+        return graph
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
+
+    def edit(self, editor: str, z: np.ndarray, amounts: np.ndarray) -> np.ndarray:
+        """``z [B, d]``, ``amounts [B, K]`` float32 arrays → edited latents ``[B, d]`` float32."""
+        return self.edit_tensor(editor, self._tensor(z), self._tensor(amounts)).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def generate(self, z: np.ndarray) -> np.ndarray:
+        """``z [B, d]`` → uint8 images ``[B, H, W, 3]`` from the bundle's torch generator."""
+        return to_uint8(self.generator(self._tensor(z)))

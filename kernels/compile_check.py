@@ -1,0 +1,105 @@
+"""Compile every kernel configuration for an H100/H200 (sm_90) without a GPU and report its shared memory.
+
+The Triton wheel bundles ptxas, so ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))`` builds
+real cubins on a CPU-only machine; this catches what the interpreter never enforces (shared-memory limits,
+tensor-core tile minimums, layouts that fail to lower). It must run WITHOUT ``TRITON_INTERPRET=1``: under the
+interpreter ``@triton.jit`` yields interpreter objects that cannot be lowered, so the tests run this module in a
+subprocess with the variable removed:
+
+    python -m curvedit.kernels.compile_check [--job bf16/b16n64k64w4s3/edit ...]   # prints JSON lines
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from curvedit.kernels.configs import GPU_CONFIGS, PRECISIONS, SM90_SHARED_LIMIT, LaunchConfig
+
+KERNELS = ("coupling_forward", "coupling_inverse", "edit")
+_SCALARS = {"clamp": "fp32", "B": "i32", "K": "i32"}
+
+
+def _signature(fn, pointer_dtypes: dict[str, str], constexprs: dict) -> dict[str, str]:
+    """Every argument of ``fn`` as the type string triton.compile expects ("*fp32", "i32", "constexpr")."""
+    signature = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in _SCALARS:
+            signature[name] = _SCALARS[name]
+        else:
+            signature[name] = "*" + pointer_dtypes.get(name, "fp32")
+    return signature
+
+
+def kernel_sources(precision: str, config: LaunchConfig, dim: int, hidden: int, layers: int):
+    """``{kernel name: (jit function, signature, constexprs)}`` for the coupling (both directions) and edit
+    kernels at one precision and tile configuration."""
+    from curvedit.kernels.coupling import _coupling_kernel
+    from curvedit.kernels.edit import _edit_kernel
+
+    mlp = {"fp32": "fp32", "tf32": "fp32", "bf16": "bf16", "fp16": "fp16"}[precision]
+    pointers = {"h1": mlp, "h2": mlp, "w1": mlp, "w2": mlp, "w3": mlp, "inv_perm": "i32"}
+    sizes = {"D": dim, "SPLIT": dim // 2, "REST": dim - dim // 2, "H": hidden, **config.meta(),
+             "PRECISION": PRECISIONS[precision][1]}
+    sources = {}
+    for reverse in (False, True):
+        constexprs = {**sizes, "REVERSE": reverse, "WRITE_LD": True}
+        name = "coupling_inverse" if reverse else "coupling_forward"
+        sources[name] = (_coupling_kernel, _signature(_coupling_kernel, pointers, constexprs), constexprs)
+    constexprs = {**sizes, "L": layers}
+    sources["edit"] = (_edit_kernel, _signature(_edit_kernel, pointers, constexprs), constexprs)
+    return sources
+
+
+def compile_sm90(fn, signature: dict, constexprs: dict, config: LaunchConfig) -> dict:
+    """Build one kernel for sm_90; returns its shared memory in bytes and whether it fits an H100 block."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    # Pointers get the 16-byte divisibility hint the JIT gives torch allocations, as in a real launch.
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if signature[name][0] == "*"}
+    compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+    shared = int(compiled.metadata.shared)
+    return {"shared": shared, "fits": shared <= SM90_SHARED_LIMIT}
+
+
+def all_jobs() -> list[str]:
+    """Every ``precision/config/kernel`` combination the GPU autotuner may launch."""
+    return [f"{p}/{c.name}/{k}" for p in GPU_CONFIGS for c in GPU_CONFIGS[p] for k in KERNELS]
+
+
+def run_job(job: str, dim: int, hidden: int, layers: int) -> dict:
+    """Compile one ``precision/config/kernel`` job; errors are reported in the result, not raised."""
+    precision, config_name, kernel = job.split("/")
+    configs = {c.name: c for c in GPU_CONFIGS.get(precision, ())}
+    if config_name not in configs or kernel not in KERNELS:
+        raise ValueError(f"unknown job {job!r}; jobs look like {all_jobs()[0]!r}")
+    config = configs[config_name]
+    start = time.perf_counter()
+    try:
+        result = compile_sm90(*kernel_sources(precision, config, dim, hidden, layers)[kernel], config)
+    except Exception as exc:  # report every failing configuration, not just the first
+        result = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    return {"precision": precision, "config": config_name, "kernel": kernel, **result,
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--job", action="append", help="precision/config/kernel, repeatable; default: all")
+    args = parser.parse_args(argv)
+    for job in args.job or all_jobs():
+        print(json.dumps(run_job(job, args.dim, args.hidden, args.layers)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""Launch configurations, MLP precisions and where Triton can run.
+
+The kernels' tile sizes live here, in one table, so the launchers, the autotuner and the compile-only tests
+(which build every configuration for an sm_90 target) all see the same list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# precision name → (packed weight dtype, tl.dot input_precision). The latent state and the affine step are fp32
+# in every mode; only the MLP's matrix products change. input_precision only matters for fp32 inputs.
+PRECISIONS: dict[str, tuple[torch.dtype, str]] = {
+    "fp32": (torch.float32, "ieee"),
+    "tf32": (torch.float32, "tf32"),
+    "bf16": (torch.bfloat16, "ieee"),
+    "fp16": (torch.float16, "ieee"),
+}
+
+# The largest dynamic shared memory one block may use on an H100 / H200 (227 KiB).
+SM90_SHARED_LIMIT = 232448
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Tile sizes: ``block_b`` rows of the batch per program, ``block_n`` output columns and ``block_k``
+    reduction columns per ``tl.dot``. Every dot dimension is >= 16, the minimum for 16-bit tensor cores."""
+
+    block_b: int
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def meta(self) -> dict:
+        return {"BLOCK_B": self.block_b, "BLOCK_N": self.block_n, "BLOCK_K": self.block_k}
+
+    @property
+    def name(self) -> str:
+        return f"b{self.block_b}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
+
+
+# The interpreter runs each program as NumPy array code, so bigger tiles mean fewer Python-level steps; there is
+# one configuration only because a multi-config autotune needs a GPU driver.
+INTERPRETER_CONFIG = LaunchConfig(16, 64, 64, num_warps=4, num_stages=1)
+
+# GPU candidates the autotuner picks from per batch bucket. One program carries block_b rows through the whole
+# flow, so small block_b keeps many SMs busy at small and medium batches (4096 rows / 32 = 128 programs for 132
+# SMs); the weights of a 512-wide layer are streamed through these tiles, never held whole.
+# 16-bit MLPs also get a 64-row tile: one warpgroup's wgmma needs M = 64, the Hopper tensor cores' full rate.
+_SIXTEEN_BIT = (LaunchConfig(16, 64, 64, 4, 3), LaunchConfig(32, 128, 64, 4, 3), LaunchConfig(64, 128, 64, 4, 3))
+GPU_CONFIGS: dict[str, tuple[LaunchConfig, ...]] = {
+    "fp32": (LaunchConfig(16, 64, 32, 4, 2), LaunchConfig(32, 64, 32, 4, 2)),
+    "tf32": (LaunchConfig(16, 64, 32, 4, 3), LaunchConfig(32, 64, 32, 4, 3)),
+    "bf16": _SIXTEEN_BIT,
+    "fp16": _SIXTEEN_BIT,  # the same tiles as bf16: same element width, same tensor-core instructions
+}
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown MLP precision {precision!r}; choose one of {sorted(PRECISIONS)}")
+    return precision
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1`` before import)."""
+    import triton
+
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None and hasattr(knobs, "runtime"):
+        return bool(knobs.runtime.interpret)
+    import os  # triton < 3.4 has no knobs module and reads the variable itself
+
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_available(device: str | torch.device) -> bool:
+    """Whether the Triton kernels can run on ``device``: a CUDA device with a driver, or the CPU under the
+    interpreter. Anything else uses the torch reference path."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and not interpreting()
+    if device.type == "cpu":
+        return interpreting()
+    return False
+
+
+def configs_for(precision: str) -> tuple[LaunchConfig, ...]:
+    """The configurations the autotuner may pick from here: one under the interpreter, several on a GPU."""
+    check_precision(precision)
+    return (INTERPRETER_CONFIG,) if interpreting() else GPU_CONFIGS[precision]
+
+
+def bucket_size(batch: int, minimum: int = 1) -> int:
+    """The power of two ``>= max(batch, minimum)``: padded batch sizes, so CUDA graphs are captured per bucket."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    return 1 << (max(batch, minimum) - 1).bit_length()

@@ -1,0 +1,52 @@
+"""Compile-only checks: the kernel configurations the GPU autotuner may pick are built for an H100/H200 (sm_90)
+on this CPU-only machine, and their shared memory must fit one block (the interpreter never enforces that).
+
+Compiling needs Triton's real JIT, but conftest sets TRITON_INTERPRET=1 (kernel modules must see it at import)
+and under it ``@triton.jit`` returns interpreter objects that cannot be lowered. So the compiles run in fresh
+subprocesses with the variable removed, two at once (one per CPU core here).
+
+What is built, to keep this under a minute on two cores: the edit kernel at every (precision, tile config) —
+it inlines both coupling directions with the same tiles, so it is a superset of the single-layer kernels — and
+the single-layer kernels at each precision family's largest tiles. fp16 shares bf16's tiles and 16-bit
+tensor-core path (``GPU_CONFIGS``), so it is not built separately.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from curvedit.kernels.configs import GPU_CONFIGS, SM90_SHARED_LIMIT
+
+JOBS = [f"{p}/{c.name}/edit" for p in ("fp32", "tf32", "bf16") for c in GPU_CONFIGS[p]]
+JOBS += [f"{p}/{GPU_CONFIGS[p][-1].name}/{k}" for p in ("fp32", "bf16")
+         for k in ("coupling_forward", "coupling_inverse")]
+
+
+def _compile(jobs: list[str]) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when unset; 1 is its current default
+    command = [sys.executable, "-m", "curvedit.kernels.compile_check"]
+    command += [arg for job in jobs for arg in ("--job", job)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"compile_check failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def compiled() -> dict[str, dict]:
+    halves = [JOBS[0::2], JOBS[1::2]]
+    with ThreadPoolExecutor(len(halves)) as pool:
+        rows = [row for half in pool.map(_compile, halves) for row in half]
+    return {f"{row['precision']}/{row['config']}/{row['kernel']}": row for row in rows}
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_kernel_compiles_for_sm90_within_shared_memory(compiled, job):
+    row = compiled[job]
+    assert "error" not in row, row.get("error")
+    assert 0 < row["shared"] <= SM90_SHARED_LIMIT, row
