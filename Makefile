@@ -15,6 +15,7 @@ $(VENV)/.installed: pyproject.toml
 
 run: setup
 	$(BIN)/curvedit traverse --out out/traverse.png
+	$(BIN)/curvedit serve
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,0 +1,130 @@
+"""The server's configuration: one frozen dataclass, built from defaults < file < environment < flags here.
+
+Nothing else in the service reads ``os.environ`` or a config file. Environment variables are the field
+names upper-cased with a ``CURVEDIT_`` prefix (``CURVEDIT_MAX_BATCH_SIZE=64``); ``CURVEDIT_MODELS`` is a
+``:``-separated list of bundle paths. A config file is JSON (or TOML on Python ≥ 3.11) with the same keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "CURVEDIT_"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``curvedit serve`` can be told. Checked at construction: a bad value raises ``ValueError``."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 = any free port (tests)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 8002  # 0 = any free port; -1 = no metrics HTTP server
+    models: tuple[str, ...] = ()  # bundle paths; empty = the shipped default; the first is the default model
+    engine: str = "auto"
+    max_batch_size: int = 256  # 1 = batching off
+    max_queue_delay_ms: float = 5.0  # measured from the oldest queued item's arrival
+    max_queue_size: int = 8192  # items (not requests) waiting; beyond it RESOURCE_EXHAUSTED
+    max_items_per_request: int = 4096
+    grace_s: float = 10.0  # how long SIGTERM waits for in-flight work
+    max_message_mb: int = 64
+    warmup: bool = True  # run every batch bucket once before health says SERVING
+
+    def __post_init__(self):
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        need(0 <= self.port <= 65535, f"port must be in 0..65535 (0 = any free port), got {self.port}")
+        need(-1 <= self.metrics_port <= 65535,
+             f"metrics_port must be in 0..65535, or -1 to switch metrics off, got {self.metrics_port}")
+        need(self.max_batch_size >= 1,
+             f"max_batch_size must be at least 1 (1 switches batching off), got {self.max_batch_size}")
+        need(self.max_queue_delay_ms >= 0, f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
+        need(self.max_items_per_request >= 1,
+             f"max_items_per_request must be at least 1, got {self.max_items_per_request}")
+        need(self.max_queue_size >= self.max_items_per_request,
+             f"max_queue_size ({self.max_queue_size}) must be >= max_items_per_request "
+             f"({self.max_items_per_request}), or a full-size request could never be queued; raise "
+             f"--max-queue-size or lower --max-items-per-request")
+        need(self.grace_s >= 0, f"grace_s must be >= 0, got {self.grace_s}")
+        need(1 <= self.max_message_mb <= 2047, f"max_message_mb must be in 1..2047, got {self.max_message_mb}")
+        object.__setattr__(self, "models", tuple(str(m) for m in self.models))
+
+    @property
+    def max_queue_delay_s(self) -> float:
+        return self.max_queue_delay_ms / 1000.0
+
+
+_FIELDS = {f.name: f for f in fields(ServeConfig)}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = type(getattr(ServeConfig(), name))
+    try:
+        if kind is tuple:
+            if isinstance(value, str):
+                return tuple(v for v in value.split(os.pathsep) if v)
+            return tuple(str(v) for v in value)
+        if kind is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(lowered)
+                return lowered in ("1", "true", "yes", "on")
+            return bool(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{source}: {name} must be a {kind.__name__}, got {value!r}") from None
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Keys of a JSON (``.json``) or TOML (``.toml``) config file; unknown keys are refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist; pass --config with a .json or .toml file")
+    if path.suffix == ".toml":
+        import tomllib
+
+        data = tomllib.loads(path.read_text())
+    else:
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold an object of settings, got {type(data).__name__}")
+    return data
+
+
+def build_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
+                 config_file: str | os.PathLike | None = None) -> ServeConfig:
+    """Merge defaults < ``config_file`` < ``env`` (``CURVEDIT_*``) < ``flags`` (``None`` values ignored)."""
+    values: dict[str, Any] = {}
+    sources: list[tuple[str, Mapping[str, Any]]] = []
+    if config_file is not None:
+        sources.append((f"config file {config_file}", read_config_file(config_file)))
+    if env is not None:
+        sources.append(("environment", {k[len(ENV_PREFIX):].lower(): v for k, v in env.items()
+                                        if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() in _FIELDS}))
+    if flags is not None:
+        sources.append(("flags", {k: v for k, v in flags.items() if v is not None and v != ()}))
+    for source, data in sources:
+        for name, value in data.items():
+            if name not in _FIELDS:
+                raise ValueError(f"{source}: unknown setting {name!r}; known settings: {sorted(_FIELDS)}")
+            values[name] = _coerce(name, value, source)
+    return ServeConfig(**values)
+
+
+def replace(config: ServeConfig, **changes) -> ServeConfig:
+    return dataclasses.replace(config, **changes)
+
+
+__all__ = ["ENV_PREFIX", "ServeConfig", "build_config", "read_config_file", "replace"]

@@ -1,0 +1,336 @@
+"""``curvedit bench serve``: load on a real ``curvedit serve`` process, beside its yardsticks, in one run.
+
+For each model (the shipped one, and a synthetic d=512/h=512/8-layer bundle made on the fly) it starts, one
+after another, as separate processes: the server with batching (``--max-batch-size``), the server with batching
+off (``--max-batch-size 1``) and a no-op grpc.aio server (``curvedit.service.noop``: gRPC's own ceiling here).
+This process is the load generator (asyncio, grpc.aio), so client and server do not share an interpreter:
+single-item ``Edit`` calls at each concurrency, and one ``EditStream`` sending chunks as ``curvedit batch``
+does. Each cell reports requests/s, items/s, client p50/p95/p99 and the server's mean executed batch (scraped
+from its ``/metrics``); then the in-process engine runs at the same batch size for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from curvedit.client import edit_request
+from curvedit.v1 import latent_edit_pb2_grpc as pb_grpc
+
+SERVING = re.compile(r"SERVING .* on [\w.]+:(\d+); metrics (?:http://[\w.]+:(\d+)/metrics|off)")
+OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+
+
+@dataclass
+class Cell:
+    model: str
+    server: str  # batched | off | noop
+    mode: str  # unary | stream
+    concurrency: int  # requests in flight (unary) or chunks in flight (stream)
+    items_per_request: int
+    requests_per_s: float
+    items_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    errors: int
+    mean_batch: float = float("nan")  # server-side items / executed batches during the cell
+    batch_compute_ms: float = float("nan")  # server-side mean compute time of one batch
+    engine_items_per_s: float = float("nan")  # in-process engine at the same batch size
+
+
+class ServerProcess:
+    """``argv`` as a subprocess that prints a SERVING line; stopped with SIGTERM."""
+
+    def __init__(self, argv: list[str]):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        lines = []
+        for line in self.proc.stdout:
+            lines.append(line)
+            match = SERVING.search(line)
+            if match:
+                self.port = int(match.group(1))
+                self.metrics_port = int(match.group(2)) if match.group(2) else None
+                threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+                return
+        raise RuntimeError(f"server did not start: {''.join(lines)}")
+
+    def metrics(self) -> dict[str, float]:
+        if self.metrics_port is None:
+            return {}
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                out[s.name] = out.get(s.name, 0.0) + s.value
+        return out
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _percentiles(latencies: list[float]) -> tuple[float, float, float]:
+    if not latencies:
+        return (float("nan"),) * 3
+    p = np.percentile(np.asarray(latencies) * 1000, [50, 95, 99])
+    return float(p[0]), float(p[1]), float(p[2])
+
+
+async def unary_load(target: str, latents: np.ndarray, edits: dict, concurrency: int, duration: float,
+                     warmup: float = 0.5) -> tuple[int, list[float], int]:
+    """``concurrency`` workers each sending single-item Edit calls back to back; (requests, latencies, errors)."""
+    requests = [edit_request(latents=latents[i : i + 1], edits=edits) for i in range(len(latents))]
+    async with grpc.aio.insecure_channel(target, options=OPTIONS) as channel:
+        stub = pb_grpc.LatentEditServiceStub(channel)
+        loop = asyncio.get_running_loop()
+        begin = loop.time() + warmup
+        end = begin + duration
+        latencies: list[float] = []
+        errors = 0
+
+        async def worker(i: int) -> None:
+            nonlocal errors
+            request = requests[i % len(requests)]
+            while (t0 := loop.time()) < end:
+                try:
+                    await stub.Edit(request, timeout=30)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                    continue
+                if t0 >= begin:
+                    latencies.append(loop.time() - t0)
+
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return len(latencies), latencies, errors
+
+
+async def stream_load(target: str, latents: np.ndarray, edits: dict, chunk: int, in_flight: int,
+                      duration: float, warmup: float = 0.5) -> tuple[int, list[float], int]:
+    """One EditStream with ``in_flight`` chunks outstanding, as ``curvedit batch`` sends them."""
+    requests = [edit_request(latents=latents[i : i + chunk], edits=edits, id=str(k))
+                for k, i in enumerate(range(0, len(latents) - chunk + 1, chunk))]
+    async with grpc.aio.insecure_channel(target, options=OPTIONS) as channel:
+        stub = pb_grpc.LatentEditServiceStub(channel)
+        loop = asyncio.get_running_loop()
+        begin = loop.time() + warmup
+        end = begin + duration
+        slots = asyncio.Semaphore(in_flight)
+        sent: dict[str, float] = {}
+        latencies: list[float] = []
+        errors = 0
+
+        async def messages():
+            k = 0
+            while loop.time() < end:
+                await slots.acquire()
+                request = requests[k % len(requests)]
+                request.id = str(k)
+                sent[request.id] = loop.time()
+                k += 1
+                yield request
+
+        async for response in stub.EditStream(messages()):
+            slots.release()
+            t0 = sent.pop(response.id)
+            if response.HasField("error"):
+                errors += 1
+            elif t0 >= begin:
+                latencies.append(loop.time() - t0)
+            if loop.time() >= end and not sent:
+                break
+    return len(latencies), latencies, errors
+
+
+def engine_items_per_s(model, latents: np.ndarray, edits: dict, batch: int, seconds: float = 1.0) -> float:
+    """The in-process engine's items/s at ``batch`` (``Model.edit`` on ``[batch, d]``)."""
+    z = np.ascontiguousarray(latents[:batch])
+    amounts = model.amounts(edits, batch)
+    model.edit(z, amounts)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        model.edit(z, amounts)
+        calls += 1
+    return calls * batch / (time.perf_counter() - start)
+
+
+def _serve_argv(bundle: Path, max_batch: int, delay_ms: float, engine: str) -> list[str]:
+    return [sys.executable, "-m", "curvedit.cli", "serve", "--model", str(bundle), "--port", "0",
+            "--metrics-port", "0", "--max-batch-size", str(max_batch), "--max-queue-delay-ms", str(delay_ms),
+            "--engine", engine]
+
+
+def run_model(label: str, bundle: Path, args) -> list[Cell]:
+    from curvedit.service.models import serving_model
+
+    model = serving_model(bundle, args.engine)  # the same engine settings the server uses
+    rng = np.random.default_rng(0)
+    latents = rng.standard_normal((max(4096, args.chunk * 8), model.latent_dim)).astype(np.float32)
+    edits = {model.directions[0]: 1.0}
+    servers = {"batched": _serve_argv(bundle, args.max_batch_size, args.max_queue_delay_ms, args.engine),
+               "off": _serve_argv(bundle, 1, 0, args.engine),
+               "noop": [sys.executable, "-m", "curvedit.service.noop", "--port", "0"]}
+    cells = []
+    for name, argv in servers.items():
+        server = ServerProcess(argv)
+        target = f"127.0.0.1:{server.port}"
+        try:
+            plan = [("unary", c, 1) for c in args.concurrency] + [("stream", args.in_flight, args.chunk)]
+            for mode, conc, items in plan:
+                before = server.metrics()
+                if mode == "unary":
+                    n, lat, errors = asyncio.run(unary_load(target, latents, edits, conc, args.duration))
+                else:
+                    n, lat, errors = asyncio.run(stream_load(target, latents, edits, items, conc, args.duration))
+                after = server.metrics()
+                p50, p95, p99 = _percentiles(lat)
+                cell = Cell(label, name, mode, conc, items, n / args.duration, n * items / args.duration,
+                            p50, p95, p99, errors)
+                batches = after.get("nv_inference_exec_count", 0) - before.get("nv_inference_exec_count", 0)
+                if batches > 0:
+                    cell.mean_batch = (after["nv_inference_count"] - before.get("nv_inference_count", 0)) / batches
+                    compute_us = (after["nv_inference_compute_infer_duration_us"]
+                                  - before.get("nv_inference_compute_infer_duration_us", 0))
+                    cell.batch_compute_ms = compute_us / batches / 1000
+                cells.append(cell)
+                print(_row(cell), flush=True)
+        finally:
+            server.stop()
+    for cell in cells:  # the engine at the batch size the server actually executed (or the chunk for noop)
+        batch = cell.mean_batch if cell.mean_batch == cell.mean_batch else cell.items_per_request
+        cell.engine_items_per_s = engine_items_per_s(model, latents, edits, max(1, round(batch)),
+                                                     seconds=args.engine_seconds)
+    return cells
+
+
+HEADER = (f"{'model':<22} {'server':<8} {'mode':<6} {'conc':>5} {'items':>5} {'req/s':>9} {'items/s':>10} "
+          f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'err':>4} {'batch':>6} {'cmp ms':>7} {'engine it/s':>12}")
+
+
+def _row(c: Cell) -> str:
+    return (f"{c.model:<22} {c.server:<8} {c.mode:<6} {c.concurrency:>5} {c.items_per_request:>5} "
+            f"{c.requests_per_s:>9.0f} {c.items_per_s:>10.0f} {c.p50_ms:>8.2f} {c.p95_ms:>8.2f} {c.p99_ms:>8.2f} "
+            f"{c.errors:>4} {c.mean_batch:>6.1f} {c.batch_compute_ms:>7.2f} {c.engine_items_per_s:>12.0f}")
+
+
+def summarize(cells: list[Cell], delay_ms: float) -> list[dict]:
+    """The issue's targets, as measured ratios."""
+    def find(model, server, mode, conc=None):
+        for c in cells:
+            if (c.model, c.server, c.mode) == (model, server, mode) and (conc is None or c.concurrency == conc):
+                return c
+        return None
+
+    checks = []
+    for model in dict.fromkeys(c.model for c in cells):
+        b64, off64, noop64 = (find(model, s, "unary", 64) for s in ("batched", "off", "noop"))
+        if b64 and noop64:
+            checks.append({"model": model, "target": "c=64 Edit req/s >= 60% of no-op",
+                           "value": b64.requests_per_s / noop64.requests_per_s, "goal": 0.6})
+        if b64 and off64:
+            checks.append({"model": model, "target": "c=64 batched / batching-off throughput >= 3x",
+                           "value": b64.items_per_s / off64.items_per_s, "goal": 3.0})
+        for c in cells:  # the latency bound at every concurrency (no-op p99 beside it, for scale)
+            if (c.model, c.server, c.mode) == (model, "batched", "unary"):
+                bound = 3 * delay_ms + c.batch_compute_ms
+                noop = find(model, "noop", "unary", c.concurrency)
+                checks.append({"model": model, "target": f"c={c.concurrency} p99 < 3*delay + batch compute "
+                               f"= {bound:.1f} ms (no-op p99 {noop.p99_ms if noop else float('nan'):.1f} ms)",
+                               "value": c.p99_ms, "goal": bound, "lower_is_better": True})
+        stream = find(model, "batched", "stream")
+        if stream:
+            checks.append({"model": model, "target": "stream items/s >= 80% of in-process engine (same chunk)",
+                           "value": stream.items_per_s / _engine_at_chunk(cells, model), "goal": 0.8})
+    for c in checks:
+        c["met"] = bool(c["value"] <= c["goal"] if c.get("lower_is_better") else c["value"] >= c["goal"])
+    return checks
+
+
+def _engine_at_chunk(cells: list[Cell], model: str) -> float:
+    noop = [c for c in cells if c.model == model and c.server == "noop" and c.mode == "stream"]
+    return noop[0].engine_items_per_s if noop else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="curvedit bench serve", description=__doc__)
+    add_options(parser)
+    return run(parser.parse_args(argv))
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", default="shipped,synthetic", help="comma list of shipped, synthetic, or paths")
+    p.add_argument("--concurrency", default="1,8,64,256", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--duration", type=float, default=3.0, help="seconds measured per cell (after 0.5 s warm-up)")
+    p.add_argument("--max-batch-size", type=int, default=256)
+    p.add_argument("--max-queue-delay-ms", type=float, default=5.0)
+    p.add_argument("--chunk", type=int, default=256, help="items per stream message")
+    p.add_argument("--in-flight", type=int, default=4, help="stream messages in flight")
+    p.add_argument("--engine", default="auto")
+    p.add_argument("--engine-seconds", type=float, default=1.0)
+    p.add_argument("--json", action="store_true", help="print cells and target checks as JSON at the end")
+    p.add_argument("--csv", default=None, help="also write the cells to this CSV file")
+
+
+def run(args) -> int:
+    import curvedit
+    from curvedit.synthetic import make_synthetic_bundle
+
+    cells = []
+    with tempfile.TemporaryDirectory() as tmp:
+        print(HEADER, flush=True)
+        for label in args.models.split(","):
+            if label == "shipped":
+                bundle = curvedit.default_bundle_path()
+                if not (bundle / "manifest.json").exists():
+                    print(f"(skipping shipped: no bundle at {bundle})", flush=True)
+                    continue
+            elif label == "synthetic":
+                bundle = make_synthetic_bundle(Path(tmp) / "synthetic", latent_dim=512, hidden=512, layers=8)
+            else:
+                bundle = Path(label)
+            cells += run_model(label if label in ("shipped", "synthetic") else bundle.name, bundle, args)
+    print("\nfinal table (engine it/s measured after the load, in this process):")
+    print(HEADER)
+    for cell in cells:
+        print(_row(cell))
+    checks = summarize(cells, args.max_queue_delay_ms)
+    print()
+    for c in checks:
+        print(f"{c['model']:<12} {c['target']:<62} {c['value']:8.2f}  {'met' if c['met'] else 'MISSED'}")
+    if args.csv:
+        import csv
+
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(asdict(cells[0])))
+            writer.writeheader()
+            writer.writerows(asdict(c) for c in cells)
+    if args.json:
+        print(json.dumps({"cells": [asdict(c) for c in cells], "checks": checks}, indent=2))
+    return 0
+
+
+def register(sub) -> None:
+    serve = sub.add_parser("serve", help="load benchmark of curvedit serve vs batching off, no-op gRPC, engine")
+    add_options(serve)
+    serve.set_defaults(func=run)

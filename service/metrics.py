@@ -1,0 +1,198 @@
+"""Every metric the server exports, declared once, in a registry of its own (so tests can run several servers).
+
+Names follow what dashboards already know: the go-grpc-prometheus ``grpc_server_*`` set and Triton's per-model
+``nv_inference_*`` counters, plus histograms in seconds (percentiles, which Triton's counters cannot give) and
+the executed batch size. Labels are bounded: method names, status codes, model name/version, a fixed reason
+set. Every recording method is wrapped by ``_safe``: a metrics bug is logged, never raised into a request.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+SERVICE = "curvedit.v1.LatentEditService"
+LATENCY_BUCKETS = (.0005, .001, .002, .004, .006, .008, .01, .015, .02, .03, .05, .075, .1, .25, .5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+REJECT_REASONS = ("queue_full", "draining", "invalid", "not_found", "deadline", "cancelled")
+
+
+def _safe(method):
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            method(*args, **kwargs)
+        except Exception:
+            log.exception("recording metric %s failed", method.__name__)
+    return wrapper
+
+
+class TritonCounter(Collector):
+    """A cumulative counter exposed under exactly its name, as Triton does (``nv_inference_count{...} 12``).
+
+    prometheus_client's ``Counter`` would append ``_total``, and the Grafana dashboards built for Triton query
+    the bare names; so these are exposed as untyped samples with the bare name. Same ``labels().inc()`` API.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...], registry: CollectorRegistry):
+        self.name, self.documentation, self.labelnames = name, documentation, labelnames
+        self._values: dict[tuple[str, ...], float] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def labels(self, *values: str) -> _Child:
+        return _Child(self, tuple(str(v) for v in values))
+
+    def _inc(self, key: tuple[str, ...], amount: float) -> None:
+        if amount < 0:
+            raise ValueError(f"{self.name} can only go up, got {amount}")
+        with self._lock:
+            self._values[key] = self._values.get(key, 0.0) + amount
+
+    def collect(self):
+        metric = Metric(self.name, self.documentation, "unknown")
+        with self._lock:
+            items = list(self._values.items())
+        for key, value in items:
+            metric.add_sample(self.name, dict(zip(self.labelnames, key, strict=True)), value)
+        yield metric
+
+
+class _Child:
+    __slots__ = ("key", "parent")
+
+    def __init__(self, parent: TritonCounter, key: tuple[str, ...]):
+        self.parent, self.key = parent, key
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.parent._inc(self.key, amount)
+
+
+class ServerMetrics:
+    """The metric families of one server. ``registry`` is what ``/metrics`` serves."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry = registry or CollectorRegistry()
+        rpc = ("grpc_type", "grpc_service", "grpc_method")
+        model = ("model", "version")
+        self.started = Counter("grpc_server_started_total", "RPCs started on the server.", rpc,
+                               registry=registry)
+        self.handled = Counter("grpc_server_handled_total", "RPCs completed on the server, by status code.",
+                               (*rpc, "grpc_code"), registry=registry)
+        self.handling = Histogram("grpc_server_handling_seconds", "RPC handling time until the status is sent.",
+                                  rpc, buckets=LATENCY_BUCKETS, registry=registry)
+        self.msg_received = Counter("grpc_server_msg_received_total", "Stream messages received.", rpc,
+                                    registry=registry)
+        self.msg_sent = Counter("grpc_server_msg_sent_total", "Stream messages sent.", rpc, registry=registry)
+        self.success = TritonCounter("nv_inference_request_success", "Successful inference requests.", model,
+                               registry=registry)
+        self.failure = TritonCounter("nv_inference_request_failure", "Failed inference requests by reason "
+                               "(REJECTED, CANCELED, BACKEND, OTHER).", (*model, "reason"), registry=registry)
+        self.count = TritonCounter("nv_inference_count", "Items (latents) inferred, padding excluded.", model,
+                             registry=registry)
+        self.exec_count = TritonCounter("nv_inference_exec_count", "Batches executed (count / exec_count = mean "
+                                  "batch).", model, registry=registry)
+        self.pending = Gauge("nv_inference_pending_request_count", "Items queued for a batch.", model,
+                             registry=registry)
+        self.request_us = TritonCounter("nv_inference_request_duration_us",
+                                        "Cumulative end-to-end request time, us.", model, registry=registry)
+        self.queue_us = TritonCounter("nv_inference_queue_duration_us",
+                                      "Cumulative queue wait of requests, us.", model, registry=registry)
+        self.compute_us = TritonCounter("nv_inference_compute_infer_duration_us",
+                                        "Cumulative batch compute time, us.", model, registry=registry)
+        self.queue_seconds = Histogram("curvedit_queue_wait_seconds", "Time a request's items waited for a "
+                                       "batch.", model, buckets=LATENCY_BUCKETS, registry=registry)
+        self.compute_seconds = Histogram("curvedit_batch_compute_seconds", "Compute time of one batch, by stage "
+                                         "(flow = editor, generator = images).", (*model, "stage"),
+                                         buckets=LATENCY_BUCKETS, registry=registry)
+        self.latency_seconds = Histogram("curvedit_request_latency_seconds", "End-to-end time of a request "
+                                         "through the batcher, by RPC.", (*model, "grpc_method"),
+                                         buckets=LATENCY_BUCKETS, registry=registry)
+        self.batch_size = Histogram("curvedit_batch_size", "Items in each executed batch (before padding).",
+                                    model, buckets=BATCH_BUCKETS, registry=registry)
+        self.padded_size = Histogram("curvedit_batch_padded_size", "Rows in each executed batch after padding "
+                                     "to its bucket.", model, buckets=BATCH_BUCKETS, registry=registry)
+        self.batch_release = Counter("curvedit_batch_release_total", "Why batches were released: full or "
+                                     "delay (max_queue_delay since the oldest item).", (*model, "reason"),
+                                     registry=registry)
+        self.rejections = Counter("curvedit_rejections_total", "Requests or items refused before compute, by "
+                                  "reason.", ("reason",), registry=registry)
+        self.dropped_items = Counter("curvedit_dropped_items_total", "Queued items dropped before compute "
+                                     "(deadline passed or client cancelled).", (*model, "reason"),
+                                     registry=registry)
+        self._children: dict[tuple, object] = {}
+
+    def _child(self, metric, *labels):
+        """``metric.labels(*labels)``, cached: prometheus_client's lookup costs microseconds on every request."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    # -- per RPC ----------------------------------------------------------------------------------------------
+    @_safe
+    def rpc_started(self, grpc_type: str, method: str) -> None:
+        self._child(self.started, grpc_type, SERVICE, method).inc()
+
+    @_safe
+    def rpc_handled(self, grpc_type: str, method: str, code_name: str, seconds: float) -> None:
+        self._child(self.handled, grpc_type, SERVICE, method, code_name).inc()
+        self._child(self.handling, grpc_type, SERVICE, method).observe(seconds)
+
+    @_safe
+    def message(self, grpc_type: str, method: str, received: int = 0, sent: int = 0) -> None:
+        if received:
+            self._child(self.msg_received, grpc_type, SERVICE, method).inc(received)
+        if sent:
+            self._child(self.msg_sent, grpc_type, SERVICE, method).inc(sent)
+
+    # -- per model request --------------------------------------------------------------------------------------
+    @_safe
+    def request_done(self, model: str, version: str, method: str, seconds: float, queue_s: float) -> None:
+        self._child(self.success, model, version).inc()
+        self._child(self.request_us, model, version).inc(seconds * 1e6)
+        self._child(self.queue_us, model, version).inc(queue_s * 1e6)
+        self._child(self.queue_seconds, model, version).observe(queue_s)
+        self._child(self.latency_seconds, model, version, method).observe(seconds)
+
+    @_safe
+    def request_failed(self, model: str, version: str, reason: str) -> None:
+        self._child(self.failure, model, version, reason).inc()
+
+    @_safe
+    def rejected(self, reason: str) -> None:
+        self._child(self.rejections, reason).inc()
+
+    @_safe
+    def track_pending(self, model: str, version: str, count) -> None:
+        """``count()`` → items queued for the model, read at scrape time (nothing per request)."""
+        self._child(self.pending, model, version).set_function(count)
+
+    @_safe
+    def batch(self, model: str, version: str, size: int, padded: int, reason: str, stages: dict[str, float]):
+        self._child(self.count, model, version).inc(size)
+        self._child(self.exec_count, model, version).inc()
+        self._child(self.batch_size, model, version).observe(size)
+        self._child(self.padded_size, model, version).observe(padded)
+        self._child(self.batch_release, model, version, reason).inc()
+        self._child(self.compute_us, model, version).inc(sum(stages.values()) * 1e6)
+        for stage, seconds in stages.items():
+            self._child(self.compute_seconds, model, version, stage).observe(seconds)
+
+    @_safe
+    def dropped(self, model: str, version: str, reason: str, items: int) -> None:
+        self._child(self.dropped_items, model, version, reason).inc(items)
+        self._child(self.rejections, reason).inc()
+
+    def serve_http(self, host: str, port: int):
+        """Start ``/metrics`` on ``host:port`` (0 = any free port); returns ``(httpd, bound_port)``."""
+        httpd, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return httpd, httpd.server_port

@@ -1,0 +1,114 @@
+"""The models a server holds, how a batch is computed on one, and what ``GetModel`` says about it.
+
+A served model's NAME is its bundle manifest's ``name`` (``Model.name``, which falls back to the bundle's
+directory name); its VERSION is the manifest's ``version``. Two bundles with the same name are refused at
+start-up. The first model is the default one (requests with an empty ``model`` field).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+import curvedit
+from curvedit.service.batcher import Batch, bucket_sizes
+from curvedit.v1 import latent_edit_pb2 as pb
+
+EDIT, EDIT_IMAGES, GENERATE = "edit", "edit+images", "generate"
+
+
+@dataclass
+class ServedModel:
+    model: curvedit.Model
+
+    def __post_init__(self):
+        self.name = self.model.name
+        self.version = self.model.version
+        self.latent_dim = self.model.latent_dim
+        self._index = {e: {d: k for k, d in enumerate(self.model.directions_of(e))} for e in self.model.editors}
+
+    def direction_index(self, editor: str) -> dict[str, int]:
+        """``{direction: column}`` of a resolved editor name."""
+        return self._index[editor]
+
+    def info(self, max_items: int) -> pb.ModelInfo:
+        editors = []
+        for name in self.model.editors:
+            editor = self.model.bundle.editors[name]
+            editors.append(pb.EditorInfo(
+                name=name, kind=str(getattr(editor, "kind", "")), commutative=bool(getattr(editor, "commutative",
+                                                                                          False)),
+                directions=[pb.Direction(name=d, index=i) for i, d in enumerate(self.model.directions_of(name))]))
+        return pb.ModelInfo(name=self.name, version=self.version, latent_dim=self.latent_dim,
+                            image_shape=list(self.model.image_shape), editors=editors,
+                            default_editor=self.model.default_editor, engine=self.model.engine,
+                            max_items_per_request=max_items)
+
+    def compute(self, batch: Batch) -> tuple[np.ndarray, ...]:
+        """Run one padded batch: ``model.edit`` on ``[bucket, d]`` (and/or ``model.generate``).
+
+        Called on the compute thread. Stage times go to ``batch.stages`` for the metrics.
+        """
+        _, editor, kind = batch.key
+        z, amounts = batch.inputs()
+        stages = batch.stages = {}
+        if kind == GENERATE:
+            t = time.perf_counter()
+            images = self.model.generate(z)
+            stages["generator"] = time.perf_counter() - t
+            return (images,)
+        t = time.perf_counter()
+        edited = self.model.edit(z, amounts, editor)
+        stages["flow"] = time.perf_counter() - t
+        if kind == EDIT:
+            return (edited,)
+        t = time.perf_counter()
+        images = self.model.generate(edited)
+        stages["generator"] = time.perf_counter() - t
+        return edited, images
+
+    def warm_up(self, max_batch_size: int) -> None:
+        """Run every bucket once per editor, and the generator, so no request pays a first-shape cost."""
+        for b in bucket_sizes(max_batch_size):
+            z = np.zeros((b, self.latent_dim), dtype=np.float32)
+            for editor in self.model.editors:
+                self.model.edit(z, np.zeros((b, len(self.model.directions_of(editor))), np.float32), editor)
+            self.model.generate(z)
+
+
+def serving_model(path, engine: str = "auto") -> curvedit.Model:
+    """``curvedit.load`` as a server (and the load benchmark's in-process yardstick) runs it."""
+    return _quiet_engine(curvedit.load(path, engine=engine))
+
+
+def _quiet_engine(model: curvedit.Model) -> curvedit.Model:
+    """ONNX Runtime on the CPU with spinning off: its idle worker threads otherwise busy-wait between batches,
+    taking the cores the gRPC event loop needs (on 2 cores this halves single-item throughput).
+
+    ``curvedit.load`` has no way to pass engine options yet, so the engine is rebuilt here (see the report).
+    """
+    engine = getattr(model, "_engine", None)
+    options = getattr(engine, "options", None)
+    if engine is None or engine.name != "onnxruntime" or getattr(engine, "device", "") != "cpu" or \
+            not getattr(options, "spinning", False):
+        return model
+    from dataclasses import replace
+
+    from curvedit.engines.onnx_engine import OnnxEngine
+
+    model._engine = OnnxEngine(model.bundle, "cpu", replace(options, spinning=False))
+    return model
+
+
+def load_models(paths: tuple[str, ...], engine: str) -> dict[str, ServedModel]:
+    """Load every bundle (none = the shipped default); refuse duplicate names. Insertion order = given order."""
+    models: dict[str, ServedModel] = {}
+    for path in paths or (str(curvedit.default_bundle_path()),):
+        served = ServedModel(serving_model(path, engine))
+        if served.name in models:
+            raise ValueError(f"two models are named {served.name!r} ({path} and an earlier --model); model names "
+                             "come from the bundle manifest's 'name' and must be unique on one server")
+        models[served.name] = served
+    return models

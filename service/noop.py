@@ -1,0 +1,48 @@
+"""A no-op ``LatentEditService`` (grpc.aio): ``Edit`` echoes the latents back, ``EditStream`` echoes each message.
+
+The load benchmark's yardstick: what gRPC itself costs per call on this machine, with the same messages and the
+same client, and no batching, validation or compute. ``python -m curvedit.service.noop --port 0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+import grpc
+
+from curvedit.v1 import latent_edit_pb2 as pb
+from curvedit.v1 import latent_edit_pb2_grpc as pb_grpc
+
+
+class NoopServicer(pb_grpc.LatentEditServiceServicer):
+    async def Edit(self, request, context):
+        return pb.EditResponse(latents=request.latents, model="noop", model_version="0", id=request.id)
+
+    async def EditStream(self, request_iterator, context):
+        async for request in request_iterator:
+            result = pb.EditResponse(latents=request.latents, id=request.id)
+            yield pb.EditStreamResponse(id=request.id, result=result)
+
+
+async def main(host: str, port: int) -> None:
+    server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 << 20),
+                                      ("grpc.max_receive_message_length", 64 << 20)])
+    pb_grpc.add_LatentEditServiceServicer_to_server(NoopServicer(), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    print(f"curvedit noop: SERVING noop on {host}:{bound}; metrics off", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(0.5)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    asyncio.run(main(args.host, args.port))

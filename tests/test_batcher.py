@@ -1,0 +1,174 @@
+"""The batcher's policy on a plain queue with a fake clock, and the async runner's failure isolation."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from curvedit.service.batcher import BatchQueue, BatchRunner, Entry, bucket_for, bucket_sizes
+from curvedit.service.errors import DeadlineExpired, QueueFull
+
+
+class FakeFuture:
+    def __init__(self, done=False):
+        self._done = done
+
+    def done(self):
+        return self._done
+
+
+def entry(key="k", n=1, t=0.0, deadline=None, done=False, d=3):
+    return Entry(key, np.full((n, d), t, np.float32), np.zeros((n, 2), np.float32), t, deadline, FakeFuture(done))
+
+
+@pytest.mark.parametrize(("max_batch", "sizes"), [(1, [1]), (8, [1, 2, 4, 8]), (12, [1, 2, 4, 8, 12]),
+                                                  (256, [1, 2, 4, 8, 16, 32, 64, 128, 256])])
+def test_bucket_sizes_are_powers_of_two_up_to_max(max_batch, sizes):
+    assert bucket_sizes(max_batch) == sizes
+
+
+@pytest.mark.parametrize(("n", "bucket"), [(1, 1), (2, 2), (3, 4), (5, 8), (9, 12), (12, 12)])
+def test_bucket_for_is_smallest_holding_n(n, bucket):
+    assert bucket_for(n, 12) == bucket
+
+
+def test_delay_counts_from_the_oldest_item_not_the_poll():
+    q = BatchQueue(max_batch_size=8, max_queue_delay_s=0.010, max_queue_size=100)
+    q.put([entry(t=0.000)])
+    q.put([entry(t=0.008)])
+    assert q.pop_ready(0.009) is None
+    assert q.next_wakeup(0.009) == pytest.approx(0.001)
+    batch = q.pop_ready(0.010)  # 10 ms after the OLDEST arrival, though the newest waited only 2 ms
+    assert batch is not None and batch.size == 2 and batch.reason == "delay"
+    assert len(q) == 0 and q.next_wakeup(0.010) is None
+
+
+def test_full_batch_released_at_once_and_capped_at_max():
+    q = BatchQueue(max_batch_size=4, max_queue_delay_s=1.0, max_queue_size=100)
+    q.put([entry(n=3, t=0.0)])
+    assert q.pop_ready(0.0) is None
+    q.put([entry(n=2, t=0.0)])
+    batch = q.pop_ready(0.0)  # 5 items queued >= 4: release without waiting, but only whole entries ≤ 4
+    assert batch.reason == "full" and batch.size == 3 and batch.bucket == 4
+    assert len(q) == 2
+
+
+def test_keys_batch_separately_and_oldest_key_goes_first():
+    q = BatchQueue(max_batch_size=8, max_queue_delay_s=0.0, max_queue_size=100)
+    q.put([entry(key="b", t=1.0)])
+    q.put([entry(key="a", t=2.0)])
+    q.put([entry(key="b", t=3.0)])
+    first = q.pop_ready(5.0)
+    assert first.key == "b" and first.size == 2
+    assert q.pop_ready(5.0).key == "a"
+
+
+def test_padding_to_bucket_and_split_drop_padding():
+    q = BatchQueue(max_batch_size=8, max_queue_delay_s=0.0, max_queue_size=100)
+    q.put([entry(n=2, t=1.0), entry(n=3, t=2.0)])
+    batch = q.pop_ready(3.0)
+    z, amounts = batch.inputs()
+    assert z.shape == (8, 3) and amounts.shape == (8, 2)
+    np.testing.assert_array_equal(z[:5, 0], [1, 1, 2, 2, 2])
+    np.testing.assert_array_equal(z[5:], 0)
+    parts = batch.split((z * 10,))
+    assert [p[0].shape[0] for p in parts] == [2, 3]
+    np.testing.assert_array_equal(parts[1][0][:, 0], 20)
+
+
+def test_queue_bound_in_items_all_or_nothing():
+    q = BatchQueue(max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=5)
+    q.put([entry(n=4)])
+    with pytest.raises(QueueFull) as info:
+        q.put([entry(n=1), entry(n=1)])
+    assert info.value.pushback_ms >= 10 and "queue full" in info.value.message
+    assert len(q) == 4  # nothing of the refused request was queued
+    q.put([entry(n=1)])
+    assert len(q) == 5
+
+
+def test_expired_deadline_and_cancelled_are_dropped_before_release():
+    q = BatchQueue(max_batch_size=8, max_queue_delay_s=0.0, max_queue_size=100)
+    late, gone, ok = entry(t=0.0, deadline=0.5), entry(t=0.0, done=True), entry(t=0.0, deadline=5.0)
+    q.put([late, gone, ok])
+    dropped = q.drop_stale(1.0)
+    assert {(id(e), r) for e, r in dropped} == {(id(late), "deadline"), (id(gone), "cancelled")}
+    batch = q.pop_ready(1.0)
+    assert batch.entries == [ok] and len(q) == 0
+
+
+def test_stale_entries_met_while_forming_a_batch_are_dropped_not_run():
+    q = BatchQueue(max_batch_size=8, max_queue_delay_s=0.0, max_queue_size=100)
+    late, gone, ok = entry(t=0.0, deadline=0.5), entry(t=0.0, done=True), entry(t=0.0)
+    q.put([late, gone, ok])
+    dropped = []
+    batch = q.pop_ready(1.0, dropped)
+    assert batch.entries == [ok] and [r for _, r in dropped] == ["deadline", "cancelled"] and len(q) == 0
+
+
+def test_only_stale_entries_release_no_batch():
+    q = BatchQueue(max_batch_size=8, max_queue_delay_s=0.0, max_queue_size=100)
+    q.put([entry(t=0.0, deadline=0.5)])
+    dropped = []
+    assert q.pop_ready(1.0, dropped) is None and len(dropped) == 1 and len(q) == 0
+
+
+def test_entries_larger_than_max_batch_are_refused():
+    q = BatchQueue(max_batch_size=2, max_queue_delay_s=0.0, max_queue_size=100)
+    with pytest.raises(ValueError, match="split"):
+        q.put([entry(n=3)])
+
+
+@pytest.mark.parametrize("kwargs", [{"max_batch_size": 0}, {"max_queue_delay_s": -1}, {"max_queue_size": 0}])
+def test_bad_settings_raise_with_the_fix(kwargs):
+    settings = {"max_batch_size": 4, "max_queue_delay_s": 0.0, "max_queue_size": 4} | kwargs
+    with pytest.raises(ValueError, match="must be"):
+        BatchQueue(**settings)
+
+
+def test_runner_failing_batch_fails_only_its_requests_and_loop_survives():
+    def compute(batch):
+        z, _ = batch.inputs()
+        if (z < 0).any():
+            raise RuntimeError("boom")
+        return (z * 2,)
+
+    async def scenario():
+        runner = BatchRunner(BatchQueue(4, 0.0, 100), compute)
+        task = asyncio.create_task(runner.run())
+        await asyncio.sleep(0)
+        bad = runner.submit(("m", "bad"), -np.ones((1, 3), np.float32), None)
+        good = runner.submit(("m", "good"), np.ones((6, 3), np.float32), None)  # split into 4 + 2
+        results = await asyncio.gather(*(e.future for e in bad + good), return_exceptions=True)
+        later = runner.submit(("m", "good"), np.ones((1, 3), np.float32), None)
+        (after,) = await later[0].future
+        runner.stop()
+        await task
+        return results, after
+
+    results, after = asyncio.run(scenario())
+    assert isinstance(results[0], RuntimeError)
+    assert [r[0].shape for r in results[1:]] == [(4, 3), (2, 3)]
+    np.testing.assert_array_equal(after, 2)
+
+
+def test_runner_drops_expired_work_before_compute():
+    computed = []
+
+    def compute(batch):
+        computed.append(batch.size)
+        return batch.inputs()[:1]
+
+    async def scenario():
+        clock = [0.0]
+        runner = BatchRunner(BatchQueue(4, 0.050, 100), compute, clock=lambda: clock[0])
+        (e,) = runner.submit("k", np.ones((1, 3), np.float32), None, deadline=0.010)
+        clock[0] = 0.060  # the batch is due (50 ms delay), but the deadline passed while it was queued
+        task = asyncio.create_task(runner.run())
+        with pytest.raises(DeadlineExpired):
+            await e.future
+        runner.stop()
+        await task
+
+    asyncio.run(scenario())
+    assert computed == []
