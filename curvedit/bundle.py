@@ -4,7 +4,7 @@ Manifest (format version 1)::
 
     {"format": "curvedit-bundle", "format_version": 1, "name": ..., "version": ...,
      "latent_dim": d, "image_shape": [H, W, 3], "seed": ..., "training": {...},
-     "generator": {"kind": "dcgan", "config": {...}, "file": "generator.safetensors"},
+     "generator": {"kind": "dcgan" | "known-chart", "config": {...}, "file": "generator.safetensors"},
      "regressor": {"kind": "factor-cnn", "config": {...}, "file": ...}            # optional instrument
      "default_editor": "decurved",
      "editors": {NAME: {"kind": ..., "mode": ..., "config": {...}, "file": ...,
@@ -29,11 +29,25 @@ from curvedit.models import all_editors  # noqa: F401  (registers every editor k
 from curvedit.models.editors import Editor, build_editor
 from curvedit.models.files import atomic_write, sha256_file, write_json
 from curvedit.models.generator import Generator, GeneratorConfig
+from curvedit.models.known_chart import KnownChart, KnownChartConfig
 from curvedit.models.regressor import FactorRegressor
 
 FORMAT = "curvedit-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+
+
+# Generator kinds a bundle can hold: the trained DCGAN, and the analytic known-chart generator (its config
+# carries the curvature) used by ``curvedit eval``.
+GENERATOR_KINDS = {"dcgan": (Generator, GeneratorConfig), "known-chart": (KnownChart, KnownChartConfig)}
+
+
+def generator_kind(generator: torch.nn.Module) -> str:
+    for kind, (cls, _) in GENERATOR_KINDS.items():
+        if isinstance(generator, cls):
+            return kind
+    raise BundleError(f"cannot store a {type(generator).__name__} generator; known kinds: "
+                      f"{sorted(GENERATOR_KINDS)}")
 
 
 class BundleError(ValueError):
@@ -44,7 +58,7 @@ class BundleError(ValueError):
 class Bundle:
     path: Path
     manifest: dict
-    generator: Generator
+    generator: Generator | KnownChart
     editors: dict[str, Editor]
     regressor: FactorRegressor | None = None
     extras: dict = field(default_factory=dict)
@@ -80,7 +94,7 @@ def editor_entry(name: str, editor: Editor, mode: str, training: dict | None = N
     }
 
 
-def write_bundle(path: str | Path, *, name: str, version: str, generator: Generator,
+def write_bundle(path: str | Path, *, name: str, version: str, generator: Generator | KnownChart,
                  editors: dict[str, tuple[Editor, str, dict]], default_editor: str,
                  regressor: FactorRegressor | None = None, seed: int | None = None,
                  training: dict | None = None) -> Path:
@@ -99,7 +113,8 @@ def write_bundle(path: str | Path, *, name: str, version: str, generator: Genera
         "image_shape": [generator.config.image_size, generator.config.image_size, 3],
         "seed": seed,
         "training": training or {},
-        "generator": {"kind": "dcgan", "config": generator.config.to_dict(), "file": "generator.safetensors"},
+        "generator": {"kind": generator_kind(generator), "config": generator.config.to_dict(),
+                      "file": "generator.safetensors"},
         "default_editor": default_editor,
         "editors": {},
         "files": files,
@@ -192,7 +207,12 @@ def load_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     manifest = read_manifest(path)
     verify_files(path, manifest)
-    generator = Generator(GeneratorConfig(**manifest["generator"]["config"]))
+    kind = manifest["generator"].get("kind", "dcgan")
+    if kind not in GENERATOR_KINDS:
+        raise BundleError(f"{path / MANIFEST}: unknown generator kind {kind!r}; this curvedit reads "
+                          f"{sorted(GENERATOR_KINDS)} (upgrade curvedit)")
+    generator_cls, config_cls = GENERATOR_KINDS[kind]
+    generator = generator_cls(config_cls(**manifest["generator"]["config"]))
     _load_weights(path, manifest, manifest["generator"]["file"], generator)
     editors = {}
     for name, entry in manifest["editors"].items():

@@ -73,17 +73,24 @@ def cmd_regressor(args: argparse.Namespace) -> int:
 
 
 def cmd_editor(args: argparse.Namespace) -> int:
+    """Train (or, for ganspace/sefa/chart, fit) an editor of any kind and add it to the bundle."""
+    from curvedit.models.fit_editors import make_editor
+
     bundle = load_bundle(args.bundle)
     regressor = bundle.regressor
     if args.regressor:
         regressor = load_regressor(Path(args.regressor))
-    count = args.directions or (len(FACTOR_NAMES) if args.mode == "supervised" else bundle.generator.config.latent_dim)
+    latent_dim = bundle.generator.config.latent_dim
+    count = args.directions or (len(FACTOR_NAMES) if args.mode == "supervised" else latent_dim)
     directions = editor_directions(args.mode, count)
-    editor = build_editor(args.method, {"latent_dim": bundle.generator.config.latent_dim, "directions": directions})
     config = EditorTrainConfig(mode=args.mode, steps=args.steps, lr=args.lr, amount_min=args.amount_min,
                                amount_max=args.amount_max, regulariser_weight=args.regulariser_weight,
                                seed=args.seed)
-    report = train_editor(editor, bundle.generator, config, regressor=regressor)
+    options = {"orthonormal": True} if args.orthonormal else {}
+    if args.orthonormal and args.method != "linear":
+        raise ValueError("--orthonormal applies to --method linear only")
+    editor, report = make_editor(args.method, bundle.generator, directions, config, regressor=regressor,
+                                 options=options, measure_samples=args.measure_samples)
     report["config"] = config.to_dict()
     name = args.name or f"{args.method}-{args.mode}"
     add_editor(args.bundle, name, editor, args.mode, report, make_default=args.make_default)
@@ -146,7 +153,8 @@ def register(subparsers) -> None:
     reg.add_argument("--seed", type=int, default=0)
     reg.set_defaults(func=cmd_regressor)
 
-    ed = sub.add_parser("editor", help="train an editor on a bundle's frozen generator and add it to the bundle")
+    ed = sub.add_parser("editor", help="train (or fit: ganspace, sefa, chart) an editor on a bundle's frozen "
+                        "generator and add it to the bundle")
     ed.add_argument("--bundle", required=True, help="bundle directory to read the generator from and add to")
     ed.add_argument("--method", default="decurved", choices=sorted(EDITOR_KINDS))
     ed.add_argument("--mode", default="supervised", choices=["supervised", "unsupervised"])
@@ -159,6 +167,9 @@ def register(subparsers) -> None:
     ed.add_argument("--amount-max", type=float, default=EditorTrainConfig.amount_max)
     ed.add_argument("--regulariser-weight", type=float, default=EditorTrainConfig.regulariser_weight)
     ed.add_argument("--seed", type=int, default=0)
+    ed.add_argument("--orthonormal", action="store_true", help="linear only: orthonormal direction matrix")
+    ed.add_argument("--measure-samples", type=int, default=512,
+                    help="latents used to label and measure fitted editors (ganspace, sefa)")
     ed.add_argument("--make-default", action="store_true", help="make it the bundle's default editor")
     ed.set_defaults(func=cmd_editor)
 

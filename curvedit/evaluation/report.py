@@ -1,0 +1,72 @@
+"""The evaluation's Markdown table: one row per (bundle, editor), the headline numbers at amount 1."""
+
+from __future__ import annotations
+
+COLUMNS = (
+    ("bundle", "bundle"),
+    ("editor", "editor"),
+    ("comm. Z", "relative commutation error in latent space"),
+    ("comm. px", "… in pixel space"),
+    ("comm. fac", "… in factor space"),
+    ("loop", "commutator-cycle error"),
+    ("round trip", "‖E₋ₜ(Eₜ(z)) − z‖ / ‖Eₜ(z) − z‖"),
+    ("curv. Z", "path midpoint deviation / chord (amount 2)"),
+    ("purity", "mean purity of the directions"),
+    ("pure", "factors with a direction of purity > 0.8"),
+    ("DCI D/C", "DCI-style disentanglement / completeness"),
+    ("probe", "fresh-probe accuracy"),
+    ("FD", "Fréchet distance, regressor features (noise floor in brackets)"),
+    ("atyp.", "mean |‖z'‖² − d|/d after a ±1 edit"),
+    ("ms b1", "ms per edit call, batch 1 (torch)"),
+    ("ms b256", "ms per edit call, batch 256 (torch)"),
+    ("trained", "needs training"),
+)
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if value == 0:
+        return "0"
+    if abs(value) < 1e-2 or abs(value) >= 1e4:
+        return f"{value:.1e}"
+    return f"{value:.{digits}f}"
+
+
+def rows(results: list[dict]) -> list[list[str]]:
+    out = []
+    for bundle in results:
+        for name, e in bundle["editors"].items():
+            g1 = e["geometry"]["amount=1"]
+            g2 = e["geometry"].get("amount=2", g1)
+            f = e.get("factors", {})
+            q = e["quality"]
+            fd = None if "frechet" not in q else f"{_fmt(q['frechet'])} ({_fmt(q['frechet_noise_floor'])})"
+            dci = "–" if not f else f"{_fmt(f['dci_disentanglement'])}/{_fmt(f['dci_completeness'])}"
+            out.append([
+                bundle["label"], name, _fmt(g1["commutation_latent"]), _fmt(g1.get("commutation_pixel")),
+                _fmt(g1.get("commutation_factor")), _fmt(g1["loop"]), _fmt(g1["round_trip"]),
+                _fmt(g2["path_curvature"]), _fmt(f.get("mean_purity")), _fmt(f.get("pure_factors")), dci,
+                _fmt(e["probe_accuracy"]), fd or "–", _fmt(q["atypicality"]), _fmt(e["cost"]["ms_batch1"]),
+                _fmt(e["cost"]["ms_batch256"]), _fmt(e["needs_training"]),
+            ])
+    return out
+
+
+def markdown_table(results: list[dict]) -> str:
+    """The table, then one line per known-chart bundle with its computed linear ceiling."""
+    lines = ["| " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows(results)]
+    ceilings = [(b["label"], b["linear_ceiling"]) for b in results if "linear_ceiling" in b]
+    if ceilings:
+        lines.append("")
+        for label, ceiling in ceilings:
+            per = ", ".join(f"{v:.2f}" for v in ceiling["purity"])
+            lines.append(f"- {label}: best purity any linear editor reaches (computed): "
+                         f"**{ceiling['mean_purity']:.3f}** (per factor {per})")
+    lines += ["", "Columns: " + "; ".join(f"**{c}** = {meaning}" for c, meaning in COLUMNS[2:]) + "."]
+    return "\n".join(lines) + "\n"

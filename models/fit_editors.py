@@ -1,0 +1,133 @@
+"""Make an editor of any kind for a frozen generator: train it, or fit it (kinds with ``needs_training`` false).
+
+Fitted linear kinds (GANSpace, SeFa) find unnamed components. In supervised mode they are then *labelled*,
+the way a user names PCA components: the signed factor response of every component is measured, each factor
+takes the component that moves it most purely (greedy, purest pair first), and the column is scaled so that
+an amount of +1 moves its factor by +1 standard deviation, like the trained supervised editors.
+
+On the known-chart generator supervised training and measurement read the true factors ``ψ(z)`` instead of
+the factor regressor on renders (no rendering, no regressor error): ``factor_reader`` picks the instrument.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from curvedit.models.editors import EDITOR_KINDS, Editor, build_editor
+from curvedit.models.known_chart import ChartFactors, KnownChart, chart_editor
+from curvedit.models.linear_editors import GANSpaceEditor, SeFaEditor, _FittedLinear
+from curvedit.models.measure import factor_response, purity
+from curvedit.models.train_editor import EditorTrainConfig, factor_indices, train_editor
+
+
+def factor_reader(generator, regressor) -> tuple[nn.Module, nn.Module]:
+    """``(generator-like, regressor-like)`` whose composition maps ``z`` to standardised factors: the true
+    chart for a known-chart generator, else ``regressor ∘ generator``."""
+    if isinstance(generator, KnownChart):
+        return ChartFactors(generator), nn.Identity()
+    if regressor is None:
+        raise ValueError("supervised editors need a factor regressor: the bundle has none, pass --regressor")
+    return generator, regressor
+
+
+@torch.no_grad()
+def signed_response(generator, regressor, matrix: torch.Tensor, samples: int = 512, seed: int = 1) -> torch.Tensor:
+    """``[K, F]``: mean factor change (signed) per unit amount along each column of ``matrix [d, K]``,
+    from central differences at ±1."""
+    z = torch.randn(samples, matrix.shape[0], generator=torch.Generator().manual_seed(seed))
+    rows = []
+    for k in range(matrix.shape[1]):
+        up = regressor(generator(z + matrix[:, k]))
+        down = regressor(generator(z - matrix[:, k]))
+        rows.append(((up - down) / 2).mean(0))
+    return torch.stack(rows)
+
+
+def label_components(matrix: torch.Tensor, generator, regressor, directions: list[str],
+                     samples: int = 512) -> torch.Tensor:
+    """Columns of ``matrix [d, C]`` → ``[d, K]``, column k the component best tied to factor ``directions[k]``,
+    signed and scaled to gain +1 (measured on ``samples`` latents)."""
+    targets = factor_indices(directions)
+    response = signed_response(generator, regressor, matrix, samples)
+    share = response.abs() / response.abs().sum(1, keepdim=True).clamp_min(1e-12)  # [C, F]
+    chosen: dict[int, int] = {}
+    free_components, free_factors = set(range(matrix.shape[1])), set(targets)
+    while free_factors:
+        c, j = max(((c, j) for c in free_components for j in free_factors), key=lambda cj: share[cj])
+        chosen[j] = c
+        free_components.discard(c)
+        free_factors.discard(j)
+    columns = []
+    for j in targets:
+        gain = response[chosen[j], j]
+        # A component that barely moves its factor keeps a bounded (but large) scale instead of dividing by ~0.
+        gain = torch.where(gain < 0, -1.0, 1.0) * gain.abs().clamp_min(1e-2)
+        columns.append(matrix[:, chosen[j]] / gain)
+    return torch.stack(columns, dim=1)
+
+
+def fit_editor(method: str, generator, directions: list[str], mode: str, regressor=None, seed: int = 0,
+               samples: int = 512) -> Editor:
+    """A fitted editor (``ganspace``, ``sefa``, ``chart``); supervised mode labels the components."""
+    if method == "chart":
+        if not isinstance(generator, KnownChart):
+            raise ValueError("the 'chart' editor exists only for a known-chart generator")
+        return chart_editor(generator, directions)
+    if method not in ("ganspace", "sefa"):
+        raise ValueError(f"{method!r} is not a fitted editor kind (ganspace, sefa, chart)")
+    if mode == "unsupervised":
+        return _fit_components(method, generator, directions, seed)
+    full = _fit_components(method, generator, [f"c{k}" for k in range(generator.config.latent_dim)], seed)
+    reader_generator, reader = factor_reader(generator, regressor)
+    cls = type(full)
+    labelled = label_components(full.weight, reader_generator, reader, directions, samples)
+    return cls.from_matrix(labelled, directions)
+
+
+def _fit_components(method: str, generator, directions: list[str], seed: int) -> _FittedLinear:
+    if method == "ganspace":
+        return GANSpaceEditor.fit(generator, directions, seed=seed)
+    return SeFaEditor.fit(generator, directions)
+
+
+def make_editor(method: str, generator, directions: list[str], config: EditorTrainConfig, regressor=None,
+                options: dict | None = None, progress: bool = True, measure_samples: int = 512
+                ) -> tuple[Editor, dict]:
+    """Build and train (or fit) an editor of kind ``method``; returns ``(editor, report)``.
+
+    ``options`` are extra constructor arguments (e.g. ``{"orthonormal": True}`` for ``linear``);
+    ``measure_samples`` latents label fitted components and measure them (trained kinds measure on 512).
+    """
+    if method not in EDITOR_KINDS:
+        raise ValueError(f"unknown editor kind {method!r}; known kinds: {sorted(EDITOR_KINDS)}")
+    latent_dim = generator.config.latent_dim
+    if not EDITOR_KINDS[method].needs_training:
+        t0 = time.time()
+        editor = fit_editor(method, generator, directions, config.mode, regressor, config.seed, measure_samples)
+        report = {"mode": config.mode, "fitted": True, "seconds": time.time() - t0}
+        if config.mode == "supervised":
+            report.update(_supervised_measure(editor, generator, regressor, config.seed, measure_samples))
+        return editor, report
+    editor = build_editor(method, {"latent_dim": latent_dim, "directions": directions, **(options or {})})
+    if config.mode == "supervised":
+        reader_generator, reader = factor_reader(generator, regressor)
+        report = train_editor(editor, reader_generator, config, regressor=reader, progress=progress)
+    else:
+        report = train_editor(editor, generator, config, progress=progress)
+    return editor, report
+
+
+def _supervised_measure(editor: Editor, generator, regressor, seed: int, samples: int) -> dict:
+    reader_generator, reader = factor_reader(generator, regressor)
+    latents = torch.randn(samples, editor.latent_dim, generator=torch.Generator().manual_seed(seed + 12345))
+    targets = factor_indices(editor.directions)
+    response = factor_response(reader_generator, editor, reader, latents, amount=1.0)
+    per_direction = purity(response, targets)
+    return {"purity": dict(zip(editor.directions, per_direction.tolist(), strict=True)),
+            "mean_purity": per_direction.mean().item(),
+            "gain": dict(zip(editor.directions, response[torch.arange(len(targets)), targets].tolist(),
+                             strict=True)),
+            "factor_response": response.tolist()}
