@@ -1,0 +1,476 @@
+"""``curvedit bench engine``: every available backend timed side by side on the edit z' = f⁻¹(f(z) + t).
+
+Only the edit is timed (inputs already on the device; ONNX Runtime takes NumPy, so its rows include handing
+arrays in and out). Flows: the shipped model's (a tiny synthetic d=8 flow if it is not installed) and a
+synthetic d=512, h=512, 8-layer flow with random weights. Backends: torch eager, torch.compile, onnxruntime,
+and on CUDA also eager/compiled under bf16 autocast and the triton engine at fp32, tf32 and bf16.
+
+FLOPs per edited latent, for a coupling flow of L layers on d = a + b coordinates (a = d // 2 conditioning,
+b = d − a transformed) with MLP width h:
+
+    FLOPs = 2 · (a·h + h·h + h·2b) · 2 · L
+
+(one multiply-add = 2 FLOPs; three matmuls per MLP row; the MLP runs once per layer in f and once in f⁻¹;
+elementwise work is not counted). d = h = 512, L = 8: 21.0 MFLOP per edit.
+
+Timing: each row warms up (compiles, builds sessions), then takes the median of ``repeats`` samples; on CUDA a
+sample is CUDA-event time over enough back-to-back calls to last ≥ 1 ms, divided by the call count. Peaks are
+measured in the same run with large ``torch.matmul``s (CPU: fp32 sgemm; GPU: fp32, tf32 and bf16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from curvedit.bundle import Bundle, load_bundle
+from curvedit.models.files import atomic_write
+
+FULL_BATCHES = (1, 16, 64, 256, 1024, 4096)
+QUICK_BATCHES = (1, 16)
+FLOWS = ("shipped", "d512")
+
+
+def edit_flops(editor) -> float:
+    """FLOPs of one edited latent (formula in the module docstring)."""
+    cfg = editor.flow.config
+    a, h = cfg.dim // 2, cfg.hidden
+    b = cfg.dim - a
+    return 2.0 * (a * h + h * h + h * 2 * b) * 2 * cfg.layers
+
+
+@dataclass
+class Row:
+    flow: str
+    batch: int
+    backend: str
+    precision: str
+    ms: float | None = None
+    edits_per_s: float | None = None
+    gflops: float | None = None
+    vs_eager: float | None = None
+    frac_peak: float | None = None  # of this machine's matmul rate at the row's precision (CPU: sgemm)
+    frac_bf16_peak: float | None = None  # GPU only
+    max_err: float | None = None  # vs torch eager fp32 on the same inputs
+    note: str = ""
+
+
+# -- timing -----------------------------------------------------------------------------------------------------
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def sampler(fn: Callable[[], object], device: str) -> Callable[[], float]:
+    """A function that takes one timing sample of ``fn``: seconds per call (on CUDA: event time over enough
+    back-to-back calls to last ≥ 1 ms, divided by their count)."""
+    if not device.startswith("cuda"):
+        def sample() -> float:
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+
+        return sample
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    inner = max(1, min(200, int(1e-3 / max(time.perf_counter() - t0, 1e-6))))
+
+    def sample_cuda() -> float:
+        start.record()
+        for _ in range(inner):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / inner
+
+    return sample_cuda
+
+
+def time_call(fn: Callable[[], object], device: str, repeats: int, warmup: int, best: bool = False) -> float:
+    """Median (``best``: minimum) seconds per call of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    sample = sampler(fn, device)
+    samples = [sample() for _ in range(repeats)]
+    return min(samples) if best else statistics.median(samples)
+
+
+def matmul_rate(device: str, dtype: torch.dtype, n: int, tf32: bool = False, repeats: int = 7) -> float:
+    """GFLOP/s of an ``n×n @ n×n`` ``torch.matmul`` (the machine's own GEMM ceiling for that precision): the
+    best of ``repeats`` calls, since a ceiling is what the hardware reaches when nothing else interferes."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        seconds = time_call(lambda: torch.matmul(a, b), device, repeats, warmup=2, best=True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    return 2.0 * n**3 / seconds / 1e9
+
+
+def measure_peaks(device: str, quick: bool) -> dict[str, float]:
+    if device.startswith("cuda"):
+        n = 2048 if quick else 8192
+        return {"fp32": matmul_rate(device, torch.float32, n), "tf32": matmul_rate(device, torch.float32, n, True),
+                "bf16": matmul_rate(device, torch.bfloat16, n)}
+    return {"fp32": matmul_rate(device, torch.float32, 512 if quick else 2048)}
+
+
+# -- backends ---------------------------------------------------------------------------------------------------
+@dataclass
+class Backend:
+    name: str
+    precision: str
+    prepare: Callable[[torch.Tensor, torch.Tensor], Callable[[], object]] | None  # (z, t) → one timed call
+    note: str = ""
+
+
+def _as_tensor(out) -> torch.Tensor:
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    return torch.from_numpy(out) if isinstance(out, np.ndarray) else out.detach().float().cpu()
+
+
+def _autocast(device: str):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+
+
+def make_backends(bundle: Bundle, editor_name: str, device: str, args: argparse.Namespace) -> list[Backend]:
+    """Every backend this machine can run for ``editor_name``; the unavailable ones carry a note why."""
+    # Built first, from the bundle's CPU modules; torch backends get their own copy on the device.
+    onnx_backend = _onnx_backend(bundle, editor_name, device, args.quick, args.threads)
+    triton_backends = _triton_backends(bundle, editor_name, device)
+    editor = copy.deepcopy(bundle.editors[editor_name]).to(device).eval()
+    cuda = device.startswith("cuda")
+    backends = [Backend("torch", "fp32", lambda z, t: lambda: editor.edit(z, t))]
+
+    def bf16_edit(z, t):
+        with _autocast(device):
+            return editor.edit(z, t)
+
+    if cuda:
+        backends.append(Backend("torch", "bf16-autocast", lambda z, t: lambda: bf16_edit(z, t)))
+    mode = args.compile_mode or ("reduce-overhead" if cuda else "default")
+    if args.quick and not args.compile:
+        backends.append(Backend("torch.compile", "fp32", None, "skipped in --quick (compiling takes minutes)"))
+    else:
+        torch._dynamo.reset()
+        compiled = torch.compile(editor.edit, mode=mode)
+        backends.append(Backend(f"torch.compile[{mode}]", "fp32", lambda z, t: lambda: compiled(z, t)))
+        if cuda:
+            compiled_bf16 = torch.compile(bf16_edit, mode=mode)
+            backends.append(Backend(f"torch.compile[{mode}]", "bf16-autocast",
+                                    lambda z, t: lambda: compiled_bf16(z, t)))
+    return [*backends, onnx_backend, *triton_backends]
+
+
+def _onnx_backend(bundle: Bundle, editor_name: str, device: str, quick: bool, threads: int | None) -> Backend:
+    from curvedit.engines.onnx_engine import OnnxEngine, OrtOptions, cuda_provider_usable
+
+    if device.startswith("cuda") and not cuda_provider_usable():
+        return Backend("onnxruntime", "fp32", None, "no CUDAExecutionProvider in this onnxruntime build")
+    # The dynamo exporter's graph (what `curvedit export` writes) has ~30% fewer nodes than the TorchScript
+    # one the engine builds in memory for bundles that ship no graphs; --quick takes the faster export.
+    exporter = "torchscript" if quick else "dynamo"
+    engine = OnnxEngine(bundle, device, options=OrtOptions(threads=threads), exporter=exporter)
+    session = engine.session(f"edit:{editor_name}")
+    if session is None:
+        return Backend("onnxruntime", "fp32", None, "graph failed export/verification")
+    note = f"{exporter} graph"
+
+    def prepare(z, t):
+        feed = {"z": z.cpu().numpy(), "t": t.cpu().numpy()}
+        return lambda: session.run(None, feed)
+
+    return Backend("onnxruntime", "fp32", prepare, note)
+
+
+def _triton_backends(bundle: Bundle, editor_name: str, device: str) -> list[Backend]:
+    if not device.startswith("cuda"):
+        return [Backend("triton", "-", None, "CUDA only (the CPU interpreter is not a benchmark)")]
+    try:
+        from curvedit.engines.triton_engine import TritonEngine, triton_available
+    except ImportError as exc:
+        return [Backend("triton", "-", None, f"not importable: {exc}")]
+    if not triton_available(device):
+        return [Backend("triton", "-", None, "triton_available() is False on this device")]
+    backends = []
+    for precision, graphs in (("fp32", True), ("tf32", True), ("bf16", True), ("bf16", False)):
+        label = "triton[cuda-graphs]" if graphs else "triton"
+        try:
+            engine = TritonEngine(bundle, device=device, precision=precision, use_cuda_graphs=graphs)
+        except Exception as exc:  # report and keep benchmarking the other precisions
+            backends.append(Backend(label, precision, None, f"{type(exc).__name__}: {exc}"))
+            continue
+        backends.append(Backend(label, precision,
+                                lambda z, t, e=engine: lambda: e.edit_tensor(editor_name, z, t)))
+    return backends
+
+
+# -- the sweep --------------------------------------------------------------------------------------------------
+def flow_bundles(flows: list[str], workdir: Path, quick: bool) -> list[tuple[str, Path]]:
+    """``(label, bundle path)`` per requested flow; synthetic ones are written into ``workdir``."""
+    from curvedit.api import default_bundle_path
+    from curvedit.synthetic import make_synthetic_bundle
+
+    out = []
+    for flow in flows:
+        if flow == "shipped":
+            shipped = default_bundle_path()
+            if (shipped / "manifest.json").is_file():
+                out.append(("shipped", shipped))
+            else:  # before the trained model exists: a flow of the same size class
+                path = make_synthetic_bundle(workdir / "tiny", latent_dim=8, hidden=64, layers=8, directions=6)
+                out.append(("tiny-synthetic", path))
+        elif flow == "d512":
+            d, h, layers = (64, 64, 4) if quick else (512, 512, 8)
+            path = make_synthetic_bundle(workdir / f"d{d}", latent_dim=d, hidden=h, layers=layers)
+            out.append((f"synthetic-d{d}", path))
+        else:
+            raise ValueError(f"unknown flow {flow!r}; choose from {list(FLOWS)}")
+    return out
+
+
+def _fill(row: Row, seconds: float, flops: float, eager_ms: float | None, peaks: dict[str, float]) -> None:
+    row.ms = seconds * 1e3
+    row.edits_per_s = row.batch / seconds
+    row.gflops = flops * row.batch / seconds / 1e9
+    row.vs_eager = eager_ms / row.ms if eager_ms else None
+    _fractions(row, peaks)
+
+
+def _fractions(row: Row, peaks: dict[str, float]) -> None:
+    """Fill the %-of-peak columns: against the matmul rate of the row's own precision, and of bf16."""
+    key = "bf16" if row.precision.startswith("bf16") else row.precision if row.precision in peaks else "fp32"
+    row.frac_peak = row.gflops / peaks[key] if key in peaks else None
+    row.frac_bf16_peak = row.gflops / peaks["bf16"] if "bf16" in peaks else None
+
+
+def bench_flow(label: str, bundle: Bundle, device: str, args: argparse.Namespace,
+               peaks: dict[str, float]) -> list[Row]:
+    name = bundle.default_editor
+    editor = bundle.editors[name]
+    flops = edit_flops(editor)
+    reference = copy.deepcopy(editor).cpu().eval()  # CPU fp32 eager: the max_err yardstick
+    backends = make_backends(bundle, name, device, args)
+    rows, last = [], {}  # (backend, precision) → (seconds per call, batch) at the last batch it ran
+    for batch in args.batch_sizes:
+        gen = torch.Generator().manual_seed(batch)
+        z_cpu = torch.randn(batch, editor.latent_dim, generator=gen)
+        t_cpu = torch.randn(batch, editor.num_directions, generator=gen)
+        with torch.inference_mode():
+            expected = reference.edit(z_cpu, t_cpu)
+            timed = _prepare_rows(label, batch, backends, z_cpu.to(device), t_cpu.to(device), expected, device,
+                                  args, rows, last)
+            _sample_in_rounds(timed, device)
+        eager_ms = None
+        for row, _, samples, _ in timed:
+            if row.note.startswith("error") or not samples:
+                continue
+            seconds = statistics.median(samples)
+            last[(row.backend, row.precision)] = (seconds, batch)
+            if row.backend == "torch" and row.precision == "fp32":
+                eager_ms = seconds * 1e3
+            _fill(row, seconds, flops, eager_ms, peaks)
+            print(f"  {label:>16} b={batch:<5} {row.backend:<28} {row.precision:<13} {row.ms:10.3f} ms",
+                  flush=True)
+    return rows
+
+
+def _sample_in_rounds(timed: list, device: str, rounds: int = 3) -> None:
+    """Take each row's ``repeats`` samples in ``rounds`` rounds over all backends, so a burst of load from
+    elsewhere hits every backend alike. Within a round each backend's samples are consecutive, after a pause
+    and one untimed call: thread pools that spin (ONNX Runtime's, OpenMP's) slow each other down when calls
+    of different backends alternate, which no real single-engine process sees."""
+    for r in range(rounds):
+        for row, sample, samples, repeats in timed:
+            count = repeats // rounds + (r < repeats % rounds)
+            if row.note.startswith("error") or count == 0:
+                continue
+            try:
+                if not device.startswith("cuda"):
+                    time.sleep(0.05)
+                sample()
+                samples.extend(sample() for _ in range(count))
+            except Exception as exc:  # reported in the row; the others go on
+                row.note = _error(exc)
+
+
+def _error(exc: Exception) -> str:
+    first = str(exc).splitlines()[0][:120] if str(exc) else ""
+    return f"error: {type(exc).__name__}: {first}"
+
+
+def _prepare_rows(label, batch, backends, z, t, expected, device, args, rows, last):
+    """Add one row per backend at ``batch``; check each runnable one against ``expected`` and warm it up.
+    Returns ``[(row, sampler, samples, repeats)]`` for the rows to time."""
+    timed = []
+    for backend in backends:
+        row = Row(label, batch, backend.name, backend.precision, note=backend.note)
+        rows.append(row)
+        key = (backend.name, backend.precision)
+        if backend.prepare is None:
+            continue
+        if time.time() > args.deadline:
+            row.note = f"skipped: --time-limit-s {args.time_limit_s:g} reached"
+            continue
+        if key in last and last[key][0] * batch / last[key][1] > args.max_call_s:
+            row.note = f"skipped: a call would take > {args.max_call_s:g} s"
+            continue
+        try:
+            call = backend.prepare(z, t)
+            t0 = time.perf_counter()
+            row.max_err = float((_as_tensor(call()) - expected).abs().max())
+            slow = time.perf_counter() - t0 > args.slow_call_s  # long calls: fewer samples, no less exact
+            for _ in range(min(args.warmup, 1) if slow else args.warmup):
+                call()
+            _sync(device)
+            timed.append((row, sampler(call, device), [], min(args.repeats, 3) if slow else args.repeats))
+        except Exception as exc:  # a failing backend is a result, not the end of the run
+            row.note = _error(exc)
+    return timed
+
+
+def machine_info(device: str) -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_avg": os.getloadavg()}
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        models = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+        info["cpu"] = models[0] if models else platform.processor()
+    with contextlib.suppress(ImportError):
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    with contextlib.suppress(ImportError):
+        import triton
+
+        info["triton"] = triton.__version__
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(rows: list[Row], cuda: bool) -> str:
+    peak_cols = ["% peak", "% bf16 peak"] if cuda else ["% sgemm"]
+    head = ["flow", "batch", "backend", "precision", "ms/call", "edits/s", "GFLOP/s", "x eager", *peak_cols,
+            "max err", "note"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        peaks = [_fmt(r.frac_peak and 100 * r.frac_peak, ".1f")]
+        if cuda:
+            peaks.append(_fmt(r.frac_bf16_peak and 100 * r.frac_bf16_peak, ".1f"))
+        cells = [r.flow, str(r.batch), r.backend, r.precision, _fmt(r.ms, ".3f"), _fmt(r.edits_per_s, ",.0f"),
+                 _fmt(r.gflops, ".1f"), _fmt(r.vs_eager, ".2f"), *peaks, _fmt(r.max_err, ".1e"), r.note]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Measure peaks, then every flow; the table is printed (and ``--json`` rewritten) after each flow, so a
+    run cut short still leaves its finished rows."""
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.startswith("cuda")
+    flows = args.flows.split(",")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    start = time.time()
+    args.deadline = start + args.time_limit_s if args.time_limit_s else float("inf")
+    peaks = measure_peaks(device, args.quick)
+    print("matmul peaks (GFLOP/s): " + ", ".join(f"{k} {v:,.0f}" for k, v in peaks.items()), flush=True)
+    rows: list[Row] = []
+    result: dict = {}
+    with tempfile.TemporaryDirectory(prefix="curvedit-bench-") as tmp:
+        for label, path in flow_bundles(flows, Path(tmp), args.quick):
+            rows.extend(bench_flow(label, load_bundle(path), device, args, peaks))
+            config = {k: v for k, v in vars(args).items() if k not in ("func", "deadline")}
+            result = {"machine": machine_info(device), "device": device, "peaks_gflops": peaks,
+                      "flops_per_edit": "2*(a*h + h*h + h*2b)*2*L", "seconds": time.time() - start,
+                      "config": config, "rows": [asdict(r) for r in rows]}
+            if args.json:
+                text = json.dumps(result, indent=2) + "\n"
+                atomic_write(args.json, lambda tmp, text=text: Path(tmp).write_text(text))
+    # Peaks again at the end, keeping the higher: a busy moment at the start must not flatter the fractions.
+    again = measure_peaks(device, args.quick)
+    if any(again[k] > peaks[k] for k in peaks):
+        peaks.update({k: max(peaks[k], again[k]) for k in peaks})
+        for row in rows:
+            if row.gflops is not None:
+                _fractions(row, peaks)
+        result["peaks_gflops"] = peaks
+        result["rows"] = [asdict(r) for r in rows]
+        if args.json:
+            text = json.dumps(result, indent=2) + "\n"
+            atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+    print(format_table(rows, cuda))
+    print(f"matmul peaks (GFLOP/s, best of start and end): {peaks}")
+    print(f"device {device}; load average {os.getloadavg()}; {result['seconds']:.0f} s")
+    if args.json:
+        print(f"wrote {args.json}")
+    return result
+
+
+def cmd_bench_engine(args: argparse.Namespace) -> int:
+    if args.batch_sizes is None:
+        args.batch_sizes = list(QUICK_BATCHES if args.quick else FULL_BATCHES)
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 10
+    if any(b < 1 for b in args.batch_sizes) or args.repeats < 1 or args.warmup < 0:
+        raise ValueError("--batch-sizes and --repeats must be >= 1 and --warmup >= 0")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    run(args)
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                        help=f"default {' '.join(map(str, FULL_BATCHES))} ({' '.join(map(str, QUICK_BATCHES))} "
+                             "with --quick)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed samples per row (default 10; quick 3)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
+    parser.add_argument("--flows", default=",".join(FLOWS), help="comma-separated: shipped,d512")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: small d=64 flow, batches 1 and 16, no torch.compile")
+    parser.add_argument("--compile", action="store_true", help="time torch.compile even with --quick")
+    parser.add_argument("--compile-mode", default=None,
+                        help="torch.compile mode (default: reduce-overhead on CUDA, default on CPU)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch and ONNX Runtime alike (default: torch's and ORT's own)")
+    parser.add_argument("--time-limit-s", type=float, default=None,
+                        help="stop timing new rows after this many seconds (finished rows are kept)")
+    parser.add_argument("--max-call-s", type=float, default=5.0,
+                        help="skip a backend's larger batches once one call would exceed this (default 5 s)")
+    parser.add_argument("--slow-call-s", type=float, default=0.3,
+                        help="rows whose call takes longer get 1 warm-up call and at most 3 samples")
+
+
+def register(sub) -> None:
+    engine = sub.add_parser("engine", help="time every engine backend on the edit, side by side",
+                            description=__doc__.split("\n\n")[0])
+    add_arguments(engine)
+    engine.set_defaults(func=cmd_bench_engine)

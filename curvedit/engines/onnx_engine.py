@@ -1,0 +1,184 @@
+"""The ONNX Runtime engine: each edit and the generator run as one ONNX graph.
+
+Where the graphs come from, per graph and on first use:
+
+1. the bundle's own file (``curvedit export`` wrote it; its sha256 was checked when the bundle loaded, and it is
+   checked again here as it is read), if its manifest entry was made from the weight files the bundle has now;
+2. otherwise an in-memory export (TorchScript exporter, about a second for the shipped model) verified against
+   eager PyTorch exactly like ``curvedit export`` does. Nothing is written, so read-only installs work;
+   ``curvedit export`` makes later loads skip this step;
+3. if a graph cannot be exported or fails verification, that editor (or the generator) runs on its PyTorch
+   module on the CPU instead; ``engine.origins`` says which path each graph took and why.
+
+Providers: the CPU provider always; the CUDA provider only when torch sees a GPU *and* ONNX Runtime offers
+``CUDAExecutionProvider`` (asking for it elsewhere makes ``onnxruntime-gpu`` print warnings). Sessions log
+errors only. CUDA runs fp32 GEMMs without TF32, so results stay within fp32 tolerance of the torch engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from curvedit.bundle import Bundle, BundleError
+from curvedit.models.files import to_uint8
+
+log = logging.getLogger("curvedit.engines.onnx")
+
+
+def _ort():
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # errors only: no provider chatter on import or session creation
+    return ort
+
+
+def cuda_provider_usable() -> bool:
+    """A CUDA GPU is visible to torch and this ONNX Runtime build has the CUDA provider."""
+    return torch.cuda.is_available() and "CUDAExecutionProvider" in _ort().get_available_providers()
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    """Session settings. ``threads=None`` uses every core this process may run on (2 here).
+
+    ``spinning`` (ONNX Runtime's own default, on) lets worker threads busy-wait briefly between ops: on the 2-core
+    machine it cut a d=512 batch-1 edit from 2.9 to 1.7 ms. Turn it off when other busy threads share the cores
+    (e.g. torch's OpenMP pool in the same process): spinning pools then slow each other down."""
+
+    threads: int | None = None
+    spinning: bool = True
+    optimization: str = "all"  # "basic", "extended" or "all"
+
+    def __post_init__(self):
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 (or None for all cores), got {self.threads}")
+        if self.optimization not in ("basic", "extended", "all"):
+            raise ValueError(f"optimization must be basic, extended or all, got {self.optimization!r}")
+
+    def session_options(self):
+        ort = _ort()
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = self.threads or available_cores()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = {
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.optimization]
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        return options
+
+
+def resolve_device(device: str | None) -> str:
+    """``None`` → ``cuda`` when the CUDA provider is usable, else ``cpu``; ``cuda[:n]`` must be usable."""
+    if device is None:
+        return "cuda" if cuda_provider_usable() else "cpu"
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        if not cuda_provider_usable():
+            raise ValueError(f"device {device!r} needs a CUDA GPU and onnxruntime-gpu's CUDAExecutionProvider "
+                             f"(have {_ort().get_available_providers()}); use device='cpu'")
+        return device
+    raise ValueError(f"the onnxruntime engine runs on 'cpu' or 'cuda[:n]', got device {device!r}")
+
+
+class OnnxEngine:
+    """Runs a bundle's graphs in ONNX Runtime. NumPy in and out (see ``curvedit.engines.base``)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Bundle, device: str | None = None, options: OrtOptions | None = None,
+                 exporter: str = "torchscript"):
+        self.bundle = bundle
+        self.device = resolve_device(device)
+        self.options = options or OrtOptions()
+        self.exporter = exporter
+        if self.device.startswith("cuda"):
+            index = int(self.device.partition(":")[2] or 0)
+            self.providers = [("CUDAExecutionProvider", {"device_id": index, "use_tf32": 0}),
+                              "CPUExecutionProvider"]
+        else:
+            self.providers = ["CPUExecutionProvider"]
+        self.origins: dict[str, str] = {}  # graph key → "bundle", "memory" or "torch: <reason>"
+        self._sessions: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    # -- graphs ---------------------------------------------------------------------------------------------
+    def _spec(self, key: str):
+        from curvedit.export.graphs import edit_spec, generator_spec
+
+        return generator_spec(self.bundle) if key == "generator" else edit_spec(self.bundle, key.split(":", 1)[1])
+
+    def _graph_bytes(self, spec) -> tuple[bytes | None, str]:
+        from curvedit.export.graphs import is_fresh
+        from curvedit.export.onnx_export import ExportError, build_graph
+
+        entry = self.bundle.manifest.get("onnx", {}).get(spec.filename)
+        if entry is not None and is_fresh(self.bundle, entry):
+            data = (self.bundle.path / spec.filename).read_bytes()
+            expected = self.bundle.manifest["files"].get(spec.filename)
+            if hashlib.sha256(data).hexdigest() != expected:
+                raise BundleError(f"checksum mismatch for {self.bundle.path / spec.filename}: the file changed "
+                                  "after the bundle was loaded; restore it or re-run `curvedit export`")
+            return data, "bundle"
+        try:
+            return build_graph(spec, self.exporter).data, "memory"
+        except ExportError as exc:
+            log.warning("%s runs on PyTorch: %s", spec.key, exc)
+            return None, f"torch: {exc}"
+
+    def session(self, key: str):
+        """The session for ``"generator"`` or ``"edit:<editor>"``, made on first use; ``None`` = torch fallback."""
+        if key not in self._sessions:
+            with self._lock:
+                if key not in self._sessions:
+                    data, origin = self._graph_bytes(self._spec(key))
+                    session = None
+                    if data is not None:
+                        session = _ort().InferenceSession(data, self.options.session_options(),
+                                                          providers=self.providers)
+                    self.origins[key] = origin
+                    self._sessions[key] = session
+        return self._sessions[key]
+
+    def warm_up(self) -> dict[str, str]:
+        """Build every session now (not on first request); returns ``origins``."""
+        self.session("generator")
+        for editor in self.bundle.editors:
+            self.session(f"edit:{editor}")
+        return dict(self.origins)
+
+    # -- the work -------------------------------------------------------------------------------------------
+    def edit(self, editor: str, z: np.ndarray, amounts: np.ndarray) -> np.ndarray:
+        """``z [batch, d]``, ``amounts [batch, K]`` → edited latents float32 ``[batch, d]``."""
+        session = self.session(f"edit:{editor}")
+        if session is None:
+            with torch.inference_mode():
+                out = self.bundle.editors[editor].edit(torch.from_numpy(z), torch.from_numpy(amounts))
+            return out.numpy()
+        return session.run(None, {"z": z, "t": amounts})[0]
+
+    def generate(self, z: np.ndarray) -> np.ndarray:
+        """``z [batch, d]`` → uint8 images ``[batch, H, W, 3]``."""
+        session = self.session("generator")
+        if session is None:
+            with torch.inference_mode():
+                return to_uint8(self.bundle.generator(torch.from_numpy(z)))
+        return session.run(None, {"z": z})[0]

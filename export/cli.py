@@ -1,0 +1,44 @@
+"""``curvedit export [BUNDLE] [--out DIR]``: write verified ONNX graphs into a bundle (or a copy of it)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from curvedit.export.onnx_export import EXPORTERS
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from curvedit.api import default_bundle_path
+    from curvedit.bundle import read_manifest
+    from curvedit.export.onnx_export import export_bundle
+
+    bundle = Path(args.bundle) if args.bundle is not None else default_bundle_path()
+    read_manifest(bundle)  # a clear BundleError (a ValueError) before anything is copied
+    logging.getLogger("curvedit.export").setLevel(logging.ERROR)  # skips are printed below instead
+    results = export_bundle(bundle, out=args.out, exporter=args.exporter)
+    target = Path(args.out) if args.out is not None else bundle
+    for r in results:
+        if r.written:
+            print(f"wrote   {target / r.filename}  ({r.size / 1024:.0f} KiB, opset {r.opset}, "
+                  f"max |onnx - eager| {r.max_abs_err:.1e})")
+        else:
+            print(f"skipped {r.filename}: {r.reason}")
+    written = sum(r.written for r in results)
+    print(f"{written} of {len(results)} graphs verified and listed in {target / 'manifest.json'}")
+    return 0 if written else 1
+
+
+def register(subparsers) -> None:
+    export = subparsers.add_parser(
+        "export", help="export ONNX graphs (generator, flow, edits) into a bundle",
+        description="Export the bundle's generator, flow halves and editors to ONNX with a dynamic batch axis. "
+                    "Each graph is checked with ONNX Runtime against PyTorch on other batch sizes before it is "
+                    "written; one that fails is skipped (that editor then runs on PyTorch).")
+    export.add_argument("bundle", nargs="?", default=None, help="bundle directory (default: the shipped model)")
+    export.add_argument("--out", default=None,
+                        help="copy the bundle to this new directory and export there (default: in place)")
+    export.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
+                        help="torch.export-based 'dynamo' (default) or the legacy, faster 'torchscript'")
+    export.set_defaults(func=cmd_export)

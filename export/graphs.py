@@ -1,0 +1,159 @@
+"""What gets exported: the torch modules behind each ONNX graph, with their input/output signatures.
+
+Graphs (every one has a dynamic leading ``batch`` axis):
+
+- ``generator.onnx``: ``z`` float32 ``[batch, d]`` → ``image`` uint8 ``[batch, H, W, 3]``, the same pixels as
+  ``Model.generate`` (clamp to [-1, 1], scale to [0, 255], round half to even, NHWC).
+- ``flow_forward.onnx``: ``z`` ``[batch, d]`` → ``v = f(z)`` ``[batch, d]`` (default editor, DeCurvEd only).
+- ``flow_inverse.onnx``: ``v`` ``[batch, d]`` → ``z = f⁻¹(v)`` ``[batch, d]`` (default editor, DeCurvEd only).
+- ``edit.onnx``: ``z`` ``[batch, d]``, ``t`` ``[batch, K]`` → ``z_edited`` ``[batch, d]``, the default editor's
+  whole edit in one graph, so f and f⁻¹ share one copy of the weights.
+- ``edit_<name>.onnx``: the same for every other editor of the bundle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from curvedit.bundle import Bundle
+from curvedit.models.editors import Editor
+
+
+class GeneratorGraph(nn.Module):
+    """``z [batch, d]`` → uint8 images ``[batch, H, W, 3]`` (matches ``curvedit.models.files.to_uint8``)."""
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        images = self.generator(z).clamp(-1.0, 1.0)
+        return ((images + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+class EncodeGraph(nn.Module):
+    """``z [batch, d]`` → ``v = f(z) [batch, d]``."""
+
+    def __init__(self, editor: Editor):
+        super().__init__()
+        self.editor = editor
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.editor.encode(z)
+
+
+class DecodeGraph(nn.Module):
+    """``v [batch, d]`` → ``z = f⁻¹(v) [batch, d]``."""
+
+    def __init__(self, editor: Editor):
+        super().__init__()
+        self.editor = editor
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return self.editor.decode(v)
+
+
+class EditGraph(nn.Module):
+    """``z [batch, d]``, ``t [batch, K]`` → ``z_edited [batch, d]``: the editor's whole edit."""
+
+    def __init__(self, editor: Editor):
+        super().__init__()
+        self.editor = editor
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.editor.edit(z, t)
+
+
+@dataclass(frozen=True)
+class Port:
+    """One graph input or output: name, shape with ``"batch"`` as the dynamic axis, dtype name."""
+
+    name: str
+    shape: tuple
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """A graph to export: its file name, the eager module (also the verification reference), its ports, and
+    the bundle files its weights come from (``sources``, so an engine can tell a stale graph)."""
+
+    key: str  # "generator", "flow_forward", "flow_inverse", or "edit:<editor name>"
+    filename: str
+    module: nn.Module
+    inputs: tuple[Port, ...]
+    outputs: tuple[Port, ...]
+    editor: str | None
+    sources: tuple[tuple[str, str], ...]  # (bundle file, its sha256 when the graph was made)
+
+    def example_inputs(self, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        """Random float32 inputs ``[batch, width]`` for every input port (standard normal, like latents)."""
+        gen = torch.Generator().manual_seed(seed)
+        return tuple(torch.randn(batch, port.shape[1], generator=gen) for port in self.inputs)
+
+    def entry(self, opset: int, exporter: str, check: dict) -> dict:
+        """The manifest entry recorded under ``manifest["onnx"][filename]``."""
+        return {"graph": self.key.split(":")[0], "editor": self.editor, "opset": opset, "exporter": exporter,
+                "inputs": [p.to_dict() for p in self.inputs], "outputs": [p.to_dict() for p in self.outputs],
+                "sources": dict(self.sources), "verified": check}
+
+
+def _sources(bundle: Bundle, filename: str) -> tuple[tuple[str, str], ...]:
+    return ((filename, bundle.manifest["files"].get(filename, "")),)
+
+
+def is_fresh(bundle: Bundle, entry: dict) -> bool:
+    """Whether a graph's manifest entry was made from the weight files the bundle lists now."""
+    sources = entry.get("sources")
+    return isinstance(sources, dict) and bool(sources) and all(
+        bundle.manifest["files"].get(name) == sha for name, sha in sources.items())
+
+
+def edit_filename(bundle: Bundle, editor: str) -> str:
+    """``edit.onnx`` for the default editor, ``edit_<name>.onnx`` for the others."""
+    return "edit.onnx" if editor == bundle.default_editor else f"edit_{editor}.onnx"
+
+
+def edit_spec(bundle: Bundle, name: str) -> GraphSpec:
+    editor = bundle.editors[name].eval()
+    d, k = editor.latent_dim, editor.num_directions
+    return GraphSpec(f"edit:{name}", edit_filename(bundle, name), EditGraph(editor).eval(),
+                     (Port("z", ("batch", d)), Port("t", ("batch", k))), (Port("z_edited", ("batch", d)),),
+                     name, _sources(bundle, bundle.manifest["editors"][name]["file"]))
+
+
+def generator_spec(bundle: Bundle) -> GraphSpec:
+    d = int(bundle.manifest["latent_dim"])
+    h, w, c = bundle.manifest["image_shape"]
+    return GraphSpec("generator", "generator.onnx", GeneratorGraph(bundle.generator.eval()).eval(),
+                     (Port("z", ("batch", d)),), (Port("image", ("batch", h, w, c), "uint8"),),
+                     None, _sources(bundle, bundle.manifest["generator"]["file"]))
+
+
+def flow_specs(bundle: Bundle) -> list[GraphSpec]:
+    """``flow_forward`` / ``flow_inverse`` of the default editor, if it has ``encode``/``decode`` (DeCurvEd)."""
+    name = bundle.default_editor
+    editor = bundle.editors[name].eval()
+    if not (hasattr(editor, "encode") and hasattr(editor, "decode")):
+        return []
+    d = editor.latent_dim
+    sources = _sources(bundle, bundle.manifest["editors"][name]["file"])
+    return [
+        GraphSpec("flow_forward", "flow_forward.onnx", EncodeGraph(editor).eval(), (Port("z", ("batch", d)),),
+                  (Port("v", ("batch", d)),), name, sources),
+        GraphSpec("flow_inverse", "flow_inverse.onnx", DecodeGraph(editor).eval(), (Port("v", ("batch", d)),),
+                  (Port("z", ("batch", d)),), name, sources),
+    ]
+
+
+def bundle_specs(bundle: Bundle) -> list[GraphSpec]:
+    """Every graph for ``bundle``: generator, the default editor's flow halves and edit, then other editors."""
+    others = [name for name in bundle.editors if name != bundle.default_editor]
+    return [generator_spec(bundle), *flow_specs(bundle), edit_spec(bundle, bundle.default_editor),
+            *(edit_spec(bundle, name) for name in others)]

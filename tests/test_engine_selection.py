@@ -1,0 +1,106 @@
+"""Choosing an engine by name (``auto`` included), the device checks, and the engine benchmark's smoke mode."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import curvedit
+from curvedit.api import default_bundle_path
+from curvedit.bundle import load_bundle
+from curvedit.cli import main
+from curvedit.engines import ENGINE_NAMES, make_engine, resolve_engine
+from curvedit.engines.bench import edit_flops
+from curvedit.models.editors import DeCurvEd
+
+cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the choice on a machine without a GPU")
+has_triton_engine = importlib.util.find_spec("curvedit.engines.triton_engine") is not None
+
+
+@cpu_only
+def test_auto_is_onnxruntime_on_a_cpu_machine(tiny_bundle):
+    assert resolve_engine("auto") == "onnxruntime"
+    assert resolve_engine("auto", "cpu") == "onnxruntime"
+    assert curvedit.load(tiny_bundle).engine == "onnxruntime"
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_named_engine_is_reported(tiny_bundle, engine):
+    model = curvedit.load(tiny_bundle, engine=engine, device="cpu")
+    assert model.engine == engine
+    assert model.edit(model.sample(2, seed=0), {"y": 0.5}).shape == (2, 8)
+
+
+def test_unknown_engine_lists_the_choices(tiny_bundle):
+    with pytest.raises(ValueError, match="unknown engine 'tensorrt'") as info:
+        curvedit.load(tiny_bundle, engine="tensorrt")
+    assert all(name in str(info.value) for name in ENGINE_NAMES)
+
+
+@pytest.mark.parametrize(("device", "message"), [("tpu", "not a valid device"), ("meta", "not supported")])
+def test_bad_device_is_refused(tiny_bundle, device, message):
+    with pytest.raises(ValueError, match=message):
+        make_engine(load_bundle(tiny_bundle), "auto", device)
+
+
+@cpu_only
+def test_cuda_without_a_gpu_is_refused(tiny_bundle):
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        curvedit.load(tiny_bundle, engine="onnxruntime", device="cuda")
+
+
+@pytest.mark.skipif(not has_triton_engine, reason="the triton engine is not in this tree yet")
+def test_triton_engine_under_the_interpreter(tiny_bundle):
+    """conftest sets TRITON_INTERPRET=1, so the triton engine runs (slowly) on the CPU and agrees with torch."""
+    model = curvedit.load(tiny_bundle, engine="triton", device="cpu")
+    assert model.engine == "triton"
+    z = model.sample(3, seed=0)
+    expected = curvedit.load(tiny_bundle, engine="torch").edit(z, {"x": 1.0})
+    np.testing.assert_allclose(model.edit(z, {"x": 1.0}), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_auto_is_triton_on_a_gpu(tiny_bundle):
+    model = curvedit.load(tiny_bundle)
+    assert model.engine == "triton"
+    z = model.sample(64, seed=0)
+    expected = curvedit.load(tiny_bundle, engine="torch", device="cpu").edit(z, {"x": 1.0})
+    np.testing.assert_allclose(model.edit(z, {"x": 1.0}), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not (default_bundle_path() / "manifest.json").is_file(), reason="no shipped bundle yet")
+def test_shipped_model_runs_on_onnxruntime_without_a_manual_export():
+    model = curvedit.load(engine="onnxruntime", device="cpu")
+    z = model.sample(4, seed=0)
+    edits = {model.directions[0]: 1.0}
+    np.testing.assert_allclose(model.edit(z, edits), curvedit.load(engine="torch", device="cpu").edit(z, edits),
+                               rtol=1e-4, atol=1e-5)
+    assert model.generate(z).shape == (4, *model.image_shape)
+
+
+def test_flops_formula():
+    editor = DeCurvEd(512, ["a"], hidden=512, layers=8)
+    assert edit_flops(editor) == 2 * (256 * 512 + 512 * 512 + 512 * 512) * 2 * 8  # 21.0 MFLOP
+    odd = DeCurvEd(7, ["a"], hidden=5, layers=2)  # a = 3 conditioning, b = 4 transformed coordinates
+    assert edit_flops(odd) == 2 * (3 * 5 + 5 * 5 + 5 * 8) * 2 * 2
+
+
+def test_bench_engine_quick(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "engine", "--quick", "--flows", "d512", "--batch-sizes", "1", "3", "--repeats", "2",
+                 "--warmup", "1", "--device", "cpu", "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| flow | batch | backend |" in printed
+    result = json.loads(out.read_text())
+    assert result["peaks_gflops"]["fp32"] > 0
+    rows = {(r["batch"], r["backend"]): r for r in result["rows"]}
+    for batch in (1, 3):
+        for backend in ("torch", "onnxruntime"):
+            row = rows[(batch, backend)]
+            assert row["ms"] > 0 and row["edits_per_s"] > 0 and row["gflops"] > 0 and row["max_err"] < 1e-4
+        assert rows[(batch, "torch")]["vs_eager"] == pytest.approx(1.0)
+        assert "CUDA only" in rows[(batch, "triton")]["note"]
