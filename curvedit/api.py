@@ -24,9 +24,13 @@ def default_bundle_path() -> Path:
     return Path(str(resources.files("curvedit") / "default_bundle"))
 
 
-def load(path: str | Path | None = None, engine: str = "auto", device: str | None = None) -> Model:
-    """Load a bundle (``None`` = the shipped default) with an engine (``auto``, ``torch``, ...)."""
-    return Model(load_bundle(path if path is not None else default_bundle_path()), engine, device)
+def load(path: str | Path | None = None, engine: str = "auto", device: str | None = None,
+         engine_options: dict | None = None) -> Model:
+    """Load a bundle (``None`` = the shipped default) with an engine: ``auto`` (triton on a CUDA GPU, else
+    onnxruntime), ``torch``, ``onnxruntime`` or ``triton``. ``engine_options`` go to that backend (see
+    ``curvedit.engines.make_engine``)."""
+    bundle = load_bundle(path if path is not None else default_bundle_path())
+    return Model(bundle, engine, device, engine_options)
 
 
 def _finite_float32(array, what: str, hint: str) -> np.ndarray:
@@ -48,9 +52,10 @@ class Model:
     ``directions`` are the default editor's direction names, index = axis k of the amounts array.
     """
 
-    def __init__(self, bundle: Bundle, engine: str = "auto", device: str | None = None):
+    def __init__(self, bundle: Bundle, engine: str = "auto", device: str | None = None,
+                 engine_options: dict | None = None):
         self.bundle = bundle
-        self._engine = make_engine(bundle, engine, device)
+        self._engine = make_engine(bundle, engine, device, engine_options)
 
     # -- what the bundle holds ------------------------------------------------------------------------------
     @property

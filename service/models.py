@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import curvedit
+from curvedit.engines import resolve_engine
 from curvedit.service.batcher import Batch, bucket_sizes
 from curvedit.v1 import latent_edit_pb2 as pb
 
@@ -79,27 +80,13 @@ class ServedModel:
 
 
 def serving_model(path, engine: str = "auto") -> curvedit.Model:
-    """``curvedit.load`` as a server (and the load benchmark's in-process yardstick) runs it."""
-    return _quiet_engine(curvedit.load(path, engine=engine))
+    """``curvedit.load`` as a server (and the load benchmark's in-process yardstick) runs it.
 
-
-def _quiet_engine(model: curvedit.Model) -> curvedit.Model:
-    """ONNX Runtime on the CPU with spinning off: its idle worker threads otherwise busy-wait between batches,
-    taking the cores the gRPC event loop needs (on 2 cores this halves single-item throughput).
-
-    ``curvedit.load`` has no way to pass engine options yet, so the engine is rebuilt here (see the report).
+    ONNX Runtime runs with spinning off: its idle worker threads otherwise busy-wait between batches, taking
+    the cores the gRPC event loop needs (on 2 cores this halved single-item throughput).
     """
-    engine = getattr(model, "_engine", None)
-    options = getattr(engine, "options", None)
-    if engine is None or engine.name != "onnxruntime" or getattr(engine, "device", "") != "cpu" or \
-            not getattr(options, "spinning", False):
-        return model
-    from dataclasses import replace
-
-    from curvedit.engines.onnx_engine import OnnxEngine
-
-    model._engine = OnnxEngine(model.bundle, "cpu", replace(options, spinning=False))
-    return model
+    options = {"spinning": False} if resolve_engine(engine) == "onnxruntime" else None
+    return curvedit.load(path, engine=engine, engine_options=options)
 
 
 def load_models(paths: tuple[str, ...], engine: str) -> dict[str, ServedModel]:

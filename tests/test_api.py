@@ -86,3 +86,20 @@ def test_unknown_editor_lists_the_known(model):
 def test_bad_sampling_requests_are_refused(model, n, seeds):
     with pytest.raises(ValueError):
         model.sample(n) if n is not None else model.sample_seeds(seeds)
+
+
+def test_engine_options_reach_the_backend(tiny_bundle):
+    quiet = curvedit.load(tiny_bundle, engine="onnxruntime", engine_options={"spinning": False, "threads": 1})
+    z = quiet.sample(3, seed=0)
+    reference = curvedit.load(tiny_bundle, engine="torch").edit(z, {"x": 1.0})
+    np.testing.assert_allclose(quiet.edit(z, {"x": 1.0}), reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("engine", "options", "message"), [
+    ("onnxruntime", {"bogus": 1}, "bad onnxruntime engine options"),
+    ("onnxruntime", {"threads": 0}, "threads must be >= 1"),
+    ("torch", {"spinning": False}, "takes no options"),
+])
+def test_bad_engine_options_are_refused(tiny_bundle, engine, options, message):
+    with pytest.raises(ValueError, match=message):
+        curvedit.load(tiny_bundle, engine=engine, engine_options=options)

@@ -61,18 +61,29 @@ def resolve_engine(engine: str = "auto", device: str | None = None) -> str:
     return "onnxruntime" if has_ort else "torch"
 
 
-def make_engine(bundle: Bundle, engine: str = "auto", device: str | None = None) -> Engine:
-    """Build the engine named ``engine`` for ``bundle`` on ``device`` (``None`` = a GPU if one is usable)."""
+def make_engine(bundle: Bundle, engine: str = "auto", device: str | None = None,
+                options: dict | None = None) -> Engine:
+    """Build the engine named ``engine`` for ``bundle`` on ``device`` (``None`` = a GPU if one is usable).
+
+    ``options`` go to the chosen backend only: ``OrtOptions`` fields for onnxruntime (``threads``,
+    ``spinning``, ``optimization``), ``precision`` / ``use_cuda_graphs`` for triton; torch takes none.
+    """
     device = _check_device(device)
+    options = dict(options or {})
     name = resolve_engine(engine, device)
     if name == "torch":
         from curvedit.engines.torch_engine import TorchEngine
 
+        _no_options("torch", options)
         return TorchEngine(bundle, device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if name == "onnxruntime":
-        from curvedit.engines.onnx_engine import OnnxEngine
+        from curvedit.engines.onnx_engine import OnnxEngine, OrtOptions
 
-        return OnnxEngine(bundle, device)  # device None: the CUDA provider if usable, else the CPU
+        try:
+            ort_options = OrtOptions(**options)
+        except TypeError as exc:
+            raise ValueError(f"bad onnxruntime engine options {options}: {exc}") from None
+        return OnnxEngine(bundle, device, ort_options)  # device None: the CUDA provider if usable, else the CPU
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not _triton_works(device):
         raise ValueError(f"the triton engine cannot run on {device!r} here: it needs a CUDA GPU, or "
@@ -81,7 +92,15 @@ def make_engine(bundle: Bundle, engine: str = "auto", device: str | None = None)
     from curvedit.engines.triton_engine import TritonEngine
 
     # One CUDA graph per batch bucket: at small batches a replay costs far less than launching the kernels.
-    return TritonEngine(bundle, device=device, use_cuda_graphs=device.startswith("cuda"))
+    unknown = set(options) - {"precision", "use_cuda_graphs"}
+    if unknown:
+        raise ValueError(f"the triton engine takes options precision and use_cuda_graphs, not {sorted(unknown)}")
+    return TritonEngine(bundle, device=device, **{"use_cuda_graphs": device.startswith("cuda"), **options})
+
+
+def _no_options(name: str, options: dict) -> None:
+    if options:
+        raise ValueError(f"the {name} engine takes no options, got {sorted(options)}")
 
 
 __all__ = ["ENGINE_NAMES", "Engine", "make_engine", "resolve_engine"]
