@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from curvedit.bundle import Bundle
-from curvedit.models.editors import Editor
+from curvedit.export.feature_major import FeatureMajorDecode, FeatureMajorEdit, FeatureMajorEncode
+from curvedit.models.editors import DeCurvEd, Editor
 
 
 class GeneratorGraph(nn.Module):
@@ -81,8 +82,9 @@ class Port:
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """A graph to export: its file name, the eager module (also the verification reference), its ports, and
-    the bundle files its weights come from (``sources``, so an engine can tell a stale graph)."""
+    """A graph to export: its file name, the module exported, its ports, the bundle files its weights come from
+    (``sources``, so an engine can tell a stale graph), and the eager ``reference`` it is verified against
+    (``None``: the exported module itself; the feature-major flow graphs are checked against the editor)."""
 
     key: str  # "generator", "flow_forward", "flow_inverse", or "edit:<editor name>"
     filename: str
@@ -91,6 +93,10 @@ class GraphSpec:
     outputs: tuple[Port, ...]
     editor: str | None
     sources: tuple[tuple[str, str], ...]  # (bundle file, its sha256 when the graph was made)
+    reference: nn.Module | None = None
+
+    def eager(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return (self.reference if self.reference is not None else self.module)(*inputs)
 
     def example_inputs(self, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
         """Random float32 inputs ``[batch, width]`` for every input port (standard normal, like latents)."""
@@ -123,9 +129,10 @@ def edit_filename(bundle: Bundle, editor: str) -> str:
 def edit_spec(bundle: Bundle, name: str) -> GraphSpec:
     editor = bundle.editors[name].eval()
     d, k = editor.latent_dim, editor.num_directions
-    return GraphSpec(f"edit:{name}", edit_filename(bundle, name), EditGraph(editor).eval(),
+    module = FeatureMajorEdit(editor) if isinstance(editor, DeCurvEd) else EditGraph(editor)
+    return GraphSpec(f"edit:{name}", edit_filename(bundle, name), module.eval(),
                      (Port("z", ("batch", d)), Port("t", ("batch", k))), (Port("z_edited", ("batch", d)),),
-                     name, _sources(bundle, bundle.manifest["editors"][name]["file"]))
+                     name, _sources(bundle, bundle.manifest["editors"][name]["file"]), EditGraph(editor).eval())
 
 
 def generator_spec(bundle: Bundle) -> GraphSpec:
@@ -140,15 +147,16 @@ def flow_specs(bundle: Bundle) -> list[GraphSpec]:
     """``flow_forward`` / ``flow_inverse`` of the default editor, if it has ``encode``/``decode`` (DeCurvEd)."""
     name = bundle.default_editor
     editor = bundle.editors[name].eval()
-    if not (hasattr(editor, "encode") and hasattr(editor, "decode")):
+    if not isinstance(editor, DeCurvEd):
         return []
     d = editor.latent_dim
     sources = _sources(bundle, bundle.manifest["editors"][name]["file"])
+    z, v = Port("z", ("batch", d)), Port("v", ("batch", d))
     return [
-        GraphSpec("flow_forward", "flow_forward.onnx", EncodeGraph(editor).eval(), (Port("z", ("batch", d)),),
-                  (Port("v", ("batch", d)),), name, sources),
-        GraphSpec("flow_inverse", "flow_inverse.onnx", DecodeGraph(editor).eval(), (Port("v", ("batch", d)),),
-                  (Port("z", ("batch", d)),), name, sources),
+        GraphSpec("flow_forward", "flow_forward.onnx", FeatureMajorEncode(editor).eval(), (z,), (v,), name,
+                  sources, EncodeGraph(editor).eval()),
+        GraphSpec("flow_inverse", "flow_inverse.onnx", FeatureMajorDecode(editor).eval(), (v,), (z,), name,
+                  sources, DecodeGraph(editor).eval()),
     ]
 
 

@@ -99,6 +99,11 @@ def resolve_device(device: str | None) -> str:
     raise ValueError(f"the onnxruntime engine runs on 'cpu' or 'cuda[:n]', got device {device!r}")
 
 
+# On the CPU a large batch runs as chunks of this many rows: a chunk's activations stay in cache. Measured on the
+# 2-core machine, d = h = 512, batch 4096: 142 GFLOP/s in one call, 182 in chunks of 512 (173 at 256, 154 at 64).
+CPU_CHUNK_ROWS = 512
+
+
 class OnnxEngine:
     """Runs a bundle's graphs in ONNX Runtime. NumPy in and out (see ``curvedit.engines.base``)."""
 
@@ -173,7 +178,11 @@ class OnnxEngine:
             with torch.inference_mode():
                 out = self.bundle.editors[editor].edit(torch.from_numpy(z), torch.from_numpy(amounts))
             return out.numpy()
-        return session.run(None, {"z": z, "t": amounts})[0]
+        rows = CPU_CHUNK_ROWS if self.device == "cpu" else len(z)
+        if len(z) <= rows:
+            return session.run(None, {"z": z, "t": amounts})[0]
+        return np.concatenate([session.run(None, {"z": z[i : i + rows], "t": amounts[i : i + rows]})[0]
+                               for i in range(0, len(z), rows)])
 
     def generate(self, z: np.ndarray) -> np.ndarray:
         """``z [batch, d]`` → uint8 images ``[batch, H, W, 3]``."""

@@ -1,0 +1,73 @@
+"""A feature-major form of the coupling flow, written for export: the same math as ``models/flows.py`` with
+the state held as ``[dim, batch]`` instead of ``[batch, dim]``.
+
+Why: every coupling layer permutes coordinates. In the batch-major layout that permutation is a column gather
+(``index_select`` on axis 1), which ONNX Runtime's CPU ``Gather`` performs element by element: at d = 512 and
+batch 256 the 16 gathers of one edit took 7.7 of its 46 ms. Feature-major, the same permutation gathers whole
+contiguous rows, and each linear layer becomes ``W @ X`` with the weight as ONNX MatMul's constant left operand.
+The graph transposes once on the way in and once on the way out.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from curvedit.models.editors import DeCurvEd
+from curvedit.models.flows import AffineCoupling, soft_clamp
+
+
+def _mlp_columns(layer: AffineCoupling, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's MLP on ``x1 [split, batch]`` → ``(s, shift)``, each ``[rest, batch]``."""
+    h = x1
+    for linear, act in ((layer.net[0], True), (layer.net[2], True), (layer.net[4], False)):
+        h = linear.weight @ h + linear.bias[:, None]
+        if act:
+            h = torch.nn.functional.silu(h)
+    s_raw, shift = h.chunk(2, dim=0)
+    return soft_clamp(s_raw, layer.clamp), shift
+
+
+def forward_columns(editor: DeCurvEd, state: torch.Tensor) -> torch.Tensor:
+    """``f`` on a feature-major state ``[dim, batch]``."""
+    for layer in editor.flow.layers:
+        x1, x2 = state[: layer.split], state[layer.split :]
+        s, shift = _mlp_columns(layer, x1)
+        state = torch.cat([x1, x2 * torch.exp(s) + shift], dim=0).index_select(0, layer.perm)
+    return state
+
+
+def inverse_columns(editor: DeCurvEd, state: torch.Tensor) -> torch.Tensor:
+    """``f⁻¹`` on a feature-major state ``[dim, batch]``."""
+    for layer in reversed(editor.flow.layers):
+        u = state.index_select(0, layer.inv_perm)
+        x1, y2 = u[: layer.split], u[layer.split :]
+        s, shift = _mlp_columns(layer, x1)
+        state = torch.cat([x1, (y2 - shift) * torch.exp(-s)], dim=0)
+    return state
+
+
+class FeatureMajorEncode(nn.Module):
+    """``z [batch, d]`` → ``v = f(z) [batch, d]``, computed feature-major."""
+
+    def __init__(self, editor: DeCurvEd):
+        super().__init__()
+        self.editor = editor
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return forward_columns(self.editor, z.t()).t()
+
+
+class FeatureMajorDecode(FeatureMajorEncode):
+    """``v [batch, d]`` → ``z = f⁻¹(v) [batch, d]``, computed feature-major."""
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return inverse_columns(self.editor, v.t()).t()
+
+
+class FeatureMajorEdit(FeatureMajorEncode):
+    """``z [batch, d]``, ``t [batch, K]`` → ``z' = f⁻¹(f(z) + [t, 0]) [batch, d]``, computed feature-major."""
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        v = forward_columns(self.editor, z.t()) + self.editor.shift(t).t()
+        return inverse_columns(self.editor, v).t()
