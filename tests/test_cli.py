@@ -77,3 +77,17 @@ def test_console_script_is_installed():
                             check=True)
     for command in ("edit", "traverse", "info", "train"):
         assert command in result.stdout
+
+
+def test_train_default_writes_a_loadable_bundle_and_reuses_finished_stages(tmp_path, capsys):
+    args = ["train", "default", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "bundle"),
+            "--regressor-steps", "2", "--generator-steps", "2", "--editor-steps", "2"]
+    assert main(args) == 0
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert set(manifest["training"]["seconds"]) == {"regressor", "generator", "editor"}
+    assert "purity" in manifest["editors"]["decurved"]["training"]
+    assert (tmp_path / "run" / "generator" / "samples.png").is_file()
+    assert main(args) == 0  # the finished regressor and GAN are reused, only the editor is retrained
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert manifest["training"]["seconds"]["regressor"] == "reused"
+    assert manifest["training"]["seconds"]["generator"] == "reused"
