@@ -3,11 +3,17 @@
 Times torch eager, torch.compile, onnxruntime and (on CUDA) the triton engine side by side on the DeCurvEd
 edit for the shipped flow and a synthetic d=512 flow; see ``curvedit.engines.bench`` for the columns and the
 FLOP formula. Example: ``python benchmarks/bench_engine.py --json benchmarks/cpu.json``.
+
+It builds its own parser from ``curvedit.engines.bench`` rather than going through ``curvedit.cli``, so it runs
+where the service's packages are missing (the lent GPU machines have no grpcio-health-checking/-reflection).
 """
 
+import argparse
 import sys
 
-from curvedit.cli import main
+from curvedit.engines.bench import add_arguments, cmd_bench_engine
 
 if __name__ == "__main__":
-    sys.exit(main(["bench", "engine", *sys.argv[1:]]))
+    parser = argparse.ArgumentParser(prog="bench_engine.py", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    sys.exit(cmd_bench_engine(parser.parse_args()))
