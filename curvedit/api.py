@@ -121,7 +121,13 @@ class Model:
             for name, amount in edits.items():
                 if name not in names:
                     raise ValueError(f"unknown direction {name!r}; known directions: {names}")
-                value = float(amount)
+                try:
+                    value = float(amount)
+                except (TypeError, ValueError):
+                    raise ValueError(
+                        f"amount for direction {name!r} must be one number, got {amount!r}; for per-item amounts "
+                        f"pass an [n, K] array instead of a mapping"
+                    ) from None
                 if not np.isfinite(value):
                     raise ValueError(f"amount for direction {name!r} is {value}; pass a finite number")
                 out[:, names.index(name)] = value

@@ -19,6 +19,9 @@ a bundle by rewriting ``manifest.json`` atomically, after the new files are in p
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,11 +101,37 @@ def write_bundle(path: str | Path, *, name: str, version: str, generator: Genera
                  editors: dict[str, tuple[Editor, str, dict]], default_editor: str,
                  regressor: FactorRegressor | None = None, seed: int | None = None,
                  training: dict | None = None) -> Path:
-    """Write a complete bundle. ``editors`` maps a name to ``(editor, mode, training report/config)``."""
+    """Write a complete bundle. ``editors`` maps a name to ``(editor, mode, training report/config)``.
+
+    The bundle is built in a temporary directory beside ``path`` and then swapped in, so ``path`` holds either
+    the old bundle or the complete new one, never a mix (no stale files of an earlier bundle survive). A
+    non-empty ``path`` that is not a bundle is refused rather than replaced.
+    """
     if default_editor not in editors:
         raise BundleError(f"default_editor {default_editor!r} is not among the editors {sorted(editors)}")
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    final = Path(path)
+    if final.is_dir() and any(final.iterdir()) and not (final / MANIFEST).is_file():
+        raise BundleError(f"{final} is a non-empty directory but not a bundle; choose another output directory")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        _write_bundle_files(path, name, version, generator, editors, default_editor, regressor, seed, training)
+        os.chmod(path, 0o755)  # mkdtemp makes it owner-only
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+            os.replace(final, old / "bundle")
+            os.replace(path, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(path, final)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    return final
+
+
+def _write_bundle_files(path: Path, name, version, generator, editors, default_editor, regressor, seed,
+                        training) -> None:
     files = {"generator.safetensors": save_weights(path, "generator.safetensors", generator.eval())}
     manifest = {
         "format": FORMAT,
@@ -127,7 +156,6 @@ def write_bundle(path: str | Path, *, name: str, version: str, generator: Genera
         files[entry["file"]] = save_weights(path, entry["file"], editor)
         manifest["editors"][editor_name] = entry
     write_json(path / MANIFEST, manifest)
-    return path
 
 
 def add_editor(path: str | Path, name: str, editor: Editor, mode: str, training: dict | None = None,

@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_rpc_error(exc: Exception) -> bool:
+    grpc = sys.modules.get("grpc")  # only commands that talk to a server have imported it
+    return grpc is not None and isinstance(exc, grpc.RpcError) and hasattr(exc, "code")
+
+
 def _version() -> str:
     from curvedit import __version__
 
@@ -50,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ValueError as exc:
         print(f"curvedit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if not _is_rpc_error(exc):
+            raise
+        # A server's answer (or an unreachable one) is a message for the user, not a traceback.
+        print(f"curvedit {args.command}: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"curvedit {args.command}: interrupted", file=sys.stderr)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 import curvedit
-from curvedit.models.files import atomic_write, image_grid, save_png
+from curvedit.models.files import image_grid, read_latents, save_npy, save_png
 
 
 def add_model_options(parser: argparse.ArgumentParser, editor: bool = True) -> None:
@@ -33,21 +33,8 @@ def parse_edit(text: str) -> tuple[str, float]:
 
 def load_latents(args: argparse.Namespace, model: curvedit.Model) -> np.ndarray:
     if args.latents is not None:
-        path = Path(args.latents)
-        if not path.is_file():
-            raise ValueError(f"--latents {path} does not exist; pass a .npy file of float32 [n, d]")
-        return model.check_latents(np.load(path, allow_pickle=False))
+        return model.check_latents(read_latents(args.latents))
     return model.sample(args.count, seed=args.seed)
-
-
-def save_npy(path: Path, array: np.ndarray) -> None:
-    """Write a ``.npy`` atomically (a reader never sees half a file)."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a bare path
-            np.save(f, array, allow_pickle=False)
-
-    atomic_write(path, write)
 
 
 def cmd_edit(args: argparse.Namespace) -> int:

@@ -45,8 +45,9 @@ def load_regressor(path: Path) -> FactorRegressor:
 def run_generator(out: Path, latent_dim: int, steps: int, seed: int, progress: bool = True) -> Generator:
     config = GeneratorConfig(latent_dim=latent_dim)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "generator_config.json", config.to_dict())
-    return train_generator(out, config, GANTrainConfig(steps=steps, seed=seed), progress=progress)
+    generator = train_generator(out, config, GANTrainConfig(steps=steps, seed=seed), progress=progress)
+    write_json(out / "generator_config.json", config.to_dict())  # after train_generator accepted the run dir
+    return generator
 
 
 def run_regressor(out: Path, steps: int, seed: int, progress: bool = True) -> FactorRegressor:
@@ -125,11 +126,12 @@ def cmd_default(args: argparse.Namespace) -> int:
                       lambda: run_regressor(regressor_path, args.regressor_steps, seed))
     generator = stage("generator", (gan_dir / "generator.safetensors").is_file(), lambda: load_generator(gan_dir),
                       lambda: run_generator(gan_dir, args.latent_dim, args.generator_steps, seed))
-    editor = build_editor("decurved", {"latent_dim": args.latent_dim, "directions": list(FACTOR_NAMES)})
+    latent_dim = generator.config.latent_dim  # a reused GAN keeps the latent dim it was trained with
+    editor = build_editor("decurved", {"latent_dim": latent_dim, "directions": list(FACTOR_NAMES)})
     config = EditorTrainConfig(**{**DEFAULT_EDITOR_TRAINING.to_dict(), "steps": args.editor_steps, "seed": seed})
     report = stage("editor", False, None, lambda: train_editor(editor, generator, config, regressor=regressor))
     report["config"] = config.to_dict()
-    recipe = {"command": "curvedit train default", "seed": seed, "latent_dim": args.latent_dim,
+    recipe = {"command": "curvedit train default", "seed": seed, "latent_dim": latent_dim,
               "regressor_steps": args.regressor_steps, "generator_steps": args.generator_steps,
               "editor_steps": args.editor_steps, "seconds": seconds}
     write_bundle(args.out, name="shapes32", version=args.version, generator=generator,

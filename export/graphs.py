@@ -114,9 +114,13 @@ def _sources(bundle: Bundle, filename: str) -> tuple[tuple[str, str], ...]:
     return ((filename, bundle.manifest["files"].get(filename, "")),)
 
 
-def is_fresh(bundle: Bundle, entry: dict) -> bool:
-    """Whether a graph's manifest entry was made from the weight files the bundle lists now."""
+def is_fresh(bundle: Bundle, entry: dict, spec: GraphSpec | None = None) -> bool:
+    """Whether a graph's manifest entry was made from the weight files the bundle lists now — and, given the
+    ``spec`` it is meant to serve, for that same graph and editor (``edit.onnx`` follows the default editor, so
+    after the default changes the old file belongs to another editor)."""
     sources = entry.get("sources")
+    if spec is not None and (entry.get("editor") != spec.editor or entry.get("graph") != spec.key.split(":")[0]):
+        return False
     return isinstance(sources, dict) and bool(sources) and all(
         bundle.manifest["files"].get(name) == sha for name, sha in sources.items())
 

@@ -39,6 +39,38 @@ def write_json(path: str | os.PathLike, data: dict) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Write a ``.npy`` atomically (a reader never sees half a file; no pickled objects)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to the temporary's name
+            np.save(f, array, allow_pickle=False)
+
+    return atomic_write(path, write)
+
+
+def read_latents(path: str | os.PathLike) -> np.ndarray:
+    """``[n, d]`` latents from a ``.npy`` (memory-mapped) or ``.npz`` (key ``latents``, or its only array).
+
+    Only the container is checked here (2-D, n >= 1); the model checks width, dtype and values.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"input {p} does not exist; pass a .npy or .npz of float32 [n, d]")
+    if p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as data:
+            keys = list(data.keys())
+            key = "latents" if "latents" in keys else (keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise ValueError(f"{p} holds {keys}; name the latents array 'latents'")
+            array = data[key]
+    else:
+        array = np.load(p, mmap_mode="r", allow_pickle=False)
+    if array.ndim != 2 or array.shape[0] == 0:
+        raise ValueError(f"{p} holds shape {list(array.shape)}; expected float32 [n, d] with n >= 1")
+    return array
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -27,7 +27,7 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
-from curvedit.models.files import atomic_write, save_png, sha256_file, write_json
+from curvedit.models.files import read_latents, save_npy, save_png, sha256_file, write_json
 
 RETRYABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
 
@@ -64,25 +64,6 @@ class BatchJob:
             raise ValueError("give at least one --edit NAME=AMOUNT")
 
 
-def load_latents(path: str) -> np.ndarray:
-    """float32 ``[n, d]`` from ``.npy`` or ``.npz`` (key ``latents``, or its only array), memory-mapped if .npy."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"input {p} does not exist; pass a .npy or .npz of float32 [n, d]")
-    if p.suffix == ".npz":
-        with np.load(p, allow_pickle=False) as data:
-            keys = list(data.keys())
-            key = "latents" if "latents" in keys else (keys[0] if len(keys) == 1 else None)
-            if key is None:
-                raise ValueError(f"{p} holds {keys}; name the latents array 'latents'")
-            array = data[key]
-    else:
-        array = np.load(p, mmap_mode="r", allow_pickle=False)
-    if array.ndim != 2 or array.shape[0] == 0:
-        raise ValueError(f"{p} holds shape {list(array.shape)}; expected float32 [n, d] with n >= 1")
-    return array
-
-
 class _Backend:
     """What computes chunks: a local ``curvedit.Model`` or a server (streaming)."""
 
@@ -94,6 +75,7 @@ class _Backend:
             self.model = curvedit.load(job.model, engine=job.engine)
             self.identity = {"model": self.model.name, "version": self.model.version}
             self.client = None
+            self.model.amounts(job.edits, 1, job.editor)  # an unknown editor or direction fails before job.json
         else:
             from curvedit.service.client import Client
 
@@ -101,6 +83,18 @@ class _Backend:
             info = self.client.get_model(job.model or "")
             self.identity = {"model": info.name, "version": info.version}
             self.model = None
+            _check_edits_against(info, job)
+
+
+def _check_edits_against(info, job: BatchJob) -> None:
+    """Refuse an unknown editor or direction before anything is written (``info`` is the server's ModelInfo)."""
+    editors = {e.name: [d.name for d in e.directions] for e in info.editors}
+    name = job.editor or info.default_editor
+    if name not in editors:
+        raise ValueError(f"unknown editor {name!r}; {info.name} serves {sorted(editors)}")
+    unknown = [d for d in job.edits if d not in editors[name]]
+    if unknown:
+        raise ValueError(f"unknown direction {unknown[0]!r}; known directions: {editors[name]}")
 
 
 def _fingerprint(job: BatchJob, identity: dict, n: int) -> str:
@@ -111,11 +105,6 @@ def _fingerprint(job: BatchJob, identity: dict, n: int) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _save_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to the temporary's name
-        np.save(f, array, allow_pickle=False)
-
-
 def _shard_path(out: Path, i: int) -> Path:
     return out / "shards" / f"edited-{i:05d}.npy"
 
@@ -123,7 +112,7 @@ def _shard_path(out: Path, i: int) -> Path:
 def run_batch_job(job: BatchJob) -> dict:
     """Run (or resume) ``job``; returns a summary (items, shards, seconds, items/s)."""
     out = Path(job.out)
-    latents = load_latents(job.latents_path) if job.latents_path is not None else None
+    latents = read_latents(job.latents_path) if job.latents_path is not None else None
     n = latents.shape[0] if latents is not None else job.seeds[1] - job.seeds[0]
     backend = _Backend(job)
     fingerprint = _fingerprint(job, backend.identity, n)
@@ -154,7 +143,7 @@ def run_batch_job(job: BatchJob) -> dict:
 
             for j, image in enumerate(images):
                 save_png(Image.fromarray(image), out / "images" / f"{lo + j:08d}.png")
-        atomic_write(_shard_path(out, i), lambda tmp: _save_npy(tmp, edited))
+        save_npy(_shard_path(out, i), edited)
         done.add(i)
         write_json(manifest_file, {"fingerprint": fingerprint, "done": sorted(done)})
         bar.update(edited.shape[0])

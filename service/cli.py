@@ -77,7 +77,7 @@ def cmd_client_health(args) -> int:
 
 
 def cmd_client_edit(args) -> int:
-    from curvedit.models.files import image_grid, save_png
+    from curvedit.models.files import image_grid, save_npy, save_png
 
     edits = dict(args.edit or [])
     if not edits:
@@ -89,7 +89,7 @@ def cmd_client_edit(args) -> int:
         before = client.generate(seeds=seeds, model=args.model or "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "edited.npy", result.latents)
+    save_npy(out / "edited.npy", result.latents)
     save_png(image_grid(np.concatenate([before, result.images]), columns=args.count, zoom=3), out / "edit.png")
     print(f"edited seeds {args.seed}..{args.seed + args.count - 1} with {edits} on {result.model} "
           f"{result.model_version} → {out}/edited.npy, edit.png (top: input)")

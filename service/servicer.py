@@ -93,7 +93,12 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         if len(entries) == 1:
             outputs = await entries[0].future
         else:
-            results = await asyncio.gather(*(e.future for e in entries))
+            try:
+                results = await asyncio.gather(*(e.future for e in entries))
+            except BaseException:
+                for e in entries:  # the request has failed: its other chunks are dropped before compute
+                    e.future.cancel()
+                raise
             outputs = tuple(np.concatenate(parts) for parts in zip(*results, strict=True))
         end = self.runner.clock()
         queue_s = max(e.started - e.arrival for e in entries)
@@ -190,6 +195,8 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             editor = served.model.resolve_editor(req.editor)
             if req.steps < 1:
                 raise invalid(f"steps must be >= 1, got {req.steps}")
+            if not (math.isfinite(req.start) and math.isfinite(req.stop)):
+                raise invalid(f"start and stop must be finite numbers, got {req.start} and {req.stop}")
             self._check_count(req.steps)
             z = self._latents(served, req, "latent")
             if z.shape[0] != 1:

@@ -103,3 +103,9 @@ def test_engine_options_reach_the_backend(tiny_bundle):
 def test_bad_engine_options_are_refused(tiny_bundle, engine, options, message):
     with pytest.raises(ValueError, match=message):
         curvedit.load(tiny_bundle, engine=engine, engine_options=options)
+
+
+@pytest.mark.parametrize("amount", [None, np.array([1.0, 2.0]), "big"])
+def test_non_numeric_amount_in_a_mapping_is_a_value_error(model, amount):
+    with pytest.raises(ValueError, match=r"amount for direction 'x' must be one number"):
+        model.edit(model.sample(2, seed=0), {"x": amount})

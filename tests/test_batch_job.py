@@ -117,3 +117,14 @@ def test_npz_input_and_pngs(tmp_path, tiny_bundle, model):
 def test_bad_job_arguments(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         BatchJob(**{"out": tmp_path, "edits": {"x": 1.0}} | kwargs)
+
+
+def test_a_typo_in_the_edits_writes_nothing_so_the_corrected_rerun_starts(tiny_bundle, tmp_path, capsys):
+    from curvedit.cli import main
+
+    out = tmp_path / "job"
+    base = ["batch", "--model", str(tiny_bundle), "--engine", "torch", "--seeds", "0:4", "--out", str(out),
+            "--quiet"]
+    assert main([*base, "--edit", "sclae=1"]) == 2
+    assert "unknown direction 'sclae'" in capsys.readouterr().err and not out.exists()
+    assert main([*base, "--edit", "scale=1"]) == 0

@@ -92,3 +92,22 @@ def test_load_returns_engine_results_equal_to_modules(tiny_bundle):
     with torch.no_grad():
         expected = model.bundle.editors["decurved"].edit(torch.from_numpy(z), torch.tensor([[1.0, 0, 0, 0]] * 4))
     np.testing.assert_allclose(edited, expected.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_rewriting_a_bundle_leaves_no_stale_files(bundle_copy):
+    from conftest import make_tiny_bundle
+
+    (bundle_copy / "edit_old.onnx").write_bytes(b"left over from an earlier bundle")
+    make_tiny_bundle(bundle_copy, directions=("x", "y"))
+    assert not (bundle_copy / "edit_old.onnx").exists()
+    assert load_bundle(bundle_copy).editors["decurved"].directions == ["x", "y"]
+    assert [p.name for p in bundle_copy.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_non_bundle_directory_is_not_replaced(tmp_path):
+    from conftest import make_tiny_bundle
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(BundleError, match="not a bundle"):
+        make_tiny_bundle(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -91,3 +91,16 @@ def test_train_default_writes_a_loadable_bundle_and_reuses_finished_stages(tmp_p
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["training"]["seconds"]["regressor"] == "reused"
     assert manifest["training"]["seconds"]["generator"] == "reused"
+
+
+def test_edit_reads_latents_from_npz(tiny_bundle, tmp_path):
+    np.savez(tmp_path / "z.npz", latents=np.ones((2, 8), np.float32))
+    assert main(["edit", "--model", str(tiny_bundle), "--engine", "torch", "--latents", str(tmp_path / "z.npz"),
+                 "--edit", "y=0.5", "--out", str(tmp_path / "o")]) == 0
+    assert np.load(tmp_path / "o" / "edited.npy").shape == (2, 8)
+
+
+def test_unreachable_server_is_one_clear_line(capsys):
+    assert main(["client", "health", "--server", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "UNAVAILABLE" in err and "Traceback" not in err

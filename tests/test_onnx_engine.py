@@ -163,3 +163,22 @@ def test_no_provider_noise_in_a_fresh_process(tiny_bundle):
     assert done.returncode == 0, done.stderr
     expected = "triton" if torch.cuda.is_available() else "onnxruntime"
     assert done.stdout == f"{expected}\n" and done.stderr == ""
+
+
+def test_graph_of_a_former_default_editor_is_not_used_for_the_new_default(tiny_bundle, tmp_path):
+    """``edit.onnx`` follows the default editor: after the default changes, the old file (made for another
+    editor) must not serve the new default — the engine builds the right graph instead."""
+    from conftest import randomize
+
+    from curvedit.models.editors import DeCurvEd
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "b")
+    export_bundle(bundle)
+    second = randomize(DeCurvEd(8, ["x", "y", "scale", "rotation"], hidden=16, layers=4), seed=9).eval()
+    add_editor(bundle, "second", second, "supervised", make_default=True)
+    ort_model = curvedit.load(bundle, engine="onnxruntime")
+    torch_model = curvedit.load(bundle, engine="torch")
+    z = torch_model.sample(5, seed=0)
+    for editor in ("second", "decurved"):
+        np.testing.assert_allclose(ort_model.edit(z, {"x": 1.0}, editor=editor),
+                                   torch_model.edit(z, {"x": 1.0}, editor=editor), rtol=1e-4, atol=1e-5)

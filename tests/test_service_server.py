@@ -269,6 +269,8 @@ def test_async_client(server, model):
 @pytest.mark.parametrize(("request_", "text"), [
     (pb.TraverseRequest(seed=0, direction="zoom", steps=3), "zoom"),
     (pb.TraverseRequest(seed=0, direction="x", steps=0), "steps must be >= 1"),
+    (pb.TraverseRequest(seed=0, direction="x", steps=3, start=float("nan"), stop=1.0), "must be finite"),
+    (pb.TraverseRequest(seed=0, direction="x", steps=3, start=0.0, stop=float("inf")), "must be finite"),
 ])
 def test_traverse_bad_input_is_invalid_argument(client, request_, text):
     with pytest.raises(grpc.RpcError) as info:

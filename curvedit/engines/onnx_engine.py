@@ -136,7 +136,7 @@ class OnnxEngine:
         from curvedit.export.onnx_export import ExportError, build_graph
 
         entry = self.bundle.manifest.get("onnx", {}).get(spec.filename)
-        if entry is not None and is_fresh(self.bundle, entry):
+        if entry is not None and is_fresh(self.bundle, entry, spec):
             data = (self.bundle.path / spec.filename).read_bytes()
             expected = self.bundle.manifest["files"].get(spec.filename)
             if hashlib.sha256(data).hexdigest() != expected:

@@ -18,7 +18,8 @@ class TorchEngine:
         self.editors = {name: editor.to(self.device).eval() for name, editor in bundle.editors.items()}
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
+        # "W": a read-only input (a memory-mapped .npy) is copied, since torch tensors must be writable
+        return torch.from_numpy(np.require(array, np.float32, ["C", "W"])).to(self.device)
 
     @torch.inference_mode()
     def edit(self, editor: str, z: np.ndarray, amounts: np.ndarray) -> np.ndarray:
