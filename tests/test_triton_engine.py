@@ -152,3 +152,16 @@ def test_gpu_graph_replay_equals_eager(synthetic, precision):
         torch.testing.assert_close(graphs.edit_tensor("decurved", z, t), eager.edit_tensor("decurved", z, t),
                                    rtol=0, atol=0)
     assert len(graphs._plans) == 2
+
+
+def test_batches_above_the_largest_bucket_run_in_chunks(tiny_bundle, monkeypatch):
+    from curvedit.engines import triton_engine
+
+    monkeypatch.setattr(triton_engine, "MAX_BUCKET", 8)
+    engine = triton_engine.TritonEngine(load_bundle(tiny_bundle), device="cpu")
+    reference = TorchEngine(load_bundle(tiny_bundle))
+    z = np.random.default_rng(0).standard_normal((19, 8)).astype(np.float32)
+    t = np.random.default_rng(1).standard_normal((19, 4)).astype(np.float32)
+    expected = reference.edit("decurved", z, t)
+    np.testing.assert_allclose(engine.edit("decurved", z, t), expected, rtol=1e-5, atol=1e-5)
+    assert max(key[1] for key in engine._plans) <= 8

@@ -26,6 +26,11 @@ from curvedit.models.files import to_uint8
 __all__ = ["TritonEngine", "triton_available"]
 
 
+# The largest batch bucket with its own cached buffers and CUDA graph: beyond it, a batch runs as chunks, so
+# one huge call cannot pin huge buffers on the GPU for the engine's lifetime. 4096 rows already fill an H100.
+MAX_BUCKET = 4096
+
+
 class TritonEngine:
     """``edit`` / ``generate`` on NumPy arrays (the engine protocol) plus ``edit_tensor`` on device tensors.
 
@@ -82,6 +87,9 @@ class TritonEngine:
         z = check_latents(z, packed, "z")
         amounts = check_amounts(amounts, z, packed)
         batch, directions = z.shape[0], amounts.shape[1]
+        if batch > MAX_BUCKET:  # cached plans (and graphs) stay bounded: larger batches run as chunks
+            return torch.cat([self.edit_tensor(editor, z[i : i + MAX_BUCKET], amounts[i : i + MAX_BUCKET])
+                              for i in range(0, batch, MAX_BUCKET)])
         key = (editor, bucket_size(batch, 16 if self.device.type == "cuda" else 1), directions)
         with self._lock:
             if key not in self._plans:
