@@ -46,23 +46,15 @@ class EncodeGraph(nn.Module):
         return self.editor.encode(z)
 
 
-class DecodeGraph(nn.Module):
+class DecodeGraph(EncodeGraph):
     """``v [batch, d]`` → ``z = f⁻¹(v) [batch, d]``."""
-
-    def __init__(self, editor: Editor):
-        super().__init__()
-        self.editor = editor
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         return self.editor.decode(v)
 
 
-class EditGraph(nn.Module):
+class EditGraph(EncodeGraph):
     """``z [batch, d]``, ``t [batch, K]`` → ``z_edited [batch, d]``: the editor's whole edit."""
-
-    def __init__(self, editor: Editor):
-        super().__init__()
-        self.editor = editor
 
     def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.editor.edit(z, t)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import numpy as np
+import torch
 
 
 class Engine(Protocol):
@@ -21,3 +22,9 @@ class Engine(Protocol):
     def generate(self, z: np.ndarray) -> np.ndarray:
         """``z [batch, d]`` → uint8 images ``[batch, H, W, 3]``."""
         ...
+
+
+def to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A float32 NumPy array as a tensor on ``device``. A read-only input (a memory-mapped ``.npy``) is copied:
+    torch tensors must be writable."""
+    return torch.from_numpy(np.require(array, np.float32, ["C", "W"])).to(device)

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from curvedit.bundle import Bundle
+from curvedit.engines.base import to_tensor
 from curvedit.models.files import to_uint8
 
 
@@ -18,8 +19,7 @@ class TorchEngine:
         self.editors = {name: editor.to(self.device).eval() for name, editor in bundle.editors.items()}
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        # "W": a read-only input (a memory-mapped .npy) is copied, since torch tensors must be writable
-        return torch.from_numpy(np.require(array, np.float32, ["C", "W"])).to(self.device)
+        return to_tensor(array, self.device)
 
     @torch.inference_mode()
     def edit(self, editor: str, z: np.ndarray, amounts: np.ndarray) -> np.ndarray:

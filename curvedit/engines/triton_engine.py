@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from curvedit.bundle import Bundle
+from curvedit.engines.base import to_tensor
 from curvedit.kernels.configs import bucket_size, check_precision, interpreting, triton_available
 from curvedit.kernels.coupling import check_latents
 from curvedit.kernels.edit import EditPlan, check_amounts
@@ -123,7 +124,7 @@ class TritonEngine:
         return graph
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
+        return to_tensor(array, self.device)
 
     def edit(self, editor: str, z: np.ndarray, amounts: np.ndarray) -> np.ndarray:
         """``z [B, d]``, ``amounts [B, K]`` float32 arrays → edited latents ``[B, d]`` float32."""
