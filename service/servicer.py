@@ -60,7 +60,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
 
     async def _unary(self, method: str, work, request, context: grpc.aio.ServicerContext, kind: str = "unary"):
         self.metrics.rpc_started(kind, method)
-        start, code = time.perf_counter(), grpc.StatusCode.OK
+        start, code, recorded = time.perf_counter(), grpc.StatusCode.OK, False
         try:
             self._accept()
             try:
@@ -76,11 +76,18 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             self._count_failure(request, code)
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            if pushback:
-                context.set_trailing_metadata(((PUSHBACK_KEY, str(pushback)),))
-            await context.abort(code, message)
+            recorded = True
+            await self._abort(context, code, message, pushback, kind, method, start)
         finally:
-            self.metrics.rpc_handled(kind, method, code.name, time.perf_counter() - start)
+            if not recorded:
+                self.metrics.rpc_handled(kind, method, code.name, time.perf_counter() - start)
+
+    async def _abort(self, context, code, message: str, pushback: int, kind: str, method: str, start: float):
+        """Count the RPC as handled, then end it: the count must be visible once the client sees the status."""
+        if pushback:
+            context.set_trailing_metadata(((PUSHBACK_KEY, str(pushback)),))
+        self.metrics.rpc_handled(kind, method, code.name, time.perf_counter() - start)
+        await context.abort(code, message)
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float | None:
         remaining = context.time_remaining()
@@ -222,7 +229,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         """Messages are handled concurrently (they batch together); each answer carries its request's id."""
         method, kind = "EditStream", "bidi_stream"
         self.metrics.rpc_started(kind, method)
-        start, code = time.perf_counter(), grpc.StatusCode.OK
+        start, code, recorded = time.perf_counter(), grpc.StatusCode.OK, False
         out: asyncio.Queue = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
 
@@ -272,11 +279,11 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             raise
         except Exception as exc:
             code, message, pushback = to_status(exc)
-            if pushback:
-                context.set_trailing_metadata(((PUSHBACK_KEY, str(pushback)),))
-            await context.abort(code, message)
+            recorded = True
+            await self._abort(context, code, message, pushback, kind, method, start)
         finally:
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
-            self.metrics.rpc_handled(kind, method, code.name, time.perf_counter() - start)
+            if not recorded:
+                self.metrics.rpc_handled(kind, method, code.name, time.perf_counter() - start)
