@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from curvedit.bundle import add_editor, load_bundle, save_weights, write_bundle
-from curvedit.models.editors import EDITOR_KINDS, build_editor
+from curvedit.models.editors import EDITOR_KINDS, TRAINING_DEFAULTS, build_editor
 from curvedit.models.files import write_json
 from curvedit.models.generator import Generator, GeneratorConfig
 from curvedit.models.regressor import FactorRegressor, RegressorTrainConfig, train_regressor
@@ -90,6 +90,10 @@ def cmd_editor(args: argparse.Namespace) -> int:
     options = {"orthonormal": True} if args.orthonormal else {}
     if args.orthonormal and args.method != "linear":
         raise ValueError("--orthonormal applies to --method linear only")
+    if args.no_mixing:
+        if args.method != "decurved":
+            raise ValueError("--no-mixing applies to --method decurved only")
+        options["mixing"] = False
     editor, report = make_editor(args.method, bundle.generator, directions, config, regressor=regressor,
                                  options=options, measure_samples=args.measure_samples)
     report["config"] = config.to_dict()
@@ -127,7 +131,8 @@ def cmd_default(args: argparse.Namespace) -> int:
     generator = stage("generator", (gan_dir / "generator.safetensors").is_file(), lambda: load_generator(gan_dir),
                       lambda: run_generator(gan_dir, args.latent_dim, args.generator_steps, seed))
     latent_dim = generator.config.latent_dim  # a reused GAN keeps the latent dim it was trained with
-    editor = build_editor("decurved", {"latent_dim": latent_dim, "directions": list(FACTOR_NAMES)})
+    editor = build_editor("decurved", {"latent_dim": latent_dim, "directions": list(FACTOR_NAMES),
+                                       **TRAINING_DEFAULTS["decurved"]})
     config = EditorTrainConfig(**{**DEFAULT_EDITOR_TRAINING.to_dict(), "steps": args.editor_steps, "seed": seed})
     report = stage("editor", False, None, lambda: train_editor(editor, generator, config, regressor=regressor))
     report["config"] = config.to_dict()
@@ -174,6 +179,8 @@ def register(subparsers) -> None:
     ed.add_argument("--regulariser-weight", type=float, default=EditorTrainConfig.regulariser_weight)
     ed.add_argument("--seed", type=int, default=0)
     ed.add_argument("--orthonormal", action="store_true", help="linear only: orthonormal direction matrix")
+    ed.add_argument("--no-mixing", action="store_true",
+                    help="decurved only: no linear mixing layer before the couplings (the paper's plain flow)")
     ed.add_argument("--measure-samples", type=int, default=512,
                     help="latents used to label and measure fitted editors (ganspace, sefa)")
     ed.add_argument("--make-default", action="store_true", help="make it the bundle's default editor")

@@ -5,6 +5,8 @@ Rows of the batch are independent through every layer, so one program carries it
 layers, ping-ponging the latent between the output buffer and a scratch buffer. No grid-wide synchronisation is
 needed, only block barriers, and the edit costs one launch whatever the depth of the flow. Forward and inverse
 use the same tiles (``curvedit.kernels.coupling``), so ``edit(+t)`` then ``edit(-t)`` returns ``z``.
+A flow's mixing layer ``W`` (if any) is not fused: ``EditPlan.launch`` multiplies by ``Wᵀ`` before the kernel
+and by ``W⁻ᵀ`` after it (two fp32 matmuls, inside the same CUDA graph when graphs are on).
 
 Batch buckets: ``EditPlan`` owns fixed buffers for a power-of-two batch, so a GPU run can be captured once per
 bucket in a CUDA graph and replayed.
@@ -91,26 +93,34 @@ class EditPlan:
         self.t = torch.zeros(bucket, directions, device=device)
         self.out = torch.zeros(bucket, d, device=device)
         self._tmp = torch.empty(bucket, d, device=device)
+        # With a mixing layer the kernel edits W z, and W⁻¹ maps its result back into `out`.
+        self._mixed = torch.zeros(bucket, d, device=device) if packed.mixing is not None else None
+        self._edited = torch.zeros(bucket, d, device=device) if packed.mixing is not None else None
         self._h1 = torch.empty(bucket, h, device=device, dtype=packed.mlp_dtype)
         self._h2 = torch.empty_like(self._h1)
 
     def launch(self) -> None:
         p = self.packed
+        z, out = self.z, self.out
+        if p.mixing is not None:
+            z, out = torch.matmul(self.z, p.mixing, out=self._mixed), self._edited
         launch(_edit_kernel, self.bucket, p.precision,
-               self.z, self.t, self.out, self._tmp, self._h1, self._h2, p.w1, p.b1, p.w2, p.b2, p.w3, p.b3,
+               z, self.t, out, self._tmp, self._h1, self._h2, p.w1, p.b1, p.w2, p.b2, p.w3, p.b3,
                p.inv_perm, p.clamp, self.bucket, self.directions,
                L=p.layers, D=p.dim, SPLIT=p.split, REST=p.rest, H=p.hidden, PRECISION=PRECISIONS[p.precision][1])
+        if p.mixing is not None:
+            torch.matmul(out, p.mixing_inverse, out=self.out)
 
 
 def edit_reference(z: torch.Tensor, amounts: torch.Tensor, packed: PackedFlow) -> torch.Tensor:
     """Pure-torch edit on packed weights (MLP precision emulated like the kernel): ``[B, d]`` → ``[B, d]``."""
-    x = z
+    x = z if packed.mixing is None else z @ packed.mixing
     for layer in range(packed.layers):
         x = coupling_reference(x, packed, layer)[0]
     x = x + torch.nn.functional.pad(amounts, (0, packed.dim - amounts.shape[1]))
     for layer in reversed(range(packed.layers)):
         x = coupling_reference(x, packed, layer, reverse=True)[0]
-    return x
+    return x if packed.mixing is None else x @ packed.mixing_inverse
 
 
 def edit(z: torch.Tensor, amounts: torch.Tensor, packed: PackedFlow, bucket: bool = True) -> torch.Tensor:

@@ -21,6 +21,8 @@ class PackedFlow:
     w1 ``[L, split, h]``, w2 ``[L, h, h]``, w3 ``[L, h, 2·rest]`` (transposed Linear weights, MLP dtype);
     b1 ``[L, h]``, b2 ``[L, h]``, b3 ``[L, 2·rest]`` (fp32); perm, inv_perm ``[L, d]`` int32, where layer l's
     output column i holds concat column ``perm[l, i]`` (so concat column c is stored at ``inv_perm[l, c]``).
+    A flow with a mixing layer ``W`` also carries ``Wᵀ`` and ``W⁻ᵀ`` (fp32, ``[d, d]``), applied as plain
+    fp32 matmuls before the first and after the last coupling.
     """
 
     dim: int
@@ -36,6 +38,8 @@ class PackedFlow:
     b3: torch.Tensor
     perm: torch.Tensor
     inv_perm: torch.Tensor
+    mixing: torch.Tensor | None = None  # Wᵀ [d, d] fp32 of the flow's mixing layer (x ↦ x @ mixing), if any
+    mixing_inverse: torch.Tensor | None = None  # W⁻ᵀ [d, d] fp32
 
     @property
     def split(self) -> int:
@@ -95,4 +99,6 @@ def pack_flow(module: torch.nn.Module, precision: str = "fp32", device: str | to
         w3=stack(lambda m: m.net[4].weight, True, dtype), b3=stack(lambda m: m.net[4].bias, False, torch.float32),
         perm=torch.stack([m.perm for m in flow.layers]).to(device=device, dtype=torch.int32).contiguous(),
         inv_perm=torch.stack([m.inv_perm for m in flow.layers]).to(device=device, dtype=torch.int32).contiguous(),
+        mixing=None if flow.mixing is None else flow.mixing.weight.detach().float().t().contiguous().to(device),
+        mixing_inverse=None if flow.mixing is None else flow.mixing.inverse_matrix().t().contiguous().to(device),
     )

@@ -14,6 +14,9 @@ from torch import nn
 from curvedit.models.flows import CouplingFlow, FlowConfig
 
 EDITOR_KINDS: dict[str, type[Editor]] = {}
+# Constructor options a newly trained editor gets unless the caller says otherwise. A DeCurvEd editor trains with
+# its mixing layer (a bare ``DeCurvEd(...)`` has none, as do bundles written before the layer existed).
+TRAINING_DEFAULTS: dict[str, dict] = {"decurved": {"mixing": True}}
 
 
 def register_editor(cls: type[Editor]) -> type[Editor]:
@@ -60,6 +63,14 @@ class Editor(nn.Module):
         """The edit plus a scalar regulariser added to the training loss (zero unless overridden)."""
         return self.edit(z, amounts), z.new_zeros(())
 
+    @property
+    def wants_warm_start(self) -> bool:
+        return False
+
+    def warm_start(self, z: torch.Tensor, factors: torch.Tensor) -> None:
+        """If ``wants_warm_start``, supervised training calls this once before its first step with latents
+        ``z [n, d]`` and the factor readings of their images for this editor's directions, ``factors [n, K]``."""
+
 
 @register_editor
 class DeCurvEd(Editor):
@@ -75,14 +86,14 @@ class DeCurvEd(Editor):
     kind = "decurved"
 
     def __init__(self, latent_dim: int, directions: list[str], hidden: int = 64, layers: int = 8,
-                 clamp: float = 2.0, perm_seed: int = 0):
+                 clamp: float = 2.0, perm_seed: int = 0, mixing: bool = False):
         super().__init__(latent_dim, directions)
-        self.flow = CouplingFlow(FlowConfig(latent_dim, hidden, layers, clamp, perm_seed))
+        self.flow = CouplingFlow(FlowConfig(latent_dim, hidden, layers, clamp, perm_seed, mixing))
 
     def config(self) -> dict:
         flow = self.flow.config
         return {**super().config(), "hidden": flow.hidden, "layers": flow.layers, "clamp": flow.clamp,
-                "perm_seed": flow.perm_seed}
+                "perm_seed": flow.perm_seed, "mixing": flow.mixing}
 
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """``z [batch, d]`` → Cartesian edit coordinates ``v = f(z) [batch, d]``."""
@@ -103,3 +114,36 @@ class DeCurvEd(Editor):
         """Regulariser: mean squared log|det| of the inverse pass, keeping f near volume-preserving."""
         z_edited, logabsdet = self.flow.inverse(self.encode(z) + self.shift(amounts))
         return z_edited, logabsdet.pow(2).mean()
+
+    @property
+    def wants_warm_start(self) -> bool:
+        return self.flow.mixing is not None
+
+    @torch.no_grad()
+    def warm_start(self, z: torch.Tensor, factors: torch.Tensor) -> None:
+        """Start the mixing layer at the best linear chart: rows 1..K of ``W`` regress the factor readings on
+        ``z`` (least squares, with an intercept), rows K+1..d span the rest of latent space (orthonormal), so
+        before any coupling learns a thing, axis k of ``v`` already moves factor k as well as a linear editor
+        can. The couplings then only have to learn the curvature.
+        """
+        if self.flow.mixing is None:
+            raise ValueError("warm_start needs a DeCurvEd editor with a mixing layer (mixing=True)")
+        n, d = z.shape
+        design = torch.cat([z, z.new_ones(n, 1)], dim=1).double()
+        rows = torch.linalg.lstsq(design, factors.double()).solution[:d].t()  # [K, d]
+        complement = torch.linalg.svd(rows, full_matrices=True).Vh[rows.shape[0] :]  # [d - K, d]
+        chart = torch.cat([rows, complement]).float()
+        if torch.linalg.matrix_rank(chart) < d:
+            raise ValueError("warm start: the factor readings are linearly dependent on z; cannot build an "
+                             "invertible linear chart (train with mixing=False)")
+        # Untrained couplings are pure permutations: v[:, i] = (W z)[:, order[i]]. Row k of the chart must land
+        # on axis k of v, so it goes to row order[k] of W.
+        order = torch.arange(d, dtype=torch.float32)[None]
+        for layer in self.flow.layers:
+            order = layer(order)[0]
+        order = order[0].round().long()
+        if not torch.equal(order.sort().values, torch.arange(d)):
+            raise ValueError("warm_start is for an untrained editor: its couplings are no longer permutations")
+        weight = torch.empty_like(chart)
+        weight[order] = chart
+        self.flow.mixing.weight.copy_(weight)

@@ -16,7 +16,7 @@ import time
 import torch
 from torch import nn
 
-from curvedit.models.editors import EDITOR_KINDS, Editor, build_editor
+from curvedit.models.editors import EDITOR_KINDS, TRAINING_DEFAULTS, Editor, build_editor
 from curvedit.models.known_chart import ChartFactors, KnownChart, chart_editor
 from curvedit.models.linear_editors import GANSpaceEditor, SeFaEditor, _FittedLinear
 from curvedit.models.measure import factor_response, purity
@@ -98,7 +98,8 @@ def make_editor(method: str, generator, directions: list[str], config: EditorTra
                 ) -> tuple[Editor, dict]:
     """Build and train (or fit) an editor of kind ``method``; returns ``(editor, report)``.
 
-    ``options`` are extra constructor arguments (e.g. ``{"orthonormal": True}`` for ``linear``);
+    ``options`` are extra constructor arguments (e.g. ``{"orthonormal": True}`` for ``linear``), over
+    ``TRAINING_DEFAULTS``;
     ``measure_samples`` latents label fitted components and measure them (trained kinds measure on 512).
     """
     if method not in EDITOR_KINDS:
@@ -111,7 +112,8 @@ def make_editor(method: str, generator, directions: list[str], config: EditorTra
         if config.mode == "supervised":
             report.update(_supervised_measure(editor, generator, regressor, config.seed, measure_samples))
         return editor, report
-    editor = build_editor(method, {"latent_dim": latent_dim, "directions": directions, **(options or {})})
+    options = {**TRAINING_DEFAULTS.get(method, {}), **(options or {})}
+    editor = build_editor(method, {"latent_dim": latent_dim, "directions": directions, **options})
     if config.mode == "supervised":
         reader_generator, reader = factor_reader(generator, regressor)
         report = train_editor(editor, reader_generator, config, regressor=reader, progress=progress)

@@ -22,6 +22,7 @@ class FlowConfig:
     layers: int = 8
     clamp: float = 2.0
     perm_seed: int = 0
+    mixing: bool = False  # a learned invertible linear map before the couplings (see ``InvertibleLinear``)
 
     def __post_init__(self):
         if self.dim < 2:
@@ -38,6 +39,31 @@ class FlowConfig:
 def soft_clamp(s: torch.Tensor, clamp: float) -> torch.Tensor:
     """``clamp · tanh(s / clamp)``: keeps log-scales in (-clamp, clamp) so exp never overflows."""
     return clamp * torch.tanh(s / clamp)
+
+
+class InvertibleLinear(nn.Module):
+    """``y = W x`` with ``W`` a learned ``[dim, dim]`` matrix that starts at the identity (or at a given matrix).
+
+    Couplings mix coordinates only through their MLPs, so an oblique linear chart takes them many steps to
+    build; this layer gives the flow that chart directly. ``logabsdet = log|det W|``; the inverse solves with
+    ``W`` (the training regulariser on ``log|det|`` keeps it well away from singular).
+    Reference: Kingma & Dhariwal, "Glow", NeurIPS 2018 (the invertible 1×1 convolution).
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.eye(dim))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x @ self.weight.t(), torch.linalg.slogdet(self.weight)[1].expand(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.linalg.solve(self.weight, y.t()).t()
+        return x, -torch.linalg.slogdet(self.weight)[1].expand(y.shape[0])
+
+    def inverse_matrix(self) -> torch.Tensor:
+        """``W⁻¹`` as a float32 matrix, inverted in float64 (what the exported graphs and kernels apply)."""
+        return torch.linalg.inv(self.weight.detach().double()).to(self.weight.dtype)
 
 
 class AffineCoupling(nn.Module):
@@ -85,7 +111,8 @@ class AffineCoupling(nn.Module):
 
 
 class CouplingFlow(nn.Module):
-    """A stack of ``layers`` affine couplings with fixed random permutations: ``[batch, dim] → [batch, dim]``.
+    """A stack of ``layers`` affine couplings with fixed random permutations: ``[batch, dim] → [batch, dim]``,
+    after an optional ``InvertibleLinear`` (``config.mixing``): ``f = C_L ∘ … ∘ C_1 ∘ W``.
 
     Permutations come from ``perm_seed`` and are stored as buffers, so saved weights describe the flow fully.
     """
@@ -98,9 +125,12 @@ class CouplingFlow(nn.Module):
             AffineCoupling(config.dim, config.hidden, config.clamp, torch.randperm(config.dim, generator=rng))
             for _ in range(config.layers)
         )
+        self.mixing = InvertibleLinear(config.dim) if config.mixing else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logabsdet = x.new_zeros(x.shape[0])
+        if self.mixing is not None:
+            x, logabsdet = self.mixing(x)
         for layer in self.layers:
             x, ld = layer(x)
             logabsdet = logabsdet + ld
@@ -110,5 +140,8 @@ class CouplingFlow(nn.Module):
         logabsdet = y.new_zeros(y.shape[0])
         for layer in reversed(self.layers):
             y, ld = layer.inverse(y)
+            logabsdet = logabsdet + ld
+        if self.mixing is not None:
+            y, ld = self.mixing.inverse(y)
             logabsdet = logabsdet + ld
         return y, logabsdet

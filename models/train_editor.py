@@ -8,6 +8,8 @@
   factor k by about t standard deviations of the data and leaves the other factors alone.
 
 Both add ``regulariser_weight ×`` the editor's own regulariser (DeCurvEd: mean log|det|² of the inverse pass).
+Supervised training first lets the editor ``warm_start`` from factor readings (a DeCurvEd with a mixing layer
+starts at the best linear chart).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from curvedit.models.reconstructor import Reconstructor
 from curvedit.models.renderer import FACTOR_NAMES
 
 MODES = ("unsupervised", "supervised")
+WARM_START_SAMPLES = 4096  # latents whose factor readings start a supervised editor (``Editor.warm_start``)
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,13 @@ def train_editor(editor: Editor, generator, config: EditorTrainConfig, regressor
     if config.mode == "unsupervised":
         recon = Reconstructor(editor.num_directions)
         params += list(recon.parameters())
-    opt = torch.optim.Adam(params, lr=config.lr)
     latent_dim = editor.latent_dim
+    if targets is not None and editor.wants_warm_start:
+        with torch.no_grad():  # its own latents: the training samples stay the same with or without it
+            warm_rng = torch.Generator().manual_seed(config.seed + 1)
+            z = torch.randn(WARM_START_SAMPLES, latent_dim, generator=warm_rng)
+            editor.warm_start(z, regressor(generator(z))[:, targets])
+    opt = torch.optim.Adam(params, lr=config.lr)
     losses, window = [], []
     t0 = time.time()
     editor.train()

@@ -10,24 +10,37 @@ import torch
 
 from curvedit.bundle import write_bundle
 from curvedit.models.editors import DeCurvEd
+from curvedit.models.flows import InvertibleLinear
 from curvedit.models.generator import Generator, GeneratorConfig
 from curvedit.models.regressor import FactorRegressor
 
 
+def oblique(dim: int, seed: int = 0) -> torch.Tensor:
+    """A random ``[dim, dim]`` matrix, far from orthogonal but well conditioned (singular values 0.7–1.3)."""
+    gen = torch.Generator().manual_seed(seed)
+    q1, q2 = (torch.linalg.qr(torch.randn(dim, dim, generator=gen))[0] for _ in range(2))
+    return q1 @ torch.diag(torch.linspace(0.7, 1.3, dim)) @ q2
+
+
 def randomize(module: torch.nn.Module, std: float = 0.3, seed: int = 0) -> torch.nn.Module:
-    """Give every parameter random values, so a zero-initialised flow is not the identity in tests."""
+    """Give every parameter random values, so a zero-initialised flow is not the identity in tests; a flow's
+    mixing layer gets an ``oblique`` matrix (random entries of scale ``std`` would be nearly singular)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * std)
+        for sub in module.modules():
+            if isinstance(sub, InvertibleLinear):
+                sub.weight.copy_(oblique(sub.weight.shape[0], seed))
     return module
 
 
 def make_tiny_bundle(path, latent_dim: int = 8, directions=("x", "y", "scale", "rotation")):
-    """A small, untrained but non-trivial bundle: random generator, random-weight DeCurvEd flow, regressor."""
+    """A small, untrained but non-trivial bundle: random generator, random-weight DeCurvEd flow (with a mixing
+    layer, like a trained one), regressor."""
     torch.manual_seed(0)
     generator = Generator(GeneratorConfig(latent_dim=latent_dim)).eval()
-    editor = randomize(DeCurvEd(latent_dim, list(directions), hidden=16, layers=4)).eval()
+    editor = randomize(DeCurvEd(latent_dim, list(directions), hidden=16, layers=4, mixing=True)).eval()
     return write_bundle(path, name="tiny", version="0.0.1", generator=generator,
                         editors={"decurved": (editor, "supervised", {})}, default_editor="decurved",
                         regressor=FactorRegressor().eval(), seed=0)

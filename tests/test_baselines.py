@@ -166,3 +166,19 @@ def test_train_editor_cli_every_kind(tiny_bundle, tmp_path, method, mode):
     assert entry["needs_training"] is (method not in ("ganspace", "sefa"))
     expected = ["x", "y", "scale"] if mode == "supervised" else ["d0", "d1", "d2"]
     assert [d["name"] for d in entry["directions"]] == expected
+
+
+@pytest.mark.parametrize(("flags", "mixing"), [([], True), (["--no-mixing"], False)])
+def test_decurved_trains_with_a_mixing_layer_unless_told_not_to(tiny_bundle, tmp_path, flags, mixing):
+    path = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, path)
+    assert main(["train", "editor", "--bundle", str(path), "--method", "decurved", "--steps", "2",
+                 "--name", "new", *flags]) == 0
+    bundle = load_bundle(path)
+    assert bundle.manifest["editors"]["new"]["config"]["mixing"] is mixing
+    assert (bundle.editors["new"].flow.mixing is not None) is mixing
+
+
+def test_no_mixing_is_refused_for_other_kinds(tiny_bundle, capsys):
+    assert main(["train", "editor", "--bundle", str(tiny_bundle), "--method", "linear", "--no-mixing"]) == 2
+    assert "--no-mixing applies to --method decurved only" in capsys.readouterr().err

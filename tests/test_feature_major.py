@@ -12,9 +12,10 @@ from curvedit.export.feature_major import FeatureMajorDecode, FeatureMajorEdit, 
 from curvedit.models.editors import DeCurvEd
 
 
-@pytest.fixture(scope="module")
-def editor():
-    return randomize(DeCurvEd(11, ["a", "b", "c"], hidden=20, layers=5), std=0.2, seed=3).eval()
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "mixing"])
+def editor(request):
+    return randomize(DeCurvEd(11, ["a", "b", "c"], hidden=20, layers=5, mixing=request.param), std=0.2,
+                     seed=3).eval()
 
 
 @pytest.mark.parametrize("batch", [1, 7, 64])

@@ -18,8 +18,9 @@ SHAPES = [(6, 24, 3, 7, 2), (10, 24, 2, 1, 10), (12, 24, 2, 13, 5), (64, 64, 2, 
 
 
 def make_editor(dim: int, hidden: int, layers: int, directions: int, std: float | None = None,
-                device: str = "cpu") -> DeCurvEd:
-    editor = DeCurvEd(dim, [f"axis{k}" for k in range(directions)], hidden=hidden, layers=layers, perm_seed=dim)
+                device: str = "cpu", mixing: bool = False) -> DeCurvEd:
+    editor = DeCurvEd(dim, [f"axis{k}" for k in range(directions)], hidden=hidden, layers=layers, perm_seed=dim,
+                      mixing=mixing)
     # Weight scale shrinks with width so activations stay O(1) and one tolerance fits every shape.
     std = 0.3 * (24 / max(hidden, 24)) ** 0.5 if std is None else std
     return randomize(editor, std=std, seed=dim).eval().to(device)
@@ -39,6 +40,20 @@ def test_edit_matches_decurved(dim, hidden, layers, batch, directions):
     with torch.no_grad():
         expected = editor.edit(z, t)
     torch.testing.assert_close(edit(z, t, pack_flow(editor)), expected, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize(("dim", "hidden", "layers", "batch", "directions"), SHAPES[:3])
+def test_edit_with_a_mixing_layer_matches_decurved_and_inverts(dim, hidden, layers, batch, directions):
+    editor = make_editor(dim, hidden, layers, directions, mixing=True)
+    packed = pack_flow(editor)
+    z, t = inputs(batch, dim, directions)
+    with torch.no_grad():
+        expected = editor.edit(z, t)
+    edited = edit(z, t, packed)
+    torch.testing.assert_close(edited, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(edit_reference(z, t, packed), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(edit(edited, -t, packed), z, rtol=1e-4, atol=1e-4)
 
 
 @needs_kernels
@@ -145,19 +160,20 @@ GPU_TOLERANCES = {"fp32": 1e-4, "tf32": 5e-3, "bf16": 1e-2}
 GPU_ROUND_TRIP = {"fp32": 1e-4, "tf32": 1e-2, "bf16": 2e-2}
 
 
-def gpu_editor() -> DeCurvEd:
+def gpu_editor(mixing: bool = False) -> DeCurvEd:
     # conftest defaults TRITON_INTERPRET to 1, and then the launchers would quietly run the torch reference:
     # GPU runs must set TRITON_INTERPRET=0, and this makes forgetting it fail instead of pass vacuously.
     assert triton_available("cuda"), "GPU kernel tests need TRITON_INTERPRET=0 in the environment"
-    return make_editor(512, 512, 8, 8, std=0.02, device="cuda")
+    return make_editor(512, 512, 8, 8, std=0.02, device="cuda", mixing=mixing)
 
 
 @pytest.mark.gpu
 @needs_cuda
+@pytest.mark.parametrize("mixing", [False, True], ids=["plain", "mixing"])
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
 @pytest.mark.parametrize("batch", [1, 7, 64, 300])
-def test_gpu_edit_matches_decurved(batch, precision):
-    editor = gpu_editor()
+def test_gpu_edit_matches_decurved(batch, precision, mixing):
+    editor = gpu_editor(mixing)
     z, t = inputs(batch, 512, 8, device="cuda")
     with torch.no_grad():
         expected = editor.edit(z, t)

@@ -5,6 +5,7 @@ import torch
 
 from curvedit.bundle import load_bundle, write_bundle
 from curvedit.evaluation.metrics import commutation_error, path_curvature
+from curvedit.models.editors import DeCurvEd
 from curvedit.models.known_chart import (
     ChartFactors,
     KnownChart,
@@ -52,6 +53,28 @@ def test_ideal_editor_scores_purity_one(latents, curvature):
     per_direction = purity(response, list(range(6)))
     assert torch.all(per_direction > 1 - 1e-4), per_direction
     assert torch.allclose(response.diagonal(), torch.ones(6), atol=1e-4)  # gain 1 per unit amount
+
+
+@pytest.mark.parametrize("curvature", [0.0, 1.2])
+def test_warm_started_decurved_begins_at_the_best_linear_chart(latents, curvature):
+    """Before any training step, a mixing DeCurvEd warm-started from factor readings is the least-squares linear
+    chart: exact in the linear world (purity 1), and in a curved one already near the linear ceiling."""
+    chart = KnownChart(KnownChartConfig(curvature=curvature))
+    editor = DeCurvEd(6, list(FACTOR_NAMES), mixing=True)
+    z = torch.randn(4096, 6, generator=torch.Generator().manual_seed(1))
+    editor.warm_start(z, chart.chart(z))
+    response = factor_response(ChartFactors(chart), editor, torch.nn.Identity(), latents, amount=1.0)
+    mean_purity = purity(response, list(range(6))).mean().item()
+    if curvature == 0:
+        assert mean_purity > 1 - 1e-4 and torch.allclose(response.diagonal(), torch.ones(6), atol=1e-4)
+    else:
+        assert mean_purity < 0.99, "the curved chart should not be linear"
+        assert mean_purity > 0.8 * linear_ceiling(chart, steps=100)["mean_purity"]
+
+
+def test_warm_start_needs_a_mixing_layer():
+    with pytest.raises(ValueError, match="mixing=True"):
+        DeCurvEd(6, list(FACTOR_NAMES)).warm_start(torch.randn(10, 6), torch.randn(10, 6))
 
 
 def test_ideal_editor_commutes_and_curves(latents):

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from curvedit.bundle import MANIFEST, load_bundle, read_manifest, write_bundle
+from curvedit.models.editors import TRAINING_DEFAULTS
 from curvedit.models.fit_editors import make_editor
 from curvedit.models.known_chart import KnownChart, KnownChartConfig, linear_ceiling
 from curvedit.models.renderer import FACTOR_NAMES
@@ -31,7 +32,9 @@ class PrepareConfig:
     seed: int = 0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The recipe a bundle is reused for; it names the editors' constructor defaults too, so bundles trained
+        before a default changed (e.g. DeCurvEd's mixing layer) are retrained, not reused."""
+        return {**asdict(self), "editor_defaults": TRAINING_DEFAULTS}
 
 
 def prepare_known_chart(path: str | Path, config: PrepareConfig, regressor=None, progress=print) -> Path:
