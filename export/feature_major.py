@@ -1,5 +1,6 @@
-"""A feature-major form of the coupling flow, written for export: the same math as ``models/flows.py`` with
-the state held as ``[dim, batch]`` instead of ``[batch, dim]``.
+"""The coupling flow's export forms: a feature-major one, the same math as ``models/flows.py`` with the state
+held as ``[dim, batch]`` instead of ``[batch, dim]`` (``edit.onnx``), and a batch-major edit for small batches
+(``rows_edit.onnx``, ``BatchMajorEdit``), both with the mixing layer's inverse as a constant matrix.
 
 Why: every coupling layer permutes coordinates. In the batch-major layout that permutation is a column gather
 (``index_select`` on axis 1), which ONNX Runtime's CPU ``Gather`` performs element by element: at d = 512 and
@@ -79,3 +80,18 @@ class FeatureMajorEdit(FeatureMajorEncode):
     def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         v = forward_columns(self.editor, z.t()) + self.editor.shift(t).t()
         return inverse_columns(self.editor, v, self.mixing_inverse).t()
+
+
+class BatchMajorEdit(FeatureMajorEncode):
+    """``z [batch, d]``, ``t [batch, K]`` → ``z'``, computed batch-major with the flow's own layers: the
+    small-batch twin of ``FeatureMajorEdit`` (``rows_edit*.onnx``). ``W⁻¹`` enters as the same constant."""
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        flow = self.editor.flow
+        state = z if flow.mixing is None else z @ flow.mixing.weight.t()
+        for layer in flow.layers:
+            state = layer(state)[0]
+        state = state + self.editor.shift(t)
+        for layer in reversed(flow.layers):
+            state = layer.inverse(state)[0]
+        return state if self.mixing_inverse is None else state @ self.mixing_inverse.t()

@@ -18,7 +18,8 @@ from curvedit.models.editors import Editor, register_editor
 from curvedit.models.files import sha256_file, to_uint8
 from curvedit.synthetic import make_synthetic_bundle
 
-GRAPHS = ("generator.onnx", "flow_forward.onnx", "flow_inverse.onnx", "edit.onnx")
+GRAPHS = ("generator.onnx", "flow_forward.onnx", "flow_inverse.onnx", "edit.onnx", "rows_edit.onnx")
+EDIT_GRAPHS = ("edit.onnx", "rows_edit.onnx")
 
 
 @register_editor
@@ -75,7 +76,8 @@ def eager(bundle, filename, *inputs):
     with torch.inference_mode():
         if filename == "generator.onnx":
             return to_uint8(bundle.generator(inputs[0]))
-        fn = {"flow_forward.onnx": editor.encode, "flow_inverse.onnx": editor.decode, "edit.onnx": editor.edit}
+        fn = {"flow_forward.onnx": editor.encode, "flow_inverse.onnx": editor.decode, "edit.onnx": editor.edit,
+              "rows_edit.onnx": editor.edit}
         return fn[filename](*inputs).numpy()
 
 
@@ -92,7 +94,7 @@ def test_graph_matches_eager_on_other_batch_sizes(exported, filename, batch):
     bundle = load_bundle(path)
     gen = torch.Generator().manual_seed(batch)
     inputs = [torch.randn(batch, 8, generator=gen)]
-    if filename == "edit.onnx":
+    if filename in EDIT_GRAPHS:
         inputs.append(torch.randn(batch, 4, generator=gen))
     actual, expected = run_graph(path, filename, *inputs), eager(bundle, filename, *inputs)
     assert actual.shape == expected.shape and actual.dtype == expected.dtype
@@ -202,7 +204,7 @@ def test_specs_cover_every_editor(tiny_bundle, tmp_path):
 def test_cli_export_writes_into_a_copy(tiny_bundle, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["export", str(tiny_bundle), "--out", str(out), "--exporter", "torchscript"]) == 0
-    assert "4 of 4 graphs verified" in capsys.readouterr().out
+    assert "5 of 5 graphs verified" in capsys.readouterr().out
     assert all((out / name).is_file() for name in GRAPHS)
     assert set(GRAPHS) <= set(read_manifest(out)["onnx"])
     assert "onnx" not in read_manifest(tiny_bundle)  # the source bundle is untouched

@@ -8,7 +8,7 @@ from conftest import randomize
 
 import curvedit
 from curvedit.engines.onnx_engine import CPU_CHUNK_ROWS
-from curvedit.export.feature_major import FeatureMajorDecode, FeatureMajorEdit, FeatureMajorEncode
+from curvedit.export.feature_major import BatchMajorEdit, FeatureMajorDecode, FeatureMajorEdit, FeatureMajorEncode
 from curvedit.models.editors import DeCurvEd
 
 
@@ -26,6 +26,7 @@ def test_feature_major_matches_the_editor(editor, batch):
         torch.testing.assert_close(FeatureMajorEncode(editor)(z), editor.encode(z), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(FeatureMajorDecode(editor)(z), editor.decode(z), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(FeatureMajorEdit(editor)(z, t), editor.edit(z, t), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(BatchMajorEdit(editor)(z, t), editor.edit(z, t), rtol=1e-5, atol=1e-6)
 
 
 def test_large_cpu_batches_run_in_chunks_with_the_same_result(tiny_bundle):

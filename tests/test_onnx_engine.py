@@ -13,7 +13,7 @@ from test_export import FrozenBatchEditor  # registers the test editor kinds
 
 import curvedit
 from curvedit.bundle import BundleError, add_editor, load_bundle
-from curvedit.engines.onnx_engine import OnnxEngine, OrtOptions, available_cores, resolve_device
+from curvedit.engines.onnx_engine import SMALL_BATCH_ROWS, OnnxEngine, OrtOptions, available_cores, resolve_device
 from curvedit.export.onnx_export import export_bundle
 
 
@@ -30,7 +30,8 @@ def ort_model(request, tiny_bundle, exported_bundle):
     path = exported_bundle if request.param == "bundle" else tiny_bundle
     model = curvedit.load(path, engine="onnxruntime")
     model.edit(model.sample(1, seed=0), {"x": 0.0})
-    assert model._engine.origins["edit:decurved"] == request.param
+    model.edit(model.sample(SMALL_BATCH_ROWS, seed=0), {"x": 0.0})
+    assert model._engine.origins == {"rows_edit:decurved": request.param, "edit:decurved": request.param}
     return model
 
 
@@ -87,7 +88,7 @@ def test_stale_graph_is_not_used(exported_bundle, tmp_path, tiny_bundle):
     model = curvedit.load(path, engine="onnxruntime")
     z = model.sample(4, seed=0)
     edited = model.edit(z, {"y": 1.0})
-    assert model._engine.origins["edit:decurved"] == "memory"
+    assert model._engine.origins["rows_edit:decurved"] == "memory"  # a stale graph is not used
     np.testing.assert_allclose(edited, curvedit.load(path, engine="torch").edit(z, {"y": 1.0}),
                                rtol=1e-4, atol=1e-5)
 
@@ -102,19 +103,20 @@ def test_editor_without_a_graph_runs_on_torch(tiny_bundle, tmp_path):
     np.testing.assert_allclose(edited, curvedit.load(path, engine="torch").edit(z, {"a": 1.0}, editor="frozen"))
 
 
-def test_graph_changed_after_load_is_refused(exported_bundle, tmp_path):
+@pytest.mark.parametrize(("filename", "batch"), [("edit.onnx", SMALL_BATCH_ROWS), ("rows_edit.onnx", 1)])
+def test_graph_changed_after_load_is_refused(exported_bundle, tmp_path, filename, batch):
     path = shutil.copytree(exported_bundle, tmp_path / "tampered")
     model = curvedit.load(path, engine="onnxruntime")  # sessions are made on first use
-    data = bytearray((path / "edit.onnx").read_bytes())
+    data = bytearray((path / filename).read_bytes())
     data[-3] ^= 0xFF
-    (path / "edit.onnx").write_bytes(bytes(data))
+    (path / filename).write_bytes(bytes(data))
     with pytest.raises(BundleError, match="checksum mismatch"):
-        model.edit(model.sample(1, seed=0), {"x": 1.0})
+        model.edit(model.sample(batch, seed=0), {"x": 1.0})
 
 
 def test_warm_up_builds_every_session(exported_bundle):
     engine = OnnxEngine(load_bundle(exported_bundle), "cpu")
-    assert engine.warm_up() == {"generator": "bundle", "edit:decurved": "bundle"}
+    assert engine.warm_up() == {"generator": "bundle", "edit:decurved": "bundle", "rows_edit:decurved": "bundle"}
     assert engine.providers == ["CPUExecutionProvider"]
 
 
@@ -182,3 +184,17 @@ def test_graph_of_a_former_default_editor_is_not_used_for_the_new_default(tiny_b
     for editor in ("second", "decurved"):
         np.testing.assert_allclose(ort_model.edit(z, {"x": 1.0}, editor=editor),
                                    torch_model.edit(z, {"x": 1.0}, editor=editor), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("batch", "key"), [
+    (1, "rows_edit:decurved"), (SMALL_BATCH_ROWS - 1, "rows_edit:decurved"),
+    (SMALL_BATCH_ROWS, "edit:decurved"), (100, "edit:decurved"),
+])
+def test_small_cpu_batches_run_on_the_batch_major_graph(exported_bundle, torch_model, batch, key):
+    engine = OnnxEngine(load_bundle(exported_bundle), "cpu")
+    assert engine.edit_key("decurved", batch) == key
+    z = torch_model.sample(batch, seed=batch)
+    amounts = np.random.default_rng(batch).standard_normal((batch, 4)).astype(np.float32)
+    np.testing.assert_allclose(engine.edit("decurved", z, amounts), torch_model.edit(z, amounts),
+                               rtol=1e-4, atol=1e-5)
+    assert set(engine.origins) == {key} and engine.origins[key] == "bundle"

@@ -183,7 +183,7 @@ def make_backends(bundle: Bundle, editor_name: str, device: str, args: argparse.
 
 
 def _onnx_backend(bundle: Bundle, editor_name: str, device: str, quick: bool, threads: int | None) -> Backend:
-    from curvedit.engines.onnx_engine import OnnxEngine, OrtOptions, cuda_provider_usable
+    from curvedit.engines.onnx_engine import SMALL_BATCH_ROWS, OnnxEngine, OrtOptions, cuda_provider_usable
 
     if device.startswith("cuda") and not cuda_provider_usable():
         return Backend("onnxruntime", "fp32", None, "no CUDAExecutionProvider in this onnxruntime build")
@@ -191,14 +191,15 @@ def _onnx_backend(bundle: Bundle, editor_name: str, device: str, quick: bool, th
     # one the engine builds in memory for bundles that ship no graphs; --quick takes the faster export.
     exporter = "torchscript" if quick else "dynamo"
     engine = OnnxEngine(bundle, device, options=OrtOptions(threads=threads), exporter=exporter)
-    session = engine.session(f"edit:{editor_name}")
-    if session is None:
-        return Backend("onnxruntime", "fp32", None, "graph failed export/verification")
-    note = f"{exporter} graph"
+    keys = sorted({engine.edit_key(editor_name, batch) for batch in (1, SMALL_BATCH_ROWS)})
+    failed = [key for key in keys if engine.session(key) is None]
+    if failed:
+        return Backend("onnxruntime", "fp32", None, f"graph failed export/verification: {', '.join(failed)}")
+    note = f"{exporter} graphs" + (f"; batch-major below {SMALL_BATCH_ROWS} rows" if device == "cpu" else "")
 
-    def prepare(z, t):
-        feed = {"z": z.cpu().numpy(), "t": t.cpu().numpy()}
-        return lambda: session.run(None, feed)
+    def prepare(z, t):  # the engine's own call: graph choice by batch size, CPU chunking
+        z_np, t_np = z.cpu().numpy(), t.cpu().numpy()
+        return lambda: engine.edit(editor_name, z_np, t_np)
 
     return Backend("onnxruntime", "fp32", prepare, note)
 
