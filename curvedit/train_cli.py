@@ -95,7 +95,7 @@ def cmd_editor(args: argparse.Namespace) -> int:
             raise ValueError("--no-mixing applies to --method decurved only")
         options["mixing"] = False
     editor, report = make_editor(args.method, bundle.generator, directions, config, regressor=regressor,
-                                 options=options, measure_samples=args.measure_samples)
+                                 options=options, measure_samples=args.measure_samples, checkpoint=args.checkpoint)
     report["config"] = config.to_dict()
     name = args.name or f"{args.method}-{args.mode}"
     add_editor(args.bundle, name, editor, args.mode, report, make_default=args.make_default)
@@ -114,7 +114,8 @@ def print_report(name: str, report: dict) -> None:
 
 
 def cmd_default(args: argparse.Namespace) -> int:
-    """Regressor → GAN → supervised DeCurvEd → bundle, each stage reused if already finished."""
+    """Regressor → GAN → supervised DeCurvEd → bundle, each stage reused if already finished; the GAN and the
+    editor resume from their checkpoints in the run directory."""
     run, seed = Path(args.run), args.seed
     torch.manual_seed(seed)
     seconds: dict[str, float | str] = {}  # per stage; "reused" where an earlier run had finished it
@@ -134,7 +135,8 @@ def cmd_default(args: argparse.Namespace) -> int:
     editor = build_editor("decurved", {"latent_dim": latent_dim, "directions": list(FACTOR_NAMES),
                                        **TRAINING_DEFAULTS["decurved"]})
     config = EditorTrainConfig(**{**DEFAULT_EDITOR_TRAINING.to_dict(), "steps": args.editor_steps, "seed": seed})
-    report = stage("editor", False, None, lambda: train_editor(editor, generator, config, regressor=regressor))
+    report = stage("editor", False, None, lambda: train_editor(editor, generator, config, regressor=regressor,
+                                                               checkpoint=run / "editor_checkpoint.pt"))
     report["config"] = config.to_dict()
     recipe = {"command": "curvedit train default", "seed": seed, "latent_dim": latent_dim,
               "regressor_steps": args.regressor_steps, "generator_steps": args.generator_steps,
@@ -179,6 +181,8 @@ def register(subparsers) -> None:
     ed.add_argument("--regulariser-weight", type=float, default=EditorTrainConfig.regulariser_weight)
     ed.add_argument("--seed", type=int, default=0)
     ed.add_argument("--orthonormal", action="store_true", help="linear only: orthonormal direction matrix")
+    ed.add_argument("--checkpoint", default=None,
+                    help="file to save training progress to; rerun the same command to resume from it")
     ed.add_argument("--no-mixing", action="store_true",
                     help="decurved only: no linear mixing layer before the couplings (the paper's plain flow)")
     ed.add_argument("--measure-samples", type=int, default=512,

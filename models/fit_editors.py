@@ -94,9 +94,11 @@ def _fit_components(method: str, generator, directions: list[str], seed: int) ->
 
 
 def make_editor(method: str, generator, directions: list[str], config: EditorTrainConfig, regressor=None,
-                options: dict | None = None, progress: bool = True, measure_samples: int = 512
-                ) -> tuple[Editor, dict]:
+                options: dict | None = None, progress: bool = True, measure_samples: int = 512,
+                checkpoint=None) -> tuple[Editor, dict]:
     """Build and train (or fit) an editor of kind ``method``; returns ``(editor, report)``.
+
+    ``checkpoint``: a file that makes training resumable (see ``train_editor``); fitted kinds ignore it.
 
     ``options`` are extra constructor arguments (e.g. ``{"orthonormal": True}`` for ``linear``), over
     ``TRAINING_DEFAULTS``;
@@ -116,9 +118,10 @@ def make_editor(method: str, generator, directions: list[str], config: EditorTra
     editor = build_editor(method, {"latent_dim": latent_dim, "directions": directions, **options})
     if config.mode == "supervised":
         reader_generator, reader = factor_reader(generator, regressor)
-        report = train_editor(editor, reader_generator, config, regressor=reader, progress=progress)
+        report = train_editor(editor, reader_generator, config, regressor=reader, progress=progress,
+                              checkpoint=checkpoint)
     else:
-        report = train_editor(editor, generator, config, progress=progress)
+        report = train_editor(editor, generator, config, progress=progress, checkpoint=checkpoint)
     return editor, report
 
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
 from curvedit.models.editors import Editor
+from curvedit.models.files import load_checkpoint, save_checkpoint
 from curvedit.models.measure import factor_response, purity
 from curvedit.models.reconstructor import Reconstructor
 from curvedit.models.renderer import FACTOR_NAMES
@@ -75,8 +77,14 @@ def _sample_step(editor: Editor, config: EditorTrainConfig, latent_dim: int, rng
     return z, k, eps, amounts
 
 
-def train_editor(editor: Editor, generator, config: EditorTrainConfig, regressor=None, progress: bool = True):
+def train_editor(editor: Editor, generator, config: EditorTrainConfig, regressor=None, progress: bool = True,
+                 checkpoint: str | Path | None = None, checkpoint_every: int = 250):
     """Train ``editor`` in place on the frozen ``generator``.
+
+    With ``checkpoint`` (a file path) the run is resumable: every ``checkpoint_every`` steps and at the end the
+    editor, the reconstructor, the optimiser, the sampling RNG and the loss log are saved there (atomically),
+    and a later call with the same editor and config continues from the last save and ends with the same
+    weights as an uninterrupted run.
 
     Returns a report dict: ``losses`` (mean loss per 50 steps), ``seconds``, and the end-of-training measure:
     reconstructor accuracy (unsupervised) or per-direction purity and gain (supervised).
@@ -95,16 +103,35 @@ def train_editor(editor: Editor, generator, config: EditorTrainConfig, regressor
         recon = Reconstructor(editor.num_directions)
         params += list(recon.parameters())
     latent_dim = editor.latent_dim
-    if targets is not None and editor.wants_warm_start:
+    identity = {"config": config.to_dict(), "editor_kind": editor.kind, "editor_config": editor.config()}
+    state = _resume_state(checkpoint, identity)
+    if state is None and targets is not None and editor.wants_warm_start:
         with torch.no_grad():  # its own latents: the training samples stay the same with or without it
             warm_rng = torch.Generator().manual_seed(config.seed + 1)
             z = torch.randn(WARM_START_SAMPLES, latent_dim, generator=warm_rng)
             editor.warm_start(z, regressor(generator(z))[:, targets])
     opt = torch.optim.Adam(params, lr=config.lr)
-    losses, window = [], []
+    losses, window, start, seconds_before = [], [], 0, 0.0
+    if state is not None:
+        editor.load_state_dict(state["editor"])
+        if recon is not None:
+            recon.load_state_dict(state["reconstructor"])
+        opt.load_state_dict(state["optimizer"])
+        rng.set_state(state["rng"])
+        losses, window, start, seconds_before = state["losses"], state["window"], state["step"], state["seconds"]
     t0 = time.time()
+
+    def save(step: int) -> None:
+        save_checkpoint(checkpoint, {
+            **identity, "step": step, "editor": editor.state_dict(), "optimizer": opt.state_dict(),
+            "reconstructor": recon.state_dict() if recon is not None else {}, "rng": rng.get_state(),
+            "losses": losses, "window": window, "seconds": seconds_before + time.time() - t0,
+        })
+
     editor.train()
-    for _ in tqdm(range(config.steps), disable=not progress, desc=f"editor ({config.mode})", unit="step"):
+    steps = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress,
+                 desc=f"editor ({config.mode})", unit="step")
+    for step in steps:
         z, k, eps, amounts = _sample_step(editor, config, latent_dim, rng)
         z_edited, regulariser = editor.training_edit(z, amounts)
         before, after = generator(z), generator(z_edited)
@@ -126,12 +153,27 @@ def train_editor(editor: Editor, generator, config: EditorTrainConfig, regressor
         if len(window) == 50:
             losses.append(sum(window) / len(window))
             window = []
+        if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == config.steps):
+            save(step + 1)
     if window:
-        losses.append(sum(window) / len(window))
+        losses = [*losses, sum(window) / len(window)]
     editor.eval()
-    report = {"mode": config.mode, "losses": losses, "seconds": time.time() - t0}
+    report = {"mode": config.mode, "losses": losses, "seconds": seconds_before + time.time() - t0}
     report.update(_final_measure(editor, generator, config, regressor, recon, targets))
     return report
+
+
+def _resume_state(checkpoint: str | Path | None, identity: dict) -> dict | None:
+    """The saved state at ``checkpoint`` if there is one, after checking it belongs to this editor and config."""
+    if checkpoint is None or not Path(checkpoint).is_file():
+        return None
+    state = load_checkpoint(checkpoint)
+    for key, value in identity.items():
+        if state.get(key) != value:
+            what = key.replace("_", " ")
+            raise ValueError(f"{checkpoint} was written for another {what} ({state.get(key)}, now {value}): "
+                             "delete it to start afresh, or resume with the same settings")
+    return state
 
 
 @torch.no_grad()

@@ -182,3 +182,16 @@ def test_decurved_trains_with_a_mixing_layer_unless_told_not_to(tiny_bundle, tmp
 def test_no_mixing_is_refused_for_other_kinds(tiny_bundle, capsys):
     assert main(["train", "editor", "--bundle", str(tiny_bundle), "--method", "linear", "--no-mixing"]) == 2
     assert "--no-mixing applies to --method decurved only" in capsys.readouterr().err
+
+
+def test_train_editor_cli_checkpoint_makes_a_rerun_resume(tiny_bundle, tmp_path):
+    path, checkpoint = tmp_path / "bundle", tmp_path / "editor.pt"
+    shutil.copytree(tiny_bundle, path)
+    command = ["train", "editor", "--bundle", str(path), "--method", "linear", "--steps", "3", "--name", "new",
+               "--checkpoint", str(checkpoint)]
+    assert main(command) == 0
+    assert torch.load(checkpoint, weights_only=True)["step"] == 3
+    first = load_bundle(path).editors["new"].state_dict()
+    assert main(command) == 0  # resumes at step 3 of 3: nothing more to train, same weights
+    for key, value in load_bundle(path).editors["new"].state_dict().items():
+        assert torch.equal(value, first[key])

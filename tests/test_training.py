@@ -76,3 +76,55 @@ def test_generator_run_refuses_a_different_config(tmp_path):
     with pytest.raises(ValueError, match="another --out"):
         train_generator(tmp_path, GeneratorConfig(latent_dim=5, base_channels=8),
                         GANTrainConfig(steps=2, batch_size=4), progress=False)
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("mode", ["supervised", "unsupervised"])
+def test_interrupted_editor_training_resumes_to_the_same_weights(generator, regressor, tmp_path, monkeypatch,
+                                                                 mode):
+    from curvedit.models import train_editor as module
+
+    directions = ["x", "y", "scale"] if mode == "supervised" else ["d0", "d1", "d2"]
+    config = EditorTrainConfig(mode=mode, steps=30, batch_size=16, lr=3e-3)
+
+    def fresh():
+        torch.manual_seed(1)
+        return DeCurvEd(4, directions, hidden=16, layers=2, mixing=mode == "supervised")
+
+    straight = fresh()
+    expected = train_editor(straight, generator, config, regressor=regressor, progress=False)
+
+    checkpoint = tmp_path / "editor.pt"
+    sample, calls = module._sample_step, []
+
+    def sample_then_die(*args):
+        calls.append(1)
+        if len(calls) > 25:  # dies during step 26; the last save was after step 20
+            raise Interrupted
+        return sample(*args)
+
+    monkeypatch.setattr(module, "_sample_step", sample_then_die)
+    with pytest.raises(Interrupted):
+        train_editor(fresh(), generator, config, regressor=regressor, progress=False, checkpoint=checkpoint,
+                     checkpoint_every=10)
+    monkeypatch.setattr(module, "_sample_step", sample)
+    assert torch.load(checkpoint, weights_only=True)["step"] == 20
+    resumed = fresh()
+    report = train_editor(resumed, generator, config, regressor=regressor, progress=False, checkpoint=checkpoint,
+                          checkpoint_every=10)
+    for key, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=1e-6)
+    assert report["losses"] == pytest.approx(expected["losses"], abs=1e-6)
+
+
+def test_a_checkpoint_of_another_run_is_refused(generator, regressor, tmp_path):
+    checkpoint = tmp_path / "editor.pt"
+    config = EditorTrainConfig(steps=2, batch_size=8)
+    train_editor(DeCurvEd(4, ["x"], hidden=8, layers=1), generator, config, regressor=regressor, progress=False,
+                 checkpoint=checkpoint)
+    with pytest.raises(ValueError, match="delete it to start afresh"):
+        train_editor(DeCurvEd(4, ["x"], hidden=8, layers=1), generator, EditorTrainConfig(steps=3, batch_size=8),
+                     regressor=regressor, progress=False, checkpoint=checkpoint)
