@@ -111,3 +111,24 @@ def test_a_non_bundle_directory_is_not_replaced(tmp_path):
     with pytest.raises(BundleError, match="not a bundle"):
         make_tiny_bundle(tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_decurved_editor_saved_before_the_mixing_layer_still_loads(tmp_path):
+    """Bundles written before DeCurvEd had a mixing layer carry no "mixing" key: they load as plain flows."""
+    from conftest import randomize
+
+    from curvedit.bundle import write_bundle
+    from curvedit.models.editors import DeCurvEd
+    from curvedit.models.generator import Generator, GeneratorConfig
+
+    editor = randomize(DeCurvEd(8, ["x", "y"], hidden=8, layers=2)).eval()
+    path = write_bundle(tmp_path / "old", name="old", version="0.1", generator=Generator(GeneratorConfig()).eval(),
+                        editors={"decurved": (editor, "supervised", {})}, default_editor="decurved", seed=0)
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["editors"]["decurved"]["config"]["mixing"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    loaded = load_bundle(path).editors["decurved"]
+    assert loaded.flow.mixing is None
+    z, t = torch.randn(3, 8), torch.randn(3, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.edit(z, t), editor.edit(z, t))
