@@ -29,14 +29,14 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from curvedit.bundle import Bundle, load_bundle
+from curvedit.engines.bench_backends import as_tensor, make_backends
+from curvedit.engines.bench_timing import measure_peaks, sampler, synchronize
 from curvedit.models.files import atomic_write
 
 FULL_BATCHES = (1, 16, 64, 256, 1024, 4096)
@@ -66,164 +66,6 @@ class Row:
     frac_bf16_peak: float | None = None  # GPU only
     max_err: float | None = None  # vs torch eager fp32 on the same inputs
     note: str = ""
-
-
-# -- timing -----------------------------------------------------------------------------------------------------
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def sampler(fn: Callable[[], object], device: str) -> Callable[[], float]:
-    """A function that takes one timing sample of ``fn``: seconds per call (on CUDA: event time over enough
-    back-to-back calls to last ≥ 1 ms, divided by their count)."""
-    if not device.startswith("cuda"):
-        def sample() -> float:
-            t0 = time.perf_counter()
-            fn()
-            return time.perf_counter() - t0
-
-        return sample
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    inner = max(1, min(200, int(1e-3 / max(time.perf_counter() - t0, 1e-6))))
-
-    def sample_cuda() -> float:
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3 / inner
-
-    return sample_cuda
-
-
-def time_call(fn: Callable[[], object], device: str, repeats: int, warmup: int, best: bool = False) -> float:
-    """Median (``best``: minimum) seconds per call of ``fn`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    sample = sampler(fn, device)
-    samples = [sample() for _ in range(repeats)]
-    return min(samples) if best else statistics.median(samples)
-
-
-def matmul_rate(device: str, dtype: torch.dtype, n: int, tf32: bool = False, repeats: int = 7) -> float:
-    """GFLOP/s of an ``n×n @ n×n`` ``torch.matmul`` (the machine's own GEMM ceiling for that precision): the
-    best of ``repeats`` calls, since a ceiling is what the hardware reaches when nothing else interferes."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    try:
-        seconds = time_call(lambda: torch.matmul(a, b), device, repeats, warmup=2, best=True)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
-    return 2.0 * n**3 / seconds / 1e9
-
-
-def measure_peaks(device: str, quick: bool) -> dict[str, float]:
-    if device.startswith("cuda"):
-        n = 2048 if quick else 8192
-        return {"fp32": matmul_rate(device, torch.float32, n), "tf32": matmul_rate(device, torch.float32, n, True),
-                "bf16": matmul_rate(device, torch.bfloat16, n)}
-    return {"fp32": matmul_rate(device, torch.float32, 512 if quick else 2048)}
-
-
-# -- backends ---------------------------------------------------------------------------------------------------
-@dataclass
-class Backend:
-    name: str
-    precision: str
-    prepare: Callable[[torch.Tensor, torch.Tensor], Callable[[], object]] | None  # (z, t) → one timed call
-    note: str = ""
-
-
-def _as_tensor(out) -> torch.Tensor:
-    if isinstance(out, (list, tuple)):
-        out = out[0]
-    return torch.from_numpy(out) if isinstance(out, np.ndarray) else out.detach().float().cpu()
-
-
-def _autocast(device: str):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
-
-
-def make_backends(bundle: Bundle, editor_name: str, device: str, args: argparse.Namespace) -> list[Backend]:
-    """Every backend this machine can run for ``editor_name``; the unavailable ones carry a note why."""
-    # Built first, from the bundle's CPU modules; torch backends get their own copy on the device.
-    onnx_backend = _onnx_backend(bundle, editor_name, device, args.quick, args.threads)
-    triton_backends = _triton_backends(bundle, editor_name, device)
-    editor = copy.deepcopy(bundle.editors[editor_name]).to(device).eval()
-    cuda = device.startswith("cuda")
-    backends = [Backend("torch", "fp32", lambda z, t: lambda: editor.edit(z, t))]
-
-    def bf16_edit(z, t):
-        with _autocast(device):
-            return editor.edit(z, t)
-
-    if cuda:
-        backends.append(Backend("torch", "bf16-autocast", lambda z, t: lambda: bf16_edit(z, t)))
-    mode = args.compile_mode or ("reduce-overhead" if cuda else "default")
-    if args.quick and not args.compile:
-        backends.append(Backend("torch.compile", "fp32", None, "skipped in --quick (compiling takes minutes)"))
-    else:
-        torch._dynamo.reset()
-        compiled = torch.compile(editor.edit, mode=mode)
-        backends.append(Backend(f"torch.compile[{mode}]", "fp32", lambda z, t: lambda: compiled(z, t)))
-        if cuda:
-            compiled_bf16 = torch.compile(bf16_edit, mode=mode)
-            backends.append(Backend(f"torch.compile[{mode}]", "bf16-autocast",
-                                    lambda z, t: lambda: compiled_bf16(z, t)))
-    return [*backends, onnx_backend, *triton_backends]
-
-
-def _onnx_backend(bundle: Bundle, editor_name: str, device: str, quick: bool, threads: int | None) -> Backend:
-    from curvedit.engines.onnx_engine import SMALL_BATCH_ROWS, OnnxEngine, OrtOptions, cuda_provider_usable
-
-    if device.startswith("cuda") and not cuda_provider_usable():
-        return Backend("onnxruntime", "fp32", None, "no CUDAExecutionProvider in this onnxruntime build")
-    # The dynamo exporter's graph (what `curvedit export` writes) has ~30% fewer nodes than the TorchScript
-    # one the engine builds in memory for bundles that ship no graphs; --quick takes the faster export.
-    exporter = "torchscript" if quick else "dynamo"
-    engine = OnnxEngine(bundle, device, options=OrtOptions(threads=threads), exporter=exporter)
-    keys = sorted({engine.edit_key(editor_name, batch) for batch in (1, SMALL_BATCH_ROWS)})
-    failed = [key for key in keys if engine.session(key) is None]
-    if failed:
-        return Backend("onnxruntime", "fp32", None, f"graph failed export/verification: {', '.join(failed)}")
-    note = f"{exporter} graphs" + (f"; batch-major below {SMALL_BATCH_ROWS} rows" if device == "cpu" else "")
-
-    def prepare(z, t):  # the engine's own call: graph choice by batch size, CPU chunking
-        z_np, t_np = z.cpu().numpy(), t.cpu().numpy()
-        return lambda: engine.edit(editor_name, z_np, t_np)
-
-    return Backend("onnxruntime", "fp32", prepare, note)
-
-
-def _triton_backends(bundle: Bundle, editor_name: str, device: str) -> list[Backend]:
-    if not device.startswith("cuda"):
-        return [Backend("triton", "-", None, "CUDA only (the CPU interpreter is not a benchmark)")]
-    try:
-        from curvedit.engines.triton_engine import TritonEngine, triton_available
-    except ImportError as exc:
-        return [Backend("triton", "-", None, f"not importable: {exc}")]
-    if not triton_available(device):
-        return [Backend("triton", "-", None, "triton_available() is False on this device")]
-    backends = []
-    for precision, graphs in (("fp32", True), ("tf32", True), ("bf16", True), ("bf16", False)):
-        label = "triton[cuda-graphs]" if graphs else "triton"
-        try:
-            engine = TritonEngine(bundle, device=device, precision=precision, use_cuda_graphs=graphs)
-        except Exception as exc:  # report and keep benchmarking the other precisions
-            backends.append(Backend(label, precision, None, f"{type(exc).__name__}: {exc}"))
-            continue
-        backends.append(Backend(label, precision,
-                                lambda z, t, e=engine: lambda: e.edit_tensor(editor_name, z, t)))
-    return backends
 
 
 # -- the sweep --------------------------------------------------------------------------------------------------
@@ -339,11 +181,11 @@ def _prepare_rows(label, batch, backends, z, t, expected, device, args, rows, la
         try:
             call = backend.prepare(z, t)
             t0 = time.perf_counter()
-            row.max_err = float((_as_tensor(call()) - expected).abs().max())
+            row.max_err = float((as_tensor(call()) - expected).abs().max())
             slow = time.perf_counter() - t0 > args.slow_call_s  # long calls: fewer samples, no less exact
             for _ in range(min(args.warmup, 1) if slow else args.warmup):
                 call()
-            _sync(device)
+            synchronize(device)
             timed.append((row, sampler(call, device), [], min(args.repeats, 3) if slow else args.repeats))
         except Exception as exc:  # a failing backend is a result, not the end of the run
             row.note = _error(exc)

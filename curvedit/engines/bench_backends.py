@@ -1,0 +1,107 @@
+"""The backends ``curvedit bench engine`` times side by side: torch eager (fp32; bf16 autocast on CUDA),
+torch.compile, the ONNX Runtime engine and, on CUDA, the triton engine at fp32, tf32 and bf16. Each is a
+``Backend`` whose ``prepare(z, t)`` returns the one call to time; an unavailable backend carries a note why."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from curvedit.bundle import Bundle
+
+
+@dataclass
+class Backend:
+    name: str
+    precision: str
+    prepare: Callable[[torch.Tensor, torch.Tensor], Callable[[], object]] | None  # (z, t) → one timed call
+    note: str = ""
+
+
+def as_tensor(out) -> torch.Tensor:
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    return torch.from_numpy(out) if isinstance(out, np.ndarray) else out.detach().float().cpu()
+
+
+def _autocast(device: str):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+
+
+def make_backends(bundle: Bundle, editor_name: str, device: str, args: argparse.Namespace) -> list[Backend]:
+    """Every backend this machine can run for ``editor_name``; the unavailable ones carry a note why."""
+    # Built first, from the bundle's CPU modules; torch backends get their own copy on the device.
+    onnx_backend = _onnx_backend(bundle, editor_name, device, args.quick, args.threads)
+    triton_backends = _triton_backends(bundle, editor_name, device)
+    editor = copy.deepcopy(bundle.editors[editor_name]).to(device).eval()
+    cuda = device.startswith("cuda")
+    backends = [Backend("torch", "fp32", lambda z, t: lambda: editor.edit(z, t))]
+
+    def bf16_edit(z, t):
+        with _autocast(device):
+            return editor.edit(z, t)
+
+    if cuda:
+        backends.append(Backend("torch", "bf16-autocast", lambda z, t: lambda: bf16_edit(z, t)))
+    mode = args.compile_mode or ("reduce-overhead" if cuda else "default")
+    if args.quick and not args.compile:
+        backends.append(Backend("torch.compile", "fp32", None, "skipped in --quick (compiling takes minutes)"))
+    else:
+        torch._dynamo.reset()
+        compiled = torch.compile(editor.edit, mode=mode)
+        backends.append(Backend(f"torch.compile[{mode}]", "fp32", lambda z, t: lambda: compiled(z, t)))
+        if cuda:
+            compiled_bf16 = torch.compile(bf16_edit, mode=mode)
+            backends.append(Backend(f"torch.compile[{mode}]", "bf16-autocast",
+                                    lambda z, t: lambda: compiled_bf16(z, t)))
+    return [*backends, onnx_backend, *triton_backends]
+
+
+def _onnx_backend(bundle: Bundle, editor_name: str, device: str, quick: bool, threads: int | None) -> Backend:
+    from curvedit.engines.onnx_engine import SMALL_BATCH_ROWS, OnnxEngine, OrtOptions, cuda_provider_usable
+
+    if device.startswith("cuda") and not cuda_provider_usable():
+        return Backend("onnxruntime", "fp32", None, "no CUDAExecutionProvider in this onnxruntime build")
+    # The dynamo exporter's graph (what `curvedit export` writes) has ~30% fewer nodes than the TorchScript
+    # one the engine builds in memory for bundles that ship no graphs; --quick takes the faster export.
+    exporter = "torchscript" if quick else "dynamo"
+    engine = OnnxEngine(bundle, device, options=OrtOptions(threads=threads), exporter=exporter)
+    keys = sorted({engine.edit_key(editor_name, batch) for batch in (1, SMALL_BATCH_ROWS)})
+    failed = [key for key in keys if engine.session(key) is None]
+    if failed:
+        return Backend("onnxruntime", "fp32", None, f"graph failed export/verification: {', '.join(failed)}")
+    note = f"{exporter} graphs" + (f"; batch-major below {SMALL_BATCH_ROWS} rows" if device == "cpu" else "")
+
+    def prepare(z, t):  # the engine's own call: graph choice by batch size, CPU chunking
+        z_np, t_np = z.cpu().numpy(), t.cpu().numpy()
+        return lambda: engine.edit(editor_name, z_np, t_np)
+
+    return Backend("onnxruntime", "fp32", prepare, note)
+
+
+def _triton_backends(bundle: Bundle, editor_name: str, device: str) -> list[Backend]:
+    if not device.startswith("cuda"):
+        return [Backend("triton", "-", None, "CUDA only (the CPU interpreter is not a benchmark)")]
+    try:
+        from curvedit.engines.triton_engine import TritonEngine, triton_available
+    except ImportError as exc:
+        return [Backend("triton", "-", None, f"not importable: {exc}")]
+    if not triton_available(device):
+        return [Backend("triton", "-", None, "triton_available() is False on this device")]
+    backends = []
+    for precision, graphs in (("fp32", True), ("tf32", True), ("bf16", True), ("bf16", False)):
+        label = "triton[cuda-graphs]" if graphs else "triton"
+        try:
+            engine = TritonEngine(bundle, device=device, precision=precision, use_cuda_graphs=graphs)
+        except Exception as exc:  # report and keep benchmarking the other precisions
+            backends.append(Backend(label, precision, None, f"{type(exc).__name__}: {exc}"))
+            continue
+        backends.append(Backend(label, precision,
+                                lambda z, t, e=engine: lambda: e.edit_tensor(editor_name, z, t)))
+    return backends
