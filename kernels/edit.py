@@ -6,7 +6,9 @@ layers, ping-ponging the latent between the output buffer and a scratch buffer. 
 needed, only block barriers, and the edit costs one launch whatever the depth of the flow. Forward and inverse
 use the same tiles (``curvedit.kernels.coupling``), so ``edit(+t)`` then ``edit(-t)`` returns ``z``.
 A flow's mixing layer ``W`` (if any) is not fused: ``EditPlan.launch`` multiplies by ``Wᵀ`` before the kernel
-and by ``W⁻ᵀ`` after it (two fp32 matmuls, inside the same CUDA graph when graphs are on).
+and by ``W⁻ᵀ`` after it (two fp32 ``torch.matmul``s, inside the same CUDA graph when graphs are on). They follow
+torch's global matmul precision: with ``torch.backends.cuda.matmul.allow_tf32`` on, they run in TF32 whatever
+the kernel's ``precision`` (PyTorch's default is off).
 
 Batch buckets: ``EditPlan`` owns fixed buffers for a power-of-two batch, so a GPU run can be captured once per
 bucket in a CUDA graph and replayed.

@@ -97,11 +97,11 @@ class DeCurvEd(Editor):
 
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """``z [batch, d]`` → Cartesian edit coordinates ``v = f(z) [batch, d]``."""
-        return self.flow(z)[0]
+        return self.flow(z, logdet=False)[0]
 
     def decode(self, v: torch.Tensor) -> torch.Tensor:
         """``v [batch, d]`` → ``z = f⁻¹(v) [batch, d]``."""
-        return self.flow.inverse(v)[0]
+        return self.flow.inverse(v, logdet=False)[0]
 
     def shift(self, amounts: torch.Tensor) -> torch.Tensor:
         """``amounts [batch, K]`` → the displacement in ``v``, ``[batch, d]`` (zero past axis K)."""
@@ -141,7 +141,9 @@ class DeCurvEd(Editor):
         order = torch.arange(d, dtype=torch.float32)[None]
         for layer in self.flow.layers:
             order = layer(order)[0]
-        order = order[0].round().long()
+        if not torch.equal(order, order.round()):
+            raise ValueError("warm_start is for an untrained editor: its couplings are no longer permutations")
+        order = order[0].long()
         if not torch.equal(order.sort().values, torch.arange(d)):
             raise ValueError("warm_start is for an untrained editor: its couplings are no longer permutations")
         weight = torch.empty_like(chart)

@@ -53,13 +53,30 @@ class InvertibleLinear(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.weight = nn.Parameter(torch.eye(dim))
+        self._inverse: tuple[tuple, torch.Tensor] | None = None  # (weight version, W⁻¹) for inference
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x @ self.weight.t(), torch.linalg.slogdet(self.weight)[1].expand(x.shape[0])
+    def _logabsdet(self, batch: int, logdet: bool, like: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.slogdet(self.weight)[1].expand(batch) if logdet else like.new_zeros(batch)
 
-    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.linalg.solve(self.weight, y.t()).t()
-        return x, -torch.linalg.slogdet(self.weight)[1].expand(y.shape[0])
+    def forward(self, x: torch.Tensor, logdet: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """``logdet=False`` skips the determinant (returns zeros): edits do not need it."""
+        return x @ self.weight.t(), self._logabsdet(x.shape[0], logdet, x)
+
+    def inverse(self, y: torch.Tensor, logdet: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Solves with ``W`` when gradients flow to it (training); otherwise multiplies by ``W⁻¹``, inverted once
+        per change of ``W`` and cached."""
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            x = torch.linalg.solve(self.weight, y.t()).t()
+        else:
+            x = y @ self._cached_inverse().t()
+        return x, -self._logabsdet(y.shape[0], logdet, y)
+
+    def _cached_inverse(self) -> torch.Tensor:
+        w = self.weight
+        key = (w._version, w.data_ptr(), w.device, w.dtype)  # in-place updates (optimiser, load) bump _version
+        if self._inverse is None or self._inverse[0] != key:
+            self._inverse = (key, self.inverse_matrix())
+        return self._inverse[1]
 
     def inverse_matrix(self) -> torch.Tensor:
         """``W⁻¹`` as a float32 matrix, inverted in float64 (what the exported graphs and kernels apply)."""
@@ -127,21 +144,22 @@ class CouplingFlow(nn.Module):
         )
         self.mixing = InvertibleLinear(config.dim) if config.mixing else None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, logdet: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """``logdet=False`` skips the mixing layer's determinant (its share of ``logabsdet`` is then 0)."""
         logabsdet = x.new_zeros(x.shape[0])
         if self.mixing is not None:
-            x, logabsdet = self.mixing(x)
+            x, logabsdet = self.mixing(x, logdet)
         for layer in self.layers:
             x, ld = layer(x)
             logabsdet = logabsdet + ld
         return x, logabsdet
 
-    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse(self, y: torch.Tensor, logdet: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         logabsdet = y.new_zeros(y.shape[0])
         for layer in reversed(self.layers):
             y, ld = layer.inverse(y)
             logabsdet = logabsdet + ld
         if self.mixing is not None:
-            y, ld = self.mixing.inverse(y)
+            y, ld = self.mixing.inverse(y, logdet)
             logabsdet = logabsdet + ld
         return y, logabsdet

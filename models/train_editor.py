@@ -14,6 +14,7 @@ starts at the best linear chart).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -103,8 +104,10 @@ def train_editor(editor: Editor, generator, config: EditorTrainConfig, regressor
         recon = Reconstructor(editor.num_directions)
         params += list(recon.parameters())
     latent_dim = editor.latent_dim
-    identity = {"config": config.to_dict(), "editor_kind": editor.kind, "editor_config": editor.config()}
+    identity = {"config": config.to_dict(), "editor_kind": editor.kind, "editor_config": editor.config(),
+                "generator_weights": fingerprint(generator), "regressor_weights": fingerprint(regressor)}
     state = _resume_state(checkpoint, identity)
+    t0 = time.time()
     if state is None and targets is not None and editor.wants_warm_start:
         with torch.no_grad():  # its own latents: the training samples stay the same with or without it
             warm_rng = torch.Generator().manual_seed(config.seed + 1)
@@ -119,7 +122,6 @@ def train_editor(editor: Editor, generator, config: EditorTrainConfig, regressor
         opt.load_state_dict(state["optimizer"])
         rng.set_state(state["rng"])
         losses, window, start, seconds_before = state["losses"], state["window"], state["step"], state["seconds"]
-    t0 = time.time()
 
     def save(step: int) -> None:
         save_checkpoint(checkpoint, {
@@ -161,6 +163,16 @@ def train_editor(editor: Editor, generator, config: EditorTrainConfig, regressor
     report = {"mode": config.mode, "losses": losses, "seconds": seconds_before + time.time() - t0}
     report.update(_final_measure(editor, generator, config, regressor, recon, targets))
     return report
+
+
+def fingerprint(module: torch.nn.Module | None) -> str:
+    """sha256 over a module's state (names and tensor bytes): a checkpoint resumes only on the same frozen
+    generator and regressor."""
+    digest = hashlib.sha256()
+    for name, tensor in (module.state_dict().items() if module is not None else ()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _resume_state(checkpoint: str | Path | None, identity: dict) -> dict | None:

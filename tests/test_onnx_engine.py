@@ -78,7 +78,8 @@ def test_model_reports_the_engine(ort_model):
     assert "engine='onnxruntime'" in repr(ort_model)
 
 
-def test_stale_graph_is_not_used(exported_bundle, tmp_path, tiny_bundle):
+@pytest.mark.parametrize(("batch", "key"), [(4, "rows_edit:decurved"), (SMALL_BATCH_ROWS, "edit:decurved")])
+def test_stale_graph_is_not_used(exported_bundle, tmp_path, tiny_bundle, batch, key):
     """New editor weights after export: the engine exports afresh instead of running the old graph."""
     path = shutil.copytree(exported_bundle, tmp_path / "stale")
     from conftest import randomize
@@ -86,9 +87,9 @@ def test_stale_graph_is_not_used(exported_bundle, tmp_path, tiny_bundle):
     editor = randomize(load_bundle(tiny_bundle).editors["decurved"], seed=5)
     add_editor(path, "decurved", editor, mode="supervised")
     model = curvedit.load(path, engine="onnxruntime")
-    z = model.sample(4, seed=0)
+    z = model.sample(batch, seed=0)
     edited = model.edit(z, {"y": 1.0})
-    assert model._engine.origins["rows_edit:decurved"] == "memory"  # a stale graph is not used
+    assert model._engine.origins == {key: "memory"}  # a stale graph is not used
     np.testing.assert_allclose(edited, curvedit.load(path, engine="torch").edit(z, {"y": 1.0}),
                                rtol=1e-4, atol=1e-5)
 
@@ -167,7 +168,8 @@ def test_no_provider_noise_in_a_fresh_process(tiny_bundle):
     assert done.stdout == f"{expected}\n" and done.stderr == ""
 
 
-def test_graph_of_a_former_default_editor_is_not_used_for_the_new_default(tiny_bundle, tmp_path):
+@pytest.mark.parametrize("batch", [5, SMALL_BATCH_ROWS])
+def test_graph_of_a_former_default_editor_is_not_used_for_the_new_default(tiny_bundle, tmp_path, batch):
     """``edit.onnx`` follows the default editor: after the default changes, the old file (made for another
     editor) must not serve the new default — the engine builds the right graph instead."""
     from conftest import randomize
@@ -175,12 +177,12 @@ def test_graph_of_a_former_default_editor_is_not_used_for_the_new_default(tiny_b
     from curvedit.models.editors import DeCurvEd
 
     bundle = shutil.copytree(tiny_bundle, tmp_path / "b")
-    export_bundle(bundle)
+    export_bundle(bundle, exporter="torchscript")
     second = randomize(DeCurvEd(8, ["x", "y", "scale", "rotation"], hidden=16, layers=4), seed=9).eval()
     add_editor(bundle, "second", second, "supervised", make_default=True)
     ort_model = curvedit.load(bundle, engine="onnxruntime")
     torch_model = curvedit.load(bundle, engine="torch")
-    z = torch_model.sample(5, seed=0)
+    z = torch_model.sample(batch, seed=0)
     for editor in ("second", "decurved"):
         np.testing.assert_allclose(ort_model.edit(z, {"x": 1.0}, editor=editor),
                                    torch_model.edit(z, {"x": 1.0}, editor=editor), rtol=1e-4, atol=1e-5)
@@ -198,3 +200,17 @@ def test_small_cpu_batches_run_on_the_batch_major_graph(exported_bundle, torch_m
     np.testing.assert_allclose(engine.edit("decurved", z, amounts), torch_model.edit(z, amounts),
                                rtol=1e-4, atol=1e-5)
     assert set(engine.origins) == {key} and engine.origins[key] == "bundle"
+
+
+def test_a_bundle_exported_before_the_batch_major_twin_keeps_using_its_graph(tiny_bundle, tmp_path):
+    """A bundle with a fresh ``edit.onnx`` but no ``rows_edit.onnx``: small batches run on the shipped graph
+    instead of exporting the twin at serve time."""
+    path = shutil.copytree(tiny_bundle, tmp_path / "older")
+    export_bundle(path, exporter="torchscript", only=["edit.onnx"])
+    engine = OnnxEngine(load_bundle(path), "cpu")
+    assert engine.edit_key("decurved", 1) == "edit:decurved"
+    z = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    amounts = np.ones((3, 4), np.float32)
+    np.testing.assert_allclose(engine.edit("decurved", z, amounts),
+                               curvedit.load(path, engine="torch").edit(z, amounts), rtol=1e-4, atol=1e-5)
+    assert engine.origins == {"edit:decurved": "bundle"}

@@ -128,3 +128,15 @@ def test_a_checkpoint_of_another_run_is_refused(generator, regressor, tmp_path):
     with pytest.raises(ValueError, match="delete it to start afresh"):
         train_editor(DeCurvEd(4, ["x"], hidden=8, layers=1), generator, EditorTrainConfig(steps=3, batch_size=8),
                      regressor=regressor, progress=False, checkpoint=checkpoint)
+
+
+def test_a_checkpoint_made_on_another_generator_is_refused(generator, regressor, tmp_path):
+    checkpoint = tmp_path / "editor.pt"
+    config = EditorTrainConfig(steps=2, batch_size=8)
+    train_editor(DeCurvEd(4, ["x"], hidden=8, layers=1), generator, config, regressor=regressor, progress=False,
+                 checkpoint=checkpoint)
+    torch.manual_seed(1)
+    retrained = Generator(GeneratorConfig(latent_dim=4, base_channels=8)).eval()
+    with pytest.raises(ValueError, match="generator weights"):
+        train_editor(DeCurvEd(4, ["x"], hidden=8, layers=1), retrained, config, regressor=regressor,
+                     progress=False, checkpoint=checkpoint)

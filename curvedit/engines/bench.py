@@ -11,7 +11,8 @@ b = d − a transformed) with MLP width h:
     FLOPs = 2 · (a·h + h·h + h·2b) · 2 · L
 
 (one multiply-add = 2 FLOPs; three matmuls per MLP row; the MLP runs once per layer in f and once in f⁻¹;
-elementwise work is not counted). d = h = 512, L = 8: 21.0 MFLOP per edit.
+elementwise work is not counted, nor a mixing layer's 4·d² — none in the synthetic flow, 256 of the shipped
+flow's 0.16 MFLOP). d = h = 512, L = 8: 21.0 MFLOP per edit.
 
 Timing: each row warms up (compiles, builds sessions), then takes the median of ``repeats`` samples; on CUDA a
 sample is CUDA-event time over enough back-to-back calls to last ≥ 1 ms, divided by the call count. Peaks are

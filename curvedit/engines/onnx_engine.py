@@ -129,6 +129,7 @@ class OnnxEngine:
             self.providers = ["CPUExecutionProvider"]
         self.origins: dict[str, str] = {}  # graph key → "bundle", "memory" or "torch: <reason>"
         self._sessions: dict[str, object] = {}
+        self._rows_choice: dict[str, bool] = {}  # editor → small batches use its batch-major graph
         self._lock = threading.Lock()
 
     # -- graphs ---------------------------------------------------------------------------------------------
@@ -142,17 +143,33 @@ class OnnxEngine:
 
     def edit_key(self, editor: str, batch: int) -> str:
         """The graph an edit of ``batch`` rows runs on: ``"rows_edit:<editor>"`` for a small DeCurvEd batch on the
-        CPU, else ``"edit:<editor>"``."""
+        CPU (when the bundle ships that graph, or ships neither), else ``"edit:<editor>"``."""
         small = self.device == "cpu" and batch < SMALL_BATCH_ROWS
-        rows = small and isinstance(self.bundle.editors[editor], DeCurvEd)
-        return f"rows_edit:{editor}" if rows else f"edit:{editor}"
+        return f"rows_edit:{editor}" if small and self._small_batch_graph(editor) else f"edit:{editor}"
 
-    def _graph_bytes(self, spec) -> tuple[bytes | None, str]:
+    def _small_batch_graph(self, editor: str) -> bool:
+        """Whether small batches of ``editor`` get the batch-major graph: DeCurvEd only, and not when the bundle
+        ships a fresh ``edit*.onnx`` but no fresh ``rows_edit*.onnx`` (exported before the twin existed): that
+        bundle's own graph beats exporting one at serve time."""
+        if editor not in self._rows_choice:
+            choice = isinstance(self.bundle.editors[editor], DeCurvEd)
+            if choice:
+                rows, features = self._spec(f"rows_edit:{editor}"), self._spec(f"edit:{editor}")
+                choice = self._shipped(rows) or not self._shipped(features)
+            self._rows_choice[editor] = choice
+        return self._rows_choice[editor]
+
+    def _shipped(self, spec) -> bool:
+        """The bundle lists ``spec``'s graph file, made from its current weights for this graph and editor."""
         from curvedit.export.graphs import is_fresh
-        from curvedit.export.onnx_export import ExportError, build_graph
 
         entry = self.bundle.manifest.get("onnx", {}).get(spec.filename)
-        if entry is not None and is_fresh(self.bundle, entry, spec):
+        return entry is not None and is_fresh(self.bundle, entry, spec)
+
+    def _graph_bytes(self, spec) -> tuple[bytes | None, str]:
+        from curvedit.export.onnx_export import ExportError, build_graph
+
+        if self._shipped(spec):
             data = (self.bundle.path / spec.filename).read_bytes()
             expected = self.bundle.manifest["files"].get(spec.filename)
             if hashlib.sha256(data).hexdigest() != expected:
