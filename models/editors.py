@@ -141,11 +141,9 @@ class DeCurvEd(Editor):
         order = torch.arange(d, dtype=torch.float32)[None]
         for layer in self.flow.layers:
             order = layer(order)[0]
-        if not torch.equal(order, order.round()):
-            raise ValueError("warm_start is for an untrained editor: its couplings are no longer permutations")
-        order = order[0].long()
-        if not torch.equal(order.sort().values, torch.arange(d)):
+        order = order[0]
+        if not torch.equal(order.sort().values, torch.arange(d, dtype=order.dtype)):
             raise ValueError("warm_start is for an untrained editor: its couplings are no longer permutations")
         weight = torch.empty_like(chart)
-        weight[order] = chart
+        weight[order.long()] = chart
         self.flow.mixing.weight.copy_(weight)

@@ -98,11 +98,10 @@ def make_editor(method: str, generator, directions: list[str], config: EditorTra
                 checkpoint=None) -> tuple[Editor, dict]:
     """Build and train (or fit) an editor of kind ``method``; returns ``(editor, report)``.
 
-    ``checkpoint``: a file that makes training resumable (see ``train_editor``); fitted kinds ignore it.
-
     ``options`` are extra constructor arguments (e.g. ``{"orthonormal": True}`` for ``linear``), over
-    ``TRAINING_DEFAULTS``;
-    ``measure_samples`` latents label fitted components and measure them (trained kinds measure on 512).
+    ``TRAINING_DEFAULTS``; ``measure_samples`` latents label fitted components and measure them (trained kinds
+    measure on 512); ``checkpoint`` is a file that makes training resumable (see ``train_editor``; fitted kinds
+    ignore it).
     """
     if method not in EDITOR_KINDS:
         raise ValueError(f"unknown editor kind {method!r}; known kinds: {sorted(EDITOR_KINDS)}")

@@ -45,8 +45,9 @@ class InvertibleLinear(nn.Module):
     """``y = W x`` with ``W`` a learned ``[dim, dim]`` matrix that starts at the identity (or at a given matrix).
 
     Couplings mix coordinates only through their MLPs, so an oblique linear chart takes them many steps to
-    build; this layer gives the flow that chart directly. ``logabsdet = log|det W|``; the inverse solves with
-    ``W`` (the training regulariser on ``log|det|`` keeps it well away from singular).
+    build; this layer gives the flow that chart directly. ``logabsdet = log|det W|``. The inverse solves with
+    ``W`` in training (the regulariser on ``log|det|`` keeps it well away from singular) and multiplies by a
+    cached ``W⁻¹`` otherwise.
     Reference: Kingma & Dhariwal, "Glow", NeurIPS 2018 (the invertible 1×1 convolution).
     """
 

@@ -104,8 +104,9 @@ def train_editor(editor: Editor, generator, config: EditorTrainConfig, regressor
         recon = Reconstructor(editor.num_directions)
         params += list(recon.parameters())
     latent_dim = editor.latent_dim
-    identity = {"config": config.to_dict(), "editor_kind": editor.kind, "editor_config": editor.config(),
-                "generator_weights": fingerprint(generator), "regressor_weights": fingerprint(regressor)}
+    identity = None if checkpoint is None else {
+        "config": config.to_dict(), "editor_kind": editor.kind, "editor_config": editor.config(),
+        "generator_weights": fingerprint(generator), "regressor_weights": fingerprint(regressor)}
     state = _resume_state(checkpoint, identity)
     t0 = time.time()
     if state is None and targets is not None and editor.wants_warm_start:
@@ -158,7 +159,7 @@ def train_editor(editor: Editor, generator, config: EditorTrainConfig, regressor
         if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == config.steps):
             save(step + 1)
     if window:
-        losses = [*losses, sum(window) / len(window)]
+        losses.append(sum(window) / len(window))
     editor.eval()
     report = {"mode": config.mode, "losses": losses, "seconds": seconds_before + time.time() - t0}
     report.update(_final_measure(editor, generator, config, regressor, recon, targets))
@@ -175,7 +176,7 @@ def fingerprint(module: torch.nn.Module | None) -> str:
     return digest.hexdigest()
 
 
-def _resume_state(checkpoint: str | Path | None, identity: dict) -> dict | None:
+def _resume_state(checkpoint: str | Path | None, identity: dict | None) -> dict | None:
     """The saved state at ``checkpoint`` if there is one, after checking it belongs to this editor and config."""
     if checkpoint is None or not Path(checkpoint).is_file():
         return None
