@@ -90,7 +90,10 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist; pass --config with a .json or .toml file")
     if path.suffix == ".toml":
-        import tomllib
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (a dependency there)
+            import tomli as tomllib
 
         data = tomllib.loads(path.read_text())
     else:

@@ -167,8 +167,6 @@ class OnnxEngine:
         return entry is not None and is_fresh(self.bundle, entry, spec)
 
     def _graph_bytes(self, spec) -> tuple[bytes | None, str]:
-        from curvedit.export.onnx_export import ExportError, build_graph
-
         if self._shipped(spec):
             data = (self.bundle.path / spec.filename).read_bytes()
             expected = self.bundle.manifest["files"].get(spec.filename)
@@ -176,6 +174,12 @@ class OnnxEngine:
                 raise BundleError(f"checksum mismatch for {self.bundle.path / spec.filename}: the file changed "
                                   "after the bundle was loaded; restore it or re-run `curvedit export`")
             return data, "bundle"
+        try:
+            from curvedit.export.onnx_export import ExportError, build_graph
+        except ImportError as exc:  # onnx/onnxscript are the optional `export` extra
+            reason = f"cannot export {spec.filename} here ({exc}); pip install 'curvedit[export]'"
+            log.warning("%s runs on PyTorch: %s", spec.key, reason)
+            return None, f"torch: {reason}"
         try:
             return build_graph(spec, self.exporter).data, "memory"
         except ExportError as exc:
