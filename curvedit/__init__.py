@@ -1,14 +1,14 @@
 """curvedit: commutative, nonlinear latent-space image editing (DeCurvEd) with fast engines and a service.
 
     import curvedit
-    model = curvedit.load()                 # the shipped default bundle
+    model = curvedit.load()                 # the shipped default model (shapes32); curvedit.list_models()
     z = model.sample(16, seed=0)            # float32 [16, d]
     z2 = model.edit(z, {"scale": 1.5, "x": -1.0})
     images = model.generate(z2)             # uint8 [16, H, W, 3]
 """
 
-from curvedit.api import Model, default_bundle_path, load
+from curvedit.api import Model, default_bundle_path, list_models, load, resolve_model
 from curvedit.bundle import BundleError
 
-__version__ = "0.1.0"
-__all__ = ["BundleError", "Model", "__version__", "default_bundle_path", "load"]
+__version__ = "0.2.0"
+__all__ = ["BundleError", "Model", "__version__", "default_bundle_path", "list_models", "load", "resolve_model"]

@@ -1,4 +1,7 @@
-"""The public Python API: ``curvedit.load()`` and the ``Model`` it returns.
+"""The public Python API: ``curvedit.load()``, ``curvedit.list_models()`` and the ``Model`` a load returns.
+
+A model is named by a shipped model's name (``"shapes32"``, the default; ``list_models()`` lists them all) or by
+the path of a bundle directory: ``resolve_model`` gives every command the same meaning for ``--model``.
 
 Arrays in and out are NumPy: latents float32 ``[n, d]``, amounts float32 ``[n, K]``, images uint8
 ``[n, H, W, 3]``. Every input is checked here, and a bad one raises ``ValueError`` saying what is wrong and
@@ -13,23 +16,54 @@ from pathlib import Path
 
 import numpy as np
 
-from curvedit.bundle import Bundle, load_bundle
+from curvedit.bundle import MANIFEST, Bundle, load_bundle
 from curvedit.engines import make_engine
+from curvedit.images import check_images
+from curvedit.models.families import families_that_encode
 
 Edits = Mapping[str, float] | np.ndarray | Sequence[Sequence[float]]
 
+DEFAULT_MODEL = "shapes32"
+
+
+def shipped_models_dir() -> Path:
+    return Path(str(resources.files("curvedit") / "bundles"))
+
+
+def list_models() -> list[str]:
+    """The names of the models shipped inside the package, the default (``shapes32``) first."""
+    names = sorted(p.name for p in shipped_models_dir().iterdir() if (p / MANIFEST).is_file())
+    return sorted(names, key=lambda name: name != DEFAULT_MODEL)
+
 
 def default_bundle_path() -> Path:
-    """The bundle shipped inside the package (generator + supervised DeCurvEd editor)."""
-    return Path(str(resources.files("curvedit") / "default_bundle"))
+    """The default shipped bundle (``shapes32``: the shapes GAN with its editors)."""
+    return shipped_models_dir() / DEFAULT_MODEL
 
 
-def load(path: str | Path | None = None, engine: str = "auto", device: str | None = None,
-         engine_options: dict | None = None) -> Model:
-    """Load a bundle (``None`` = the shipped default) with an engine: ``auto`` (triton on a CUDA GPU, else
-    onnxruntime), ``torch``, ``onnxruntime`` or ``triton``. ``engine_options`` go to that backend (see
-    ``curvedit.engines.make_engine``)."""
-    bundle = load_bundle(path if path is not None else default_bundle_path())
+def resolve_model(model: str | Path | None) -> Path:
+    """A shipped model's name or a bundle directory → the bundle's path (``None`` = the default model).
+
+    A path wins over a name when both exist; anything else raises ``ValueError`` listing the shipped names.
+    """
+    if model is None or str(model) == "":
+        return default_bundle_path()
+    path = Path(model)
+    if path.is_dir():
+        return path
+    if str(model) in list_models():
+        return shipped_models_dir() / str(model)
+    raise ValueError(f"no model {str(model)!r}: not a bundle directory, and the shipped models are "
+                     f"{list_models()}")
+
+
+def load(model: str | Path | None = None, engine: str = "auto", device: str | None = None,
+         engine_options: dict | None = None, expect_digest: str | None = None) -> Model:
+    """Load a shipped model by name (``None`` = ``shapes32``) or a bundle by path, with an engine: ``auto``
+    (triton on a CUDA GPU, else onnxruntime), ``torch``, ``onnxruntime`` or ``triton``. ``engine_options`` go to
+    that backend (see ``curvedit.engines.make_engine``); ``expect_digest`` refuses any bundle whose digest
+    (``Model.digest``, ``curvedit info``) does not start with it."""
+    bundle = load_bundle(resolve_model(model), expect_digest=expect_digest)
     return Model(bundle, engine, device, engine_options)
 
 
@@ -69,6 +103,21 @@ class Model:
     @property
     def version(self) -> str:
         return self.bundle.version
+
+    @property
+    def digest(self) -> str:
+        """The bundle's digest: sha256 of its manifest, which covers every file and what the model does."""
+        return self.bundle.digest
+
+    @property
+    def family(self) -> str:
+        """The generator family (``dcgan``, ``vae``, ``known-chart``, …)."""
+        return self.bundle.generator.family
+
+    @property
+    def can_encode(self) -> bool:
+        """Whether real images can be encoded (``encode``, ``edit_images``): families with an encoder."""
+        return self.bundle.generator.can_encode
 
     @property
     def latent_dim(self) -> int:
@@ -159,8 +208,7 @@ class Model:
             raise ValueError("empty batch: pass at least one seed")
         if any(s < 0 for s in seeds):
             raise ValueError(f"seeds must be >= 0, got {min(seeds)}")
-        d = self.latent_dim
-        return np.stack([np.random.default_rng(s).standard_normal(d, dtype=np.float32) for s in seeds])
+        return self.bundle.generator.sample_latents(seeds)
 
     def edit(self, z, edits: Edits, editor: str | None = None) -> np.ndarray:
         """Edited latents float32 ``[n, d]``; ``edits`` is ``{"direction": amount}`` or ``[n, K]`` amounts."""
@@ -171,6 +219,28 @@ class Model:
     def generate(self, z) -> np.ndarray:
         """Images uint8 ``[n, H, W, 3]`` for latents ``[n, d]``."""
         return self._engine.generate(self.check_latents(z))
+
+    def require_encoder(self) -> None:
+        """Raise ``ValueError`` naming the families that can encode, unless this model can."""
+        if not self.can_encode:
+            raise ValueError(f"model {self.name!r} ({self.family}) has no encoder, so it cannot take real images; "
+                             f"families that can: {families_that_encode()} (e.g. the shipped shapes-vae)")
+
+    def check_images(self, images) -> np.ndarray:
+        """Validate real images for this model (rules in ``curvedit.images``): uint8 ``[n, H, W, 3]`` back."""
+        self.require_encoder()
+        return check_images(images, self.image_shape)
+
+    def encode(self, images) -> np.ndarray:
+        """Latents float32 ``[n, d]`` of real images uint8 ``[n, H, W, 3]`` (grayscale ``[n, H, W]`` too)."""
+        return self._engine.encode(self.check_images(images))
+
+    def edit_images(self, images, edits: Edits, editor: str | None = None) -> np.ndarray:
+        """Edit real images: encode → edit → decode; uint8 ``[n, H, W, 3]`` in and out."""
+        editor = self.resolve_editor(editor)
+        images = self.check_images(images)
+        amounts = self.amounts(edits, images.shape[0], editor)
+        return self._engine.generate(self._engine.edit(editor, self._engine.encode(images), amounts))
 
     def __repr__(self) -> str:
         return (f"Model(name={self.name!r}, version={self.version!r}, latent_dim={self.latent_dim}, "

@@ -1,23 +1,34 @@
 """Model bundles: a directory with ``manifest.json`` and safetensors weights (never pickle).
 
-Manifest (format version 1)::
+Manifest (format version 2)::
 
-    {"format": "curvedit-bundle", "format_version": 1, "name": ..., "version": ...,
+    {"format": "curvedit-bundle", "format_version": 2, "name": ..., "version": ...,
      "latent_dim": d, "image_shape": [H, W, 3], "seed": ..., "training": {...},
-     "generator": {"kind": "dcgan" | "known-chart", "config": {...}, "file": "generator.safetensors"},
-     "regressor": {"kind": "factor-cnn", "config": {...}, "file": ...}            # optional instrument
+     "generator": {"kind": <generator family>, "config": {...}, "file": "generator.safetensors"},
+     "regressor": {"kind": "factor-cnn", "config": {...}, "factors": [...], "file": ...}   # optional instrument
      "default_editor": "decurved",
      "editors": {NAME: {"kind": ..., "mode": ..., "config": {...}, "file": ...,
                         "directions": [{"index": 0, "name": "x"}, ...], "training": {...}}},
-     "files": {"generator.safetensors": "<sha256>", ...}}
+     "onnx": {FILE: {...}},                                                            # verified graphs
+     "files": {"generator.safetensors": "<sha256>", ...},
+     "manifest_sha256": "<sha256 of everything above>"}
 
-Every file the manifest names must be listed in ``files`` with its sha256; loading checks them all and the
-format version, and refuses a mismatch with a ``BundleError`` that names the file and the fix. Writers add to
-a bundle by rewriting ``manifest.json`` atomically, after the new files are in place.
+Integrity, checked on every load, each failure a ``BundleError`` that names the file and the fix:
+- every file listed in ``files`` matches its sha256;
+- ``manifest_sha256`` matches the manifest itself, so no field can be edited by hand without notice; it is the
+  bundle's **digest** (``curvedit info`` prints it; ``curvedit serve --expect-digest`` pins it): it covers every
+  file's checksum and every field that defines what the model does;
+- what the manifest says a module is (family or editor kind, config, direction names and order) must equal what
+  the module's weight file says it was written as (safetensors metadata), and ``latent_dim`` / ``image_shape``
+  must agree with the generator and every editor.
+
+Writers change a bundle only through ``write_bundle`` / ``add_editor`` / ``add_file`` / ``remove_file``, which
+rewrite ``manifest.json`` atomically with a fresh digest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -26,31 +37,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from curvedit.models import all_editors  # noqa: F401  (registers every editor kind)
+from curvedit.models import all_editors, all_families  # noqa: F401  (register every editor kind and family)
 from curvedit.models.editors import Editor, build_editor
-from curvedit.models.files import atomic_write, sha256_file, write_json
-from curvedit.models.generator import Generator, GeneratorConfig
-from curvedit.models.known_chart import KnownChart, KnownChartConfig
+from curvedit.models.families import GeneratorFamily, build_generator
+from curvedit.models.files import atomic_write, sha256_file
 from curvedit.models.regressor import FactorRegressor
 
 FORMAT = "curvedit-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
-
-
-# Generator kinds a bundle can hold: the trained DCGAN, and the analytic known-chart generator (its config
-# carries the curvature) used by ``curvedit eval``.
-GENERATOR_KINDS = {"dcgan": (Generator, GeneratorConfig), "known-chart": (KnownChart, KnownChartConfig)}
-
-
-def generator_kind(generator: torch.nn.Module) -> str:
-    for kind, (cls, _) in GENERATOR_KINDS.items():
-        if isinstance(generator, cls):
-            return kind
-    raise BundleError(f"cannot store a {type(generator).__name__} generator; known kinds: "
-                      f"{sorted(GENERATOR_KINDS)}")
+DIGEST_KEY = "manifest_sha256"
+MIN_DIGEST_PREFIX = 12
+_META_KEY = "curvedit"  # safetensors metadata: JSON of what the weights were written as
 
 
 class BundleError(ValueError):
@@ -61,7 +62,7 @@ class BundleError(ValueError):
 class Bundle:
     path: Path
     manifest: dict
-    generator: Generator | KnownChart
+    generator: GeneratorFamily
     editors: dict[str, Editor]
     regressor: FactorRegressor | None = None
     extras: dict = field(default_factory=dict)
@@ -74,14 +75,41 @@ class Bundle:
     def version(self) -> str:
         return self.manifest.get("version", "0")
 
+    @property
+    def digest(self) -> str:
+        """sha256 of the manifest, which lists every file's sha256: one identity for the whole bundle."""
+        return self.manifest[DIGEST_KEY]
 
-def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+
+# -- writing ----------------------------------------------------------------------------------------------------
+def _canonical(data) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def save_weights(directory: Path, filename: str, module: torch.nn.Module) -> str:
-    """Write ``module``'s weights as safetensors (atomically); returns the file's sha256."""
-    path = atomic_write(directory / filename, lambda tmp: save_file(_state(module), tmp))
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON, without the digest field itself."""
+    return hashlib.sha256(_canonical({k: v for k, v in manifest.items() if k != DIGEST_KEY})).hexdigest()
+
+
+def write_manifest(path: str | Path, manifest: dict) -> None:
+    """Stamp ``manifest`` with its digest and write it into bundle ``path`` atomically."""
+    manifest = {k: v for k, v in manifest.items() if k != DIGEST_KEY}
+    manifest[DIGEST_KEY] = manifest_digest(manifest)
+    text = json.dumps(manifest, indent=2) + "\n"
+    atomic_write(Path(path) / MANIFEST, lambda tmp: Path(tmp).write_text(text))
+
+
+def weights_meta(role: str, kind: str, config: dict) -> dict:
+    """What a weight file is: ``role`` (generator, editor, regressor), kind and config, as JSON would hold it."""
+    return json.loads(json.dumps({"role": role, "kind": kind, "config": config}))  # tuples → lists, as in JSON
+
+
+def save_weights(directory: Path, filename: str, module: torch.nn.Module, meta: dict) -> str:
+    """Write ``module``'s weights as safetensors (atomically) with ``meta`` (what they are) in the file's
+    metadata; returns the file's sha256."""
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    metadata = {_META_KEY: json.dumps(meta, sort_keys=True)}
+    path = atomic_write(directory / filename, lambda tmp: save_file(state, tmp, metadata=metadata))
     return sha256_file(path)
 
 
@@ -89,7 +117,7 @@ def editor_entry(name: str, editor: Editor, mode: str, training: dict | None = N
     return {
         "kind": editor.kind,
         "mode": mode,
-        "config": editor.config(),
+        "config": weights_meta("editor", editor.kind, editor.config())["config"],
         "file": f"editor_{name}.safetensors",
         "directions": [{"index": i, "name": d} for i, d in enumerate(editor.directions)],
         "needs_training": editor.needs_training,
@@ -97,7 +125,7 @@ def editor_entry(name: str, editor: Editor, mode: str, training: dict | None = N
     }
 
 
-def write_bundle(path: str | Path, *, name: str, version: str, generator: Generator | KnownChart,
+def write_bundle(path: str | Path, *, name: str, version: str, generator: GeneratorFamily,
                  editors: dict[str, tuple[Editor, str, dict]], default_editor: str,
                  regressor: FactorRegressor | None = None, seed: int | None = None,
                  training: dict | None = None) -> Path:
@@ -132,30 +160,33 @@ def write_bundle(path: str | Path, *, name: str, version: str, generator: Genera
 
 def _write_bundle_files(path: Path, name, version, generator, editors, default_editor, regressor, seed,
                         training) -> None:
-    files = {"generator.safetensors": save_weights(path, "generator.safetensors", generator.eval())}
+    gen_meta = weights_meta("generator", generator.family, generator.config.to_dict())
+    files = {"generator.safetensors": save_weights(path, "generator.safetensors", generator.eval(), gen_meta)}
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "name": name,
         "version": version,
-        "latent_dim": generator.config.latent_dim,
-        "image_shape": [generator.config.image_size, generator.config.image_size, 3],
+        "latent_dim": generator.latent_dim,
+        "image_shape": list(generator.image_shape),
         "seed": seed,
         "training": training or {},
-        "generator": {"kind": generator_kind(generator), "config": generator.config.to_dict(),
-                      "file": "generator.safetensors"},
+        "generator": {"kind": generator.family, "config": gen_meta["config"], "file": "generator.safetensors"},
         "default_editor": default_editor,
         "editors": {},
         "files": files,
     }
     if regressor is not None:
-        files["regressor.safetensors"] = save_weights(path, "regressor.safetensors", regressor)
-        manifest["regressor"] = {"kind": "factor-cnn", "config": {}, "file": "regressor.safetensors"}
+        reg_meta = weights_meta("regressor", "factor-cnn", regressor.config())
+        files["regressor.safetensors"] = save_weights(path, "regressor.safetensors", regressor, reg_meta)
+        manifest["regressor"] = {"kind": "factor-cnn", "config": reg_meta["config"],
+                                 "factors": list(regressor.factor_names), "file": "regressor.safetensors"}
     for editor_name, (editor, mode, report) in editors.items():
         entry = editor_entry(editor_name, editor, mode, report)
-        files[entry["file"]] = save_weights(path, entry["file"], editor)
+        files[entry["file"]] = save_weights(path, entry["file"], editor, weights_meta("editor", editor.kind,
+                                                                                editor.config()))
         manifest["editors"][editor_name] = entry
-    write_json(path / MANIFEST, manifest)
+    write_manifest(path, manifest)
 
 
 def add_editor(path: str | Path, name: str, editor: Editor, mode: str, training: dict | None = None,
@@ -163,12 +194,16 @@ def add_editor(path: str | Path, name: str, editor: Editor, mode: str, training:
     """Add (or replace) one editor in an existing bundle, then rewrite the manifest atomically."""
     path = Path(path)
     manifest = read_manifest(path)
+    if editor.latent_dim != manifest["latent_dim"]:
+        raise BundleError(f"editor {name!r} has latent dim {editor.latent_dim}, the bundle "
+                          f"{manifest['latent_dim']}")
     entry = editor_entry(name, editor, mode, training)
-    manifest["files"][entry["file"]] = save_weights(path, entry["file"], editor)
+    manifest["files"][entry["file"]] = save_weights(path, entry["file"], editor,
+                                                    weights_meta("editor", editor.kind, editor.config()))
     manifest["editors"][name] = entry
     if make_default:
         manifest["default_editor"] = name
-    write_json(path / MANIFEST, manifest)
+    write_manifest(path, manifest)
 
 
 def add_file(path: str | Path, filename: str, section: str | None = None, entry: dict | None = None) -> None:
@@ -179,30 +214,51 @@ def add_file(path: str | Path, filename: str, section: str | None = None, entry:
     manifest["files"][filename] = sha256_file(path / filename)
     if section is not None:
         manifest.setdefault(section, {})[filename] = entry or {}
-    write_json(path / MANIFEST, manifest)
+    write_manifest(path, manifest)
 
 
+def remove_file(path: str | Path, filename: str, section: str | None = None) -> None:
+    """Drop ``filename`` from the manifest (and ``manifest[section]``), then delete the file."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    listed = filename in manifest["files"] or filename in manifest.get(section or "", {})
+    manifest["files"].pop(filename, None)
+    if section is not None:
+        manifest.get(section, {}).pop(filename, None)
+    if listed:
+        write_manifest(path, manifest)
+    (path / filename).unlink(missing_ok=True)
+
+
+# -- reading ----------------------------------------------------------------------------------------------------
 def read_manifest(path: str | Path) -> dict:
-    """Read and check ``manifest.json``: format, version and required keys; no weights are touched."""
+    """Read and check ``manifest.json``: format, version, required keys and its own digest; no weights read."""
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"{path} is not a curvedit bundle: {MANIFEST} is missing (pass a bundle directory)")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{manifest_path} is not valid JSON ({exc}); re-export or retrain the bundle") from exc
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{manifest_path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{manifest_path}: not a {FORMAT!r} manifest")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(
-            f"{manifest_path}: format_version {version!r} is not supported by this curvedit "
-            f"(reads version {FORMAT_VERSION}); upgrade curvedit or re-save the bundle with this version"
+            f"{manifest_path}: format_version {version!r} is not supported by this curvedit (reads version "
+            f"{FORMAT_VERSION}, whose manifests are integrity-checked); retrain or re-save the bundle with this "
+            "curvedit, or use the curvedit that wrote it"
         )
-    for key in ("latent_dim", "image_shape", "generator", "editors", "default_editor", "files"):
+    for key in ("latent_dim", "image_shape", "generator", "editors", "default_editor", "files", DIGEST_KEY):
         if key not in manifest:
             raise BundleError(f"{manifest_path} lacks the required key {key!r}")
+    if manifest_digest(manifest) != manifest[DIGEST_KEY]:
+        raise BundleError(
+            f"{manifest_path} does not match its own checksum ({DIGEST_KEY}): it was edited by hand or damaged, "
+            "so what the model does (directions, shapes, configs) cannot be trusted; restore the original, or "
+            "re-save the bundle with curvedit"
+        )
     return manifest
 
 
@@ -221,37 +277,87 @@ def verify_files(path: str | Path, manifest: dict) -> None:
             )
 
 
-def _load_weights(path: Path, manifest: dict, filename: str, module: torch.nn.Module) -> None:
+def check_digest(digest: str, expected: str | None, path: Path) -> None:
+    """Refuse the bundle unless its digest starts with ``expected`` (at least ``MIN_DIGEST_PREFIX`` hex digits)."""
+    if expected is None:
+        return
+    expected = expected.strip().lower()
+    if len(expected) < MIN_DIGEST_PREFIX or any(c not in "0123456789abcdef" for c in expected):
+        raise BundleError(f"expected digest {expected!r} must be at least {MIN_DIGEST_PREFIX} hex digits "
+                          "(`curvedit info` prints a bundle's digest)")
+    if not digest.startswith(expected):
+        raise BundleError(f"bundle {path} has digest {digest}, not the expected {expected}…: refusing to use it "
+                          "(another model, or a changed one)")
+
+
+def _load_weights(path: Path, manifest: dict, filename: str, module: torch.nn.Module, meta: dict) -> None:
+    """Load ``filename`` into ``module`` after checking the file was written as what ``meta`` says."""
     if filename not in manifest["files"]:
         raise BundleError(f"{filename} is not listed with a checksum in {path / MANIFEST}; refusing to load it")
+    with safe_open(path / filename, framework="pt") as f:
+        written = json.loads((f.metadata() or {}).get(_META_KEY, "null"))
+    if written != meta:
+        raise BundleError(
+            f"{path / MANIFEST} describes {filename} as {meta['role']} {meta['kind']!r} with config "
+            f"{meta['config']}, but the weights were written as {written}: the manifest disagrees with its "
+            "checksummed weights; restore the original manifest or re-save the bundle"
+        )
     try:
         module.load_state_dict(load_file(path / filename))
     except RuntimeError as exc:
         raise BundleError(f"{path / filename} does not match its config in the manifest: {exc}") from exc
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Load a bundle after checking its version and every checksum. Modules come back in eval mode."""
+def _consistent(path: Path, manifest: dict, generator: GeneratorFamily, editors: dict[str, Editor]) -> None:
+    where = path / MANIFEST
+    if manifest["latent_dim"] != generator.latent_dim:
+        raise BundleError(f"{where}: latent_dim {manifest['latent_dim']} disagrees with the generator's "
+                          f"{generator.latent_dim}; restore the original manifest")
+    if list(manifest["image_shape"]) != list(generator.image_shape):
+        raise BundleError(f"{where}: image_shape {manifest['image_shape']} disagrees with the generator's "
+                          f"{list(generator.image_shape)}; restore the original manifest")
+    for name, editor in editors.items():
+        listed = [d.get("name") for d in sorted(manifest["editors"][name]["directions"], key=lambda d: d["index"])]
+        if listed != editor.directions or editor.latent_dim != generator.latent_dim:
+            raise BundleError(f"{where}: editor {name!r} lists directions {listed} (latent dim "
+                              f"{manifest['latent_dim']}), its weights hold {editor.directions} (latent dim "
+                              f"{editor.latent_dim}); restore the original manifest")
+
+
+def load_bundle(path: str | Path, expect_digest: str | None = None) -> Bundle:
+    """Load a bundle after checking its version, digest, every checksum and its self-consistency; modules come
+    back in eval mode. ``expect_digest`` (the digest or a prefix of it) refuses any other bundle."""
     path = Path(path)
     manifest = read_manifest(path)
+    check_digest(manifest[DIGEST_KEY], expect_digest, path)
     verify_files(path, manifest)
-    kind = manifest["generator"].get("kind", "dcgan")
-    if kind not in GENERATOR_KINDS:
-        raise BundleError(f"{path / MANIFEST}: unknown generator kind {kind!r}; this curvedit reads "
-                          f"{sorted(GENERATOR_KINDS)} (upgrade curvedit)")
-    generator_cls, config_cls = GENERATOR_KINDS[kind]
-    generator = generator_cls(config_cls(**manifest["generator"]["config"]))
-    _load_weights(path, manifest, manifest["generator"]["file"], generator)
-    editors = {}
-    for name, entry in manifest["editors"].items():
-        editor = build_editor(entry["kind"], entry["config"])
-        _load_weights(path, manifest, entry["file"], editor)
-        editors[name] = editor.eval()
+    try:
+        spec = manifest["generator"]
+        generator = build_generator(spec["kind"], spec["config"])
+        _load_weights(path, manifest, spec["file"], generator, weights_meta("generator", spec["kind"],
+                                                                             spec["config"]))
+        generator.attach(path, manifest)
+        editors = {}
+        for name, entry in manifest["editors"].items():
+            editor = build_editor(entry["kind"], entry["config"])
+            _load_weights(path, manifest, entry["file"], editor, weights_meta("editor", entry["kind"],
+                                                                               entry["config"]))
+            editors[name] = editor.eval()
+        regressor = None
+        if "regressor" in manifest:
+            spec = manifest["regressor"]
+            regressor = FactorRegressor(**spec["config"])
+            _load_weights(path, manifest, spec["file"], regressor, weights_meta("regressor", spec["kind"],
+                                                                                 spec["config"]))
+            regressor.eval()
+    except (KeyError, TypeError) as exc:
+        raise BundleError(f"{path / MANIFEST} is malformed ({type(exc).__name__}: {exc}); re-save the "
+                          "bundle") from exc
+    except BundleError:
+        raise
+    except ValueError as exc:  # unknown family or editor kind, a config the module refuses
+        raise BundleError(f"{path / MANIFEST}: {exc}") from exc
     if manifest["default_editor"] not in editors:
         raise BundleError(f"default_editor {manifest['default_editor']!r} is not among {sorted(editors)}")
-    regressor = None
-    if "regressor" in manifest:
-        regressor = FactorRegressor()
-        _load_weights(path, manifest, manifest["regressor"]["file"], regressor)
-        regressor.eval()
+    _consistent(path, manifest, generator, editors)
     return Bundle(path, manifest, generator.eval(), editors, regressor)

@@ -2,7 +2,8 @@
 
 Every command module has ``register(subparsers)``, which adds its parsers and sets ``func`` on each; ``func``
 receives the parsed arguments and returns an exit code. A ``ValueError`` (bad input, a refused bundle) becomes
-a one-line message on stderr and exit code 2, never a traceback.
+a one-line message on stderr and exit code 2, an ``OSError`` (a file that cannot be read or written) one line and
+exit code 1, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import importlib
 import sys
 
 COMMAND_MODULES = (
-    "curvedit.commands",  # edit, traverse, info
-    "curvedit.train_cli",  # train generator | regressor | editor | default
+    "curvedit.commands",  # edit, traverse, info, models
+    "curvedit.train_cli",  # train generator | regressor | editor | recipe | default
     "curvedit.export.cli",  # export
     "curvedit.bench_cli",  # bench engine | serve
     "curvedit.service.cli",  # serve, client, batch, bench serve
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"curvedit {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file that cannot be read or written: one line, not a traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"curvedit {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except Exception as exc:
         if not _is_rpc_error(exc):
             raise

@@ -1,37 +1,27 @@
-"""``curvedit train generator | regressor | editor | default``.
+"""``curvedit train generator | regressor | editor | recipe | default``.
 
-``train default`` is the whole recipe of the shipped bundle: factor regressor, GAN, supervised DeCurvEd
-editor, then the bundle. Each stage's output lands in the run directory, and a finished stage is reused on
-rerun, so an interrupted recipe resumes (the GAN from its last checkpoint).
+``train recipe NAME`` is the whole recipe of a shipped model (``curvedit.recipes``); ``train default`` is the
+recipe of the default model, ``shapes32``. Each stage's output lands in the run directory, and a finished stage
+is reused on rerun, so an interrupted recipe resumes (the generator and every editor from their checkpoints).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
-from curvedit.bundle import add_editor, load_bundle, save_weights, write_bundle
-from curvedit.models.editors import EDITOR_KINDS, TRAINING_DEFAULTS, build_editor
+from curvedit.bundle import add_editor, load_bundle, save_weights, weights_meta
+from curvedit.models.editors import EDITOR_KINDS
 from curvedit.models.files import write_json
-from curvedit.models.generator import Generator, GeneratorConfig
+from curvedit.models.generator import GeneratorConfig
 from curvedit.models.regressor import FactorRegressor, RegressorTrainConfig, train_regressor
 from curvedit.models.renderer import FACTOR_NAMES
-from curvedit.models.train_editor import EditorTrainConfig, train_editor
-from curvedit.models.train_generator import GANTrainConfig, train_generator
-
-DEFAULT_EDITOR_TRAINING = EditorTrainConfig(mode="supervised", steps=2500, lr=1e-3, regulariser_weight=0.1)
-
-
-def load_generator(run_dir: Path) -> Generator:
-    config = json.loads((run_dir / "generator_config.json").read_text())
-    generator = Generator(GeneratorConfig(**config))
-    generator.load_state_dict(load_file(run_dir / "generator.safetensors"))
-    return generator.eval()
+from curvedit.models.train_editor import EditorTrainConfig
+from curvedit.models.train_generator import GANTrainConfig
+from curvedit.models.vae import VAEConfig, VAETrainConfig
+from curvedit.recipes import RECIPES, run_recipe, train_run_generator
 
 
 def load_regressor(path: Path) -> FactorRegressor:
@@ -42,51 +32,91 @@ def load_regressor(path: Path) -> FactorRegressor:
     return regressor.eval()
 
 
-def run_generator(out: Path, latent_dim: int, steps: int, seed: int, progress: bool = True) -> Generator:
-    config = GeneratorConfig(latent_dim=latent_dim)
-    out.mkdir(parents=True, exist_ok=True)
-    generator = train_generator(out, config, GANTrainConfig(steps=steps, seed=seed), progress=progress)
-    write_json(out / "generator_config.json", config.to_dict())  # after train_generator accepted the run dir
-    return generator
-
-
-def run_regressor(out: Path, steps: int, seed: int, progress: bool = True) -> FactorRegressor:
-    regressor, error = train_regressor(RegressorTrainConfig(steps=steps, seed=seed), progress=progress)
-    save_weights(out.parent, out.name, regressor)
-    write_json(out.with_suffix(".json"), {"steps": steps, "seed": seed, "held_out_mae": error.tolist()})
-    return regressor
-
-
 def editor_directions(mode: str, count: int) -> list[str]:
     return list(FACTOR_NAMES[:count]) if mode == "supervised" else [f"d{k}" for k in range(count)]
 
 
 def cmd_generator(args: argparse.Namespace) -> int:
-    run_generator(Path(args.out), args.latent_dim, args.steps, args.seed)
-    print(f"sample grid: {Path(args.out) / 'samples.png'}")
+    if args.family == "dcgan":
+        if args.data != "shapes":
+            raise ValueError("the dcgan family trains on --data shapes only")
+        config, train = GeneratorConfig(latent_dim=args.latent_dim), GANTrainConfig(seed=args.seed)
+    else:
+        config = VAEConfig(latent_dim=args.latent_dim, channels=1 if args.data == "digits" else 3)
+        train = VAETrainConfig(data=args.data, beta=args.beta, seed=args.seed)
+    if args.steps is not None:
+        train = type(train)(**{**train.to_dict(), "steps": args.steps})
+    train_run_generator(Path(args.out), args.family, config, train)
+    print(f"generator → {args.out} (sample grid: {Path(args.out) / 'samples.png'})")
     return 0
 
 
 def cmd_regressor(args: argparse.Namespace) -> int:
-    run_regressor(Path(args.out), args.steps, args.seed)
+    out = Path(args.out)
+    regressor, error = train_regressor(RegressorTrainConfig(steps=args.steps, seed=args.seed))
+    save_weights(out.parent, out.name, regressor, weights_meta("regressor", "factor-cnn", regressor.config()))
+    write_json(out.with_suffix(".json"), {"steps": args.steps, "seed": args.seed, "held_out_mae": error.tolist()})
     print(f"factor regressor → {args.out}")
+    return 0
+
+
+def _train_config(args: argparse.Namespace) -> EditorTrainConfig:
+    return EditorTrainConfig(mode=args.mode, steps=args.steps, lr=args.lr, amount_min=args.amount_min,
+                             amount_max=args.amount_max, regulariser_weight=args.regulariser_weight,
+                             seed=args.seed)
+
+
+def cmd_user_editor(args: argparse.Namespace) -> int:
+    """``--generator``: an editor on the user's own generator, written as a new bundle at ``--out``."""
+    from curvedit.byo import UserEditorJob, train_user_editor
+    from curvedit.engines import check_device
+
+    if args.model is not None:
+        raise ValueError("--generator trains on your generator and writes a new bundle to --out; "
+                         "--model (add to an existing bundle) does not apply")
+    if args.out is None:
+        raise ValueError("--generator needs --out DIR: where to write the new bundle")
+    mode = args.mode or "unsupervised"
+    names = tuple(n.strip() for n in (args.directions or "").split(",") if n.strip())
+    count = None
+    if mode == "unsupervised" and names:
+        if len(names) != 1 or not names[0].isdigit():
+            raise ValueError("unsupervised --directions is a count K (directions d0..dK-1), e.g. --directions 4")
+        count, names = int(names[0]), ()
+    job = UserEditorJob(generator=args.generator, out=Path(args.out),
+                        config=_train_config(argparse.Namespace(**{**vars(args), "mode": mode})),
+                        method=args.method, latent_dim=args.latent_dim, regressor=args.regressor, directions=names,
+                        count=count, name=args.name, device=check_device(args.device) or "cpu")
+    path = train_user_editor(job)
+    print(f"bundle → {path}; serve it with `curvedit serve --model {path}`")
     return 0
 
 
 def cmd_editor(args: argparse.Namespace) -> int:
     """Train (or, for ganspace/sefa/chart, fit) an editor of any kind and add it to the bundle."""
+    from curvedit.api import resolve_model
     from curvedit.models.fit_editors import make_editor
 
-    bundle = load_bundle(args.bundle)
+    if args.generator is not None:
+        return cmd_user_editor(args)
+    if args.model is None:
+        raise ValueError("say which bundle to add the editor to (--model NAME|PATH), or train on your own "
+                         "generator with --generator package.module:factory --out DIR")
+    if args.out is not None or args.latent_dim is not None:
+        raise ValueError("--out and --latent-dim go with --generator; with --model the editor is added in place")
+    args.mode = args.mode or "supervised"
+    if args.directions is not None and not str(args.directions).isdigit():
+        raise ValueError(f"--directions is a count K here (the first K factors or d0..dK-1), got "
+                         f"{args.directions}")
+    path = resolve_model(args.model)
+    bundle = load_bundle(path)
     regressor = bundle.regressor
     if args.regressor:
         regressor = load_regressor(Path(args.regressor))
-    latent_dim = bundle.generator.config.latent_dim
-    count = args.directions or (len(FACTOR_NAMES) if args.mode == "supervised" else latent_dim)
+    count = int(args.directions or 0) or (len(FACTOR_NAMES) if args.mode == "supervised"
+                                          else bundle.generator.latent_dim)
     directions = editor_directions(args.mode, count)
-    config = EditorTrainConfig(mode=args.mode, steps=args.steps, lr=args.lr, amount_min=args.amount_min,
-                               amount_max=args.amount_max, regulariser_weight=args.regulariser_weight,
-                               seed=args.seed)
+    config = _train_config(args)
     options = {"orthonormal": True} if args.orthonormal else {}
     if args.orthonormal and args.method != "linear":
         raise ValueError("--orthonormal applies to --method linear only")
@@ -98,7 +128,7 @@ def cmd_editor(args: argparse.Namespace) -> int:
                                  options=options, measure_samples=args.measure_samples, checkpoint=args.checkpoint)
     report["config"] = config.to_dict()
     name = args.name or f"{args.method}-{args.mode}"
-    add_editor(args.bundle, name, editor, args.mode, report, make_default=args.make_default)
+    add_editor(path, name, editor, args.mode, report, make_default=args.make_default)
     print_report(name, report)
     return 0
 
@@ -113,90 +143,105 @@ def print_report(name: str, report: dict) -> None:
         print(f"{name}: |Δ factor| per unit amount: {gains}")
 
 
-def cmd_default(args: argparse.Namespace) -> int:
-    """Regressor → GAN → supervised DeCurvEd → bundle, each stage reused if already finished; the GAN and the
-    editor resume from their checkpoints in the run directory."""
-    run, seed = Path(args.run), args.seed
-    torch.manual_seed(seed)
-    seconds: dict[str, float | str] = {}  # per stage; "reused" where an earlier run had finished it
-
-    def stage(name: str, done: bool, load, train):
-        start = time.time()
-        result = load() if done else train()
-        seconds[name] = "reused" if done else round(time.time() - start)
-        return result
-
-    regressor_path, gan_dir = run / "regressor.safetensors", run / "generator"
-    regressor = stage("regressor", regressor_path.is_file(), lambda: load_regressor(regressor_path),
-                      lambda: run_regressor(regressor_path, args.regressor_steps, seed))
-    generator = stage("generator", (gan_dir / "generator.safetensors").is_file(), lambda: load_generator(gan_dir),
-                      lambda: run_generator(gan_dir, args.latent_dim, args.generator_steps, seed))
-    latent_dim = generator.config.latent_dim  # a reused GAN keeps the latent dim it was trained with
-    editor = build_editor("decurved", {"latent_dim": latent_dim, "directions": list(FACTOR_NAMES),
-                                       **TRAINING_DEFAULTS["decurved"]})
-    config = EditorTrainConfig(**{**DEFAULT_EDITOR_TRAINING.to_dict(), "steps": args.editor_steps, "seed": seed})
-    report = stage("editor", False, None, lambda: train_editor(editor, generator, config, regressor=regressor,
-                                                               checkpoint=run / "editor_checkpoint.pt"))
-    report["config"] = config.to_dict()
-    recipe = {"command": "curvedit train default", "seed": seed, "latent_dim": latent_dim,
-              "regressor_steps": args.regressor_steps, "generator_steps": args.generator_steps,
-              "editor_steps": args.editor_steps, "seconds": seconds}
-    write_bundle(args.out, name="shapes32", version=args.version, generator=generator,
-                 editors={"decurved": (editor, "supervised", report)}, default_editor="decurved",
-                 regressor=regressor, seed=seed, training=recipe)
-    print_report("decurved", report)
-    print(f"bundle → {args.out} (seconds per stage: {seconds})")
+def cmd_recipe(args: argparse.Namespace) -> int:
+    name = getattr(args, "recipe", None) or "shapes32"
+    out = Path(args.out or f"runs/{name}/bundle")
+    run = Path(args.run or f"runs/{name}")
+    seconds = run_recipe(name, out, run, seed=args.seed, generator_steps=args.generator_steps,
+                         editor_steps=args.editor_steps, regressor_steps=args.regressor_steps,
+                         export=not args.no_export)
+    print(f"bundle → {out} (seconds per stage: {seconds})")
     return 0
+
+
+def _recipe_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default=None, help="bundle directory to write (default: runs/NAME/bundle)")
+    parser.add_argument("--run", default=None, help="where intermediate stages are kept (default: runs/NAME)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every stage (default 0)")
+    parser.add_argument("--generator-steps", type=int, default=None, help="override the recipe's generator steps")
+    parser.add_argument("--editor-steps", type=int, default=None, help="override every trained editor's steps")
+    parser.add_argument("--regressor-steps", type=int, default=RegressorTrainConfig.steps,
+                        help="steps when the recipe trains its factor regressor "
+                             f"(default {RegressorTrainConfig.steps})")
+    parser.add_argument("--no-export", action="store_true", help="skip writing the verified ONNX graphs")
 
 
 def register(subparsers) -> None:
     train = subparsers.add_parser("train", help="train generators, regressors and editors")
     sub = train.add_subparsers(dest="what", required=True, metavar="WHAT")
 
-    gen = sub.add_parser("generator", help="train the GAN on the built-in renders (resumable)")
+    gen = sub.add_parser("generator", help="train a generator on built-in data (resumable)")
+    gen.add_argument("--family", default="dcgan", choices=["dcgan", "vae"],
+                     help="generator family (default dcgan)")
+    gen.add_argument("--data", default="shapes", choices=["shapes", "digits"],
+                     help="training images: the built-in shape renders (default) or scikit-learn's digits")
     gen.add_argument("--out", default="runs/generator", help="run directory (resumes if it has a checkpoint)")
-    gen.add_argument("--latent-dim", type=int, default=8)
-    gen.add_argument("--steps", type=int, default=GANTrainConfig.steps)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--latent-dim", type=int, default=8, help="latent dimension d (default 8)")
+    gen.add_argument("--steps", type=int, default=None,
+                     help=f"training steps (default: dcgan {GANTrainConfig.steps}, vae {VAETrainConfig.steps})")
+    gen.add_argument("--beta", type=float, default=1.0, help="vae only: weight of the KL term (default 1)")
+    gen.add_argument("--seed", type=int, default=0, help="default 0")
     gen.set_defaults(func=cmd_generator)
 
     reg = sub.add_parser("regressor", help="train the factor regressor on labelled renders")
-    reg.add_argument("--out", default="runs/regressor.safetensors")
-    reg.add_argument("--steps", type=int, default=RegressorTrainConfig.steps)
-    reg.add_argument("--seed", type=int, default=0)
+    reg.add_argument("--out", default="runs/regressor.safetensors", help="weights file to write")
+    reg.add_argument("--steps", type=int, default=RegressorTrainConfig.steps,
+                     help=f"default {RegressorTrainConfig.steps}")
+    reg.add_argument("--seed", type=int, default=0, help="default 0")
     reg.set_defaults(func=cmd_regressor)
 
-    ed = sub.add_parser("editor", help="train (or fit: ganspace, sefa, chart) an editor on a bundle's frozen "
-                        "generator and add it to the bundle")
-    ed.add_argument("--bundle", required=True, help="bundle directory to read the generator from and add to")
-    ed.add_argument("--method", default="decurved", choices=sorted(EDITOR_KINDS))
-    ed.add_argument("--mode", default="supervised", choices=["supervised", "unsupervised"])
-    ed.add_argument("--name", default=None, help="editor name in the bundle (default: METHOD-MODE)")
-    ed.add_argument("--directions", type=int, default=None, help="K (default: 6 factors, or latent dim)")
-    ed.add_argument("--regressor", default=None, help="factor regressor (default: the bundle's)")
-    ed.add_argument("--steps", type=int, default=EditorTrainConfig.steps)
-    ed.add_argument("--lr", type=float, default=EditorTrainConfig.lr)
-    ed.add_argument("--amount-min", type=float, default=EditorTrainConfig.amount_min)
-    ed.add_argument("--amount-max", type=float, default=EditorTrainConfig.amount_max)
-    ed.add_argument("--regulariser-weight", type=float, default=EditorTrainConfig.regulariser_weight)
-    ed.add_argument("--seed", type=int, default=0)
+    ed = sub.add_parser("editor", help="train (or fit: ganspace, sefa, chart) an editor on a model's frozen "
+                        "generator and add it to the bundle, or on your own generator (--generator) into a new "
+                        "bundle")
+    ed.add_argument("--model", default=None, metavar="NAME|PATH",
+                    help="bundle to read the generator from and add the editor to (a path, or a shipped name)")
+    ed.add_argument("--generator", default=None, metavar="PACKAGE.MODULE:FACTORY",
+                    help="your generator: a factory returning a torch module z [n, d] → images [n, C, H, W] in "
+                         "[-1, 1]; the editor and the generator go into a new bundle at --out "
+                         "(docs/BRING_YOUR_OWN.md)")
+    ed.add_argument("--out", default=None, help="with --generator: the bundle directory to write")
+    ed.add_argument("--latent-dim", type=int, default=None,
+                    help="with --generator: d, if the module has no latent_dim attribute")
+    ed.add_argument("--device", default=None, help="with --generator: train on cpu or cuda (default cpu)")
+    ed.add_argument("--method", default="decurved", choices=sorted(EDITOR_KINDS), help="default decurved")
+    ed.add_argument("--mode", default=None, choices=["supervised", "unsupervised"],
+                    help="supervised: directions tied to factors by a regressor (default with --model); "
+                         "unsupervised: the reconstructor recipe (default with --generator)")
+    ed.add_argument("--name", default=None,
+                    help="editor name in the bundle (default METHOD-MODE); with --generator: the model's name "
+                         "(default: the factory's module name)")
+    ed.add_argument("--directions", default=None,
+                    help="a count K (default: the 6 factors supervised, the latent dim unsupervised); with "
+                         "--generator and --mode supervised: the names of the regressor's columns, e.g. x,y")
+    ed.add_argument("--regressor", default=None,
+                    help="with --model: factor regressor weights (default: the bundle's); with --generator: "
+                         "PACKAGE.MODULE:FACTORY of a module mapping images to your attribute values")
+    ed.add_argument("--steps", type=int, default=EditorTrainConfig.steps,
+                    help=f"default {EditorTrainConfig.steps}")
+    ed.add_argument("--lr", type=float, default=EditorTrainConfig.lr, help=f"default {EditorTrainConfig.lr:g}")
+    ed.add_argument("--amount-min", type=float, default=EditorTrainConfig.amount_min,
+                    help=f"smallest |amount| sampled in training (default {EditorTrainConfig.amount_min:g})")
+    ed.add_argument("--amount-max", type=float, default=EditorTrainConfig.amount_max,
+                    help=f"largest |amount| sampled in training (default {EditorTrainConfig.amount_max:g})")
+    ed.add_argument("--regulariser-weight", type=float, default=EditorTrainConfig.regulariser_weight,
+                    help=f"weight of the editor's regulariser (default {EditorTrainConfig.regulariser_weight:g})")
+    ed.add_argument("--seed", type=int, default=0, help="default 0")
     ed.add_argument("--orthonormal", action="store_true", help="linear only: orthonormal direction matrix")
     ed.add_argument("--checkpoint", default=None,
                     help="file to save training progress to; rerun the same command to resume from it")
     ed.add_argument("--no-mixing", action="store_true",
                     help="decurved only: no linear mixing layer before the couplings (the paper's plain flow)")
     ed.add_argument("--measure-samples", type=int, default=512,
-                    help="latents used to label and measure fitted editors (ganspace, sefa)")
+                    help="latents used to label and measure fitted editors (ganspace, sefa; default 512)")
     ed.add_argument("--make-default", action="store_true", help="make it the bundle's default editor")
     ed.set_defaults(func=cmd_editor)
 
-    default = sub.add_parser("default", help="the shipped bundle's whole recipe: regressor, GAN, editor")
-    default.add_argument("--out", default="runs/default/bundle")
-    default.add_argument("--run", default="runs/default", help="where intermediate stages are kept")
-    default.add_argument("--seed", type=int, default=0)
-    default.add_argument("--latent-dim", type=int, default=8)
-    default.add_argument("--regressor-steps", type=int, default=RegressorTrainConfig.steps)
-    default.add_argument("--generator-steps", type=int, default=GANTrainConfig.steps)
-    default.add_argument("--editor-steps", type=int, default=DEFAULT_EDITOR_TRAINING.steps)
-    default.add_argument("--version", default="1.0.0")
-    default.set_defaults(func=cmd_default)
+    recipe = sub.add_parser("recipe", help="a shipped model's whole recipe: regressor, generator, editors, "
+                            "ONNX graphs")
+    recipe.add_argument("recipe", choices=sorted(RECIPES), help="which shipped model")
+    _recipe_options(recipe)
+    recipe.set_defaults(func=cmd_recipe)
+
+    default = sub.add_parser("default", help="the default model's recipe (= train recipe shapes32)")
+    _recipe_options(default)
+    default.set_defaults(func=cmd_recipe)

@@ -1,4 +1,4 @@
-"""``curvedit export [BUNDLE] [--out DIR]``: write verified ONNX graphs into a bundle (or a copy of it)."""
+"""``curvedit export [--model NAME|PATH] [--out DIR]``: write verified ONNX graphs into a bundle (or a copy)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from curvedit.export.onnx_export import EXPORTERS
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from curvedit.api import default_bundle_path
+    from curvedit.api import resolve_model
     from curvedit.bundle import read_manifest
     from curvedit.export.onnx_export import export_bundle
 
-    bundle = Path(args.bundle) if args.bundle is not None else default_bundle_path()
+    bundle = resolve_model(args.model)
     read_manifest(bundle)  # a clear BundleError (a ValueError) before anything is copied
     logging.getLogger("curvedit.export").setLevel(logging.ERROR)  # skips are printed below instead
     results = export_bundle(bundle, out=args.out, exporter=args.exporter)
@@ -36,7 +36,9 @@ def register(subparsers) -> None:
         description="Export the bundle's generator, flow halves and editors to ONNX with a dynamic batch axis. "
                     "Each graph is checked with ONNX Runtime against PyTorch on other batch sizes before it is "
                     "written; one that fails is skipped (that editor then runs on PyTorch).")
-    export.add_argument("bundle", nargs="?", default=None, help="bundle directory (default: the shipped model)")
+    export.add_argument("--model", default=None, metavar="NAME|PATH",
+                        help="a shipped model's name or a bundle directory (default: shapes32); exports in place "
+                             "unless --out is given")
     export.add_argument("--out", default=None,
                         help="copy the bundle to this new directory and export there (default: in place)")
     export.add_argument("--exporter", choices=EXPORTERS, default="dynamo",

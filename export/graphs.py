@@ -4,6 +4,8 @@ Graphs (every one has a dynamic leading ``batch`` axis):
 
 - ``generator.onnx``: ``z`` float32 ``[batch, d]`` → ``image`` uint8 ``[batch, H, W, 3]``, the same pixels as
   ``Model.generate`` (clamp to [-1, 1], scale to [0, 255], round half to even, NHWC).
+- ``encoder.onnx`` (generator families that can encode): ``image`` uint8 ``[batch, H, W, 3]`` → ``z`` float32
+  ``[batch, d]``, the same latents as ``Model.encode``.
 - ``flow_forward.onnx``: ``z`` ``[batch, d]`` → ``v = f(z)`` ``[batch, d]`` (default editor, DeCurvEd only).
 - ``flow_inverse.onnx``: ``v`` ``[batch, d]`` → ``z = f⁻¹(v)`` ``[batch, d]`` (default editor, DeCurvEd only).
 - ``edit.onnx``: ``z`` ``[batch, d]``, ``t`` ``[batch, K]`` → ``z_edited`` ``[batch, d]``, the default editor's
@@ -37,6 +39,17 @@ class GeneratorGraph(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         images = self.generator(z).clamp(-1.0, 1.0)
         return ((images + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+class EncoderGraph(nn.Module):
+    """uint8 images ``[batch, H, W, 3]`` → ``z [batch, d]`` (matches ``curvedit.models.files.from_uint8``)."""
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.generator.encode(image.permute(0, 3, 1, 2).float() / 127.5 - 1.0)
 
 
 class EncodeGraph(nn.Module):
@@ -95,9 +108,17 @@ class GraphSpec:
         return (self.reference if self.reference is not None else self.module)(*inputs)
 
     def example_inputs(self, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
-        """Random float32 inputs ``[batch, width]`` for every input port (standard normal, like latents)."""
+        """Random inputs with ``batch`` rows for every input port: float32 standard normal (like latents), or
+        uint8 uniform 0..255 (images)."""
         gen = torch.Generator().manual_seed(seed)
-        return tuple(torch.randn(batch, port.shape[1], generator=gen) for port in self.inputs)
+        inputs = []
+        for port in self.inputs:
+            shape = (batch, *port.shape[1:])
+            if port.dtype == "uint8":
+                inputs.append(torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8))
+            else:
+                inputs.append(torch.randn(shape, generator=gen))
+        return tuple(inputs)
 
     def entry(self, opset: int, exporter: str, check: dict) -> dict:
         """The manifest entry recorded under ``manifest["onnx"][filename]``."""
@@ -158,6 +179,17 @@ def generator_spec(bundle: Bundle) -> GraphSpec:
                      None, _sources(bundle, bundle.manifest["generator"]["file"]))
 
 
+def encoder_specs(bundle: Bundle) -> list[GraphSpec]:
+    """``encoder.onnx`` when the bundle's generator family can encode, else nothing."""
+    if not bundle.generator.can_encode:
+        return []
+    d = int(bundle.manifest["latent_dim"])
+    h, w, c = bundle.manifest["image_shape"]
+    return [GraphSpec("encoder", "encoder.onnx", EncoderGraph(bundle.generator.eval()).eval(),
+                      (Port("image", ("batch", h, w, c), "uint8"),), (Port("z", ("batch", d)),),
+                      None, _sources(bundle, bundle.manifest["generator"]["file"]))]
+
+
 def flow_specs(bundle: Bundle) -> list[GraphSpec]:
     """``flow_forward`` / ``flow_inverse`` of the default editor, if it has ``encode``/``decode`` (DeCurvEd)."""
     name = bundle.default_editor
@@ -176,7 +208,9 @@ def flow_specs(bundle: Bundle) -> list[GraphSpec]:
 
 
 def bundle_specs(bundle: Bundle) -> list[GraphSpec]:
-    """Every graph for ``bundle``: generator, the default editor's flow halves and edit, then other editors."""
+    """Every graph for ``bundle``: generator (and encoder), the default editor's flow halves and edit, then the
+    other editors."""
     others = [name for name in bundle.editors if name != bundle.default_editor]
-    return [generator_spec(bundle), *flow_specs(bundle), *editor_specs(bundle, bundle.default_editor),
+    return [generator_spec(bundle), *encoder_specs(bundle), *flow_specs(bundle),
+            *editor_specs(bundle, bundle.default_editor),
             *(spec for name in others for spec in editor_specs(bundle, name))]

@@ -25,9 +25,9 @@ import numpy as np
 import onnx
 import torch
 
-from curvedit.bundle import MANIFEST, Bundle, add_file, load_bundle, read_manifest
+from curvedit.bundle import Bundle, add_file, load_bundle, remove_file
 from curvedit.export.graphs import GraphSpec, bundle_specs
-from curvedit.models.files import atomic_write, write_json
+from curvedit.models.files import atomic_write
 
 log = logging.getLogger("curvedit.export")
 
@@ -187,17 +187,6 @@ class GraphResult:
     max_abs_err: float | None = None
 
 
-def _unlist(path: Path, filename: str) -> None:
-    """Drop an older, now unverified copy of ``filename`` from the manifest, then delete the file."""
-    manifest = read_manifest(path)
-    listed = filename in manifest.get("onnx", {}) or filename in manifest["files"]
-    manifest.get("onnx", {}).pop(filename, None)
-    manifest["files"].pop(filename, None)
-    if listed:
-        write_json(path / MANIFEST, manifest)
-    (path / filename).unlink(missing_ok=True)
-
-
 def _target(bundle_path: Path, out: str | Path | None) -> Path:
     if out is None:
         return bundle_path
@@ -232,7 +221,7 @@ def export_bundle(bundle: str | Path, out: str | Path | None = None, exporter: s
             graph = build_graph(spec, exporter)
         except ExportError as exc:
             log.warning("skipping %s: %s", spec.filename, exc)
-            _unlist(path, spec.filename)
+            remove_file(path, spec.filename, section="onnx")
             results.append(GraphResult(spec.filename, False, str(exc)))
             continue
         size = write_graph(path, graph)

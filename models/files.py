@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -85,6 +85,13 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return scaled.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def from_uint8(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 ``[batch, H, W, 3]`` → float32 ``[batch, 3, H, W]`` in [-1, 1] on ``device`` (inverse of
+    ``to_uint8`` up to rounding)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    return tensor.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
 def image_grid(images: np.ndarray, columns: int, pad: int = 2, zoom: int = 1) -> Image.Image:
     """uint8 ``[n, H, W, 3]`` → one PIL image, ``columns`` tiles a row, white gutters of ``pad`` pixels."""
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
@@ -100,6 +107,27 @@ def image_grid(images: np.ndarray, columns: int, pad: int = 2, zoom: int = 1) ->
     if zoom > 1:
         grid = grid.resize((grid.width * zoom, grid.height * zoom), Image.NEAREST)
     return grid
+
+
+def labelled_grid(images: np.ndarray, columns: int, row_labels: list[str], column_labels: list[str],
+                  zoom: int = 1) -> Image.Image:
+    """``image_grid`` at ``zoom`` with a label left of each row and above each column (Pillow's default font)."""
+    grid = image_grid(images, columns, zoom=zoom)
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(grid)
+    left = 6 + max((int(measure.textlength(label, font=font)) for label in row_labels), default=0)
+    top = 16
+    canvas = Image.new("RGB", (grid.width + left, grid.height + top), (255, 255, 255))
+    canvas.paste(grid, (left, top))
+    draw = ImageDraw.Draw(canvas)
+    rows = -(-len(images) // columns)
+    cell_h, cell_w = grid.height / rows, grid.width / columns
+    for r, label in enumerate(row_labels[:rows]):
+        draw.text((2, top + (r + 0.5) * cell_h - 6), label, fill=(0, 0, 0), font=font)
+    for c, label in enumerate(column_labels[:columns]):
+        x = left + (c + 0.5) * cell_w - measure.textlength(label, font=font) / 2
+        draw.text((x, 2), label, fill=(0, 0, 0), font=font)
+    return canvas
 
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:

@@ -5,8 +5,9 @@ the way a user names PCA components: the signed factor response of every compone
 takes the component that moves it most purely (greedy, purest pair first), and the column is scaled so that
 an amount of +1 moves its factor by +1 standard deviation, like the trained supervised editors.
 
-On the known-chart generator supervised training and measurement read the true factors ``ψ(z)`` instead of
-the factor regressor on renders (no rendering, no regressor error): ``factor_reader`` picks the instrument.
+A generator that knows its true factors (``true_factors()``, the known-chart family: ``ψ(z)``) is read directly in
+supervised training and measurement instead of the factor regressor on renders (no rendering, no regressor
+error): ``factor_reader`` picks the instrument.
 """
 
 from __future__ import annotations
@@ -17,17 +18,18 @@ import torch
 from torch import nn
 
 from curvedit.models.editors import EDITOR_KINDS, TRAINING_DEFAULTS, Editor, build_editor
-from curvedit.models.known_chart import ChartFactors, KnownChart, chart_editor
+from curvedit.models.known_chart import chart_editor
 from curvedit.models.linear_editors import GANSpaceEditor, SeFaEditor, _FittedLinear
 from curvedit.models.measure import factor_response, purity
-from curvedit.models.train_editor import EditorTrainConfig, factor_indices, train_editor
+from curvedit.models.train_editor import EditorTrainConfig, factor_indices, factor_names, train_editor
 
 
 def factor_reader(generator, regressor) -> tuple[nn.Module, nn.Module]:
-    """``(generator-like, regressor-like)`` whose composition maps ``z`` to standardised factors: the true
-    chart for a known-chart generator, else ``regressor ∘ generator``."""
-    if isinstance(generator, KnownChart):
-        return ChartFactors(generator), nn.Identity()
+    """``(generator-like, regressor-like)`` whose composition maps ``z`` to standardised factors: the
+    generator's own ``true_factors()`` when it has them, else ``regressor ∘ generator``."""
+    truth = generator.true_factors()
+    if truth is not None:
+        return truth, nn.Identity()
     if regressor is None:
         raise ValueError("supervised editors need a factor regressor: the bundle has none, pass --regressor")
     return generator, regressor
@@ -50,7 +52,7 @@ def label_components(matrix: torch.Tensor, generator, regressor, directions: lis
                      samples: int = 512) -> torch.Tensor:
     """Columns of ``matrix [d, C]`` → ``[d, K]``, column k the component best tied to factor ``directions[k]``,
     signed and scaled to gain +1 (measured on ``samples`` latents)."""
-    targets = factor_indices(directions)
+    targets = factor_indices(directions, factor_names(regressor))
     response = signed_response(generator, regressor, matrix, samples)
     share = response.abs() / response.abs().sum(1, keepdim=True).clamp_min(1e-12)  # [C, F]
     chosen: dict[int, int] = {}
@@ -73,14 +75,12 @@ def fit_editor(method: str, generator, directions: list[str], mode: str, regress
                samples: int = 512) -> Editor:
     """A fitted editor (``ganspace``, ``sefa``, ``chart``); supervised mode labels the components."""
     if method == "chart":
-        if not isinstance(generator, KnownChart):
-            raise ValueError("the 'chart' editor exists only for a known-chart generator")
         return chart_editor(generator, directions)
     if method not in ("ganspace", "sefa"):
         raise ValueError(f"{method!r} is not a fitted editor kind (ganspace, sefa, chart)")
     if mode == "unsupervised":
         return _fit_components(method, generator, directions, seed)
-    full = _fit_components(method, generator, [f"c{k}" for k in range(generator.config.latent_dim)], seed)
+    full = _fit_components(method, generator, [f"c{k}" for k in range(generator.latent_dim)], seed)
     reader_generator, reader = factor_reader(generator, regressor)
     cls = type(full)
     labelled = label_components(full.weight, reader_generator, reader, directions, samples)
@@ -95,17 +95,17 @@ def _fit_components(method: str, generator, directions: list[str], seed: int) ->
 
 def make_editor(method: str, generator, directions: list[str], config: EditorTrainConfig, regressor=None,
                 options: dict | None = None, progress: bool = True, measure_samples: int = 512,
-                checkpoint=None) -> tuple[Editor, dict]:
+                checkpoint=None, device: str = "cpu") -> tuple[Editor, dict]:
     """Build and train (or fit) an editor of kind ``method``; returns ``(editor, report)``.
 
     ``options`` are extra constructor arguments (e.g. ``{"orthonormal": True}`` for ``linear``), over
     ``TRAINING_DEFAULTS``; ``measure_samples`` latents label fitted components and measure them (trained kinds
     measure on 512); ``checkpoint`` is a file that makes training resumable (see ``train_editor``; fitted kinds
-    ignore it).
+    ignore it). Trained kinds train on ``device`` and come back on the CPU; fitted kinds are fitted on the CPU.
     """
     if method not in EDITOR_KINDS:
         raise ValueError(f"unknown editor kind {method!r}; known kinds: {sorted(EDITOR_KINDS)}")
-    latent_dim = generator.config.latent_dim
+    latent_dim = generator.latent_dim
     if not EDITOR_KINDS[method].needs_training:
         t0 = time.time()
         editor = fit_editor(method, generator, directions, config.mode, regressor, config.seed, measure_samples)
@@ -118,16 +118,19 @@ def make_editor(method: str, generator, directions: list[str], config: EditorTra
     if config.mode == "supervised":
         reader_generator, reader = factor_reader(generator, regressor)
         report = train_editor(editor, reader_generator, config, regressor=reader, progress=progress,
-                              checkpoint=checkpoint)
+                              checkpoint=checkpoint, device=device)
     else:
-        report = train_editor(editor, generator, config, progress=progress, checkpoint=checkpoint)
+        report = train_editor(editor, generator, config, progress=progress, checkpoint=checkpoint, device=device)
+    for module in (editor, generator, regressor):
+        if module is not None:
+            module.cpu()
     return editor, report
 
 
 def _supervised_measure(editor: Editor, generator, regressor, seed: int, samples: int) -> dict:
     reader_generator, reader = factor_reader(generator, regressor)
     latents = torch.randn(samples, editor.latent_dim, generator=torch.Generator().manual_seed(seed + 12345))
-    targets = factor_indices(editor.directions)
+    targets = factor_indices(editor.directions, factor_names(reader))
     response = factor_response(reader_generator, editor, reader, latents, amount=1.0)
     per_direction = purity(response, targets)
     return {"purity": dict(zip(editor.directions, per_direction.tolist(), strict=True)),

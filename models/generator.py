@@ -7,10 +7,13 @@ Miyato et al., "Spectral Normalization for Generative Adversarial Networks", ICL
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
+
+from curvedit.models.families import GeneratorFamily, register_family
 
 
 @dataclass(frozen=True)
@@ -23,18 +26,21 @@ class GeneratorConfig:
         return asdict(self)
 
 
-class Generator(nn.Module):
-    """``z [batch, latent_dim]`` → images ``[batch, 3, size, size]`` in [-1, 1].
+@register_family
+class Generator(GeneratorFamily):
+    """The ``dcgan`` family: ``z [batch, latent_dim]`` → images ``[batch, 3, size, size]`` in [-1, 1].
 
-    Starts with a linear layer acting on z (SeFa factorises its weight). Batch norm runs in eval mode once
-    trained, so an image depends only on its own latent.
+    Starts with a linear layer acting on z (SeFa factorises its weight; GANSpace reads fc → BN → ReLU). Batch
+    norm runs in eval mode once trained, so an image depends only on its own latent. No encoder.
     """
 
-    def __init__(self, config: GeneratorConfig):
-        super().__init__()
+    family = "dcgan"
+    config_class = GeneratorConfig
+
+    def __init__(self, config: GeneratorConfig = GeneratorConfig()):
+        super().__init__(config)
         if config.image_size != 32:
             raise ValueError(f"only 32×32 generators are implemented, got image_size={config.image_size}")
-        self.config = config
         c = config.base_channels
         self.start_channels = 4 * c
         self.fc = nn.Linear(config.latent_dim, 4 * 4 * self.start_channels)
@@ -51,9 +57,23 @@ class Generator(nn.Module):
             nn.Tanh(),
         )
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
         h = self.fc(z).view(z.shape[0], self.start_channels, 4, 4)
         return self.body(h)
+
+    def linear_map(self) -> torch.Tensor:
+        return self.fc.weight
+
+    def edit_features(self, z: torch.Tensor) -> torch.Tensor:
+        """The first nonlinear activations (fc → BN → ReLU), ``[n, 16 · 4c]``."""
+        h = self.fc(z).view(z.shape[0], self.start_channels, 4, 4)
+        return self.body[:2](h).flatten(1)
+
+    @classmethod
+    def train_recipe(cls, run_dir: Path, config: GeneratorConfig, train_config, progress: bool = True):
+        from curvedit.models.train_generator import train_generator
+
+        return train_generator(run_dir, config, train_config, progress)
 
 
 class Discriminator(nn.Module):

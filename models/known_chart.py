@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from curvedit.models.editors import Editor, register_editor
+from curvedit.models.families import GeneratorFamily, register_family
 from curvedit.models.renderer import FACTOR_NAMES, NUM_FACTORS, render, unstandardize
 
 _MIN_SCALE = 0.05  # raw shape half-length; only the far tails of the latent prior reach it
@@ -43,15 +44,20 @@ class KnownChartConfig:
         return asdict(self)
 
 
-class KnownChart(nn.Module):
-    """``z [batch, 6]`` → images ``[batch, 3, 32, 32]`` in [-1, 1]; ``chart(z)`` → true factors ``[batch, 6]``.
+@register_family
+class KnownChart(GeneratorFamily):
+    """The ``known-chart`` family: ``z [batch, 6]`` → images ``[batch, 3, 32, 32]`` in [-1, 1]; ``chart(z)`` →
+    true factors ``[batch, 6]`` (``true_factors()``), so training and measurement need no regressor.
 
     ``fc`` is the linear map ``A`` (a frozen ``nn.Linear`` without bias), so SeFa applies as to the DCGAN.
+    Analytic: nothing to train.
     """
 
+    family = "known-chart"
+    config_class = KnownChartConfig
+
     def __init__(self, config: KnownChartConfig = KnownChartConfig()):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         d, half = config.latent_dim, config.latent_dim // 2
         rng = torch.Generator().manual_seed(config.seed)
         q1 = torch.linalg.qr(torch.randn(d, d, generator=rng))[0]
@@ -87,7 +93,17 @@ class KnownChart(nn.Module):
             u = self._shear(u, layer, -1.0)
         return u @ self.fc_inverse.T
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def linear_map(self) -> torch.Tensor:
+        return self.fc.weight
+
+    def true_factors(self) -> nn.Module:
+        return ChartFactors(self)
+
+    def evaluation_facts(self, steps: int, known: dict) -> dict:
+        ceiling = known.get("linear_ceiling") or linear_ceiling(self, steps=steps)
+        return {"curvature": self.config.curvature, "linear_ceiling": ceiling}
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
         raw = unstandardize(self.chart(z))
         # The renderer needs a positive size; clamping only the far tails keeps the factors themselves exact.
         raw = torch.cat([raw[:, :2], raw[:, 2:3].clamp_min(_MIN_SCALE), raw[:, 3:]], dim=1)
@@ -138,6 +154,8 @@ class ChartEditor(Editor):
 
 def chart_editor(generator: KnownChart, directions: list[str] | None = None) -> ChartEditor:
     """The true chart of ``generator`` as an editor (default: all six factors)."""
+    if not isinstance(generator, KnownChart):
+        raise ValueError(f"the 'chart' editor exists only for a known-chart generator, not {generator.family!r}")
     c = generator.config
     return ChartEditor(c.latent_dim, list(directions or FACTOR_NAMES), c.curvature, c.layers, c.seed).eval()
 

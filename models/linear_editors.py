@@ -91,24 +91,6 @@ def _fix_signs(matrix: torch.Tensor) -> torch.Tensor:
     return matrix * torch.where(signs == 0, 1.0, signs)
 
 
-def dcgan_early_features(generator) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``z [n, d]`` → the DCGAN generator's first nonlinear activations (fc → BN → ReLU), ``[n, 2048]``."""
-
-    def features(z: torch.Tensor) -> torch.Tensor:
-        h = generator.fc(z).view(z.shape[0], generator.start_channels, 4, 4)
-        return generator.body[:2](h).flatten(1)
-
-    return features
-
-
-def default_features(generator) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The DCGAN's early layer when it has one, else the generator's output pixels, average-pooled 2×2 to keep
-    the PCA small (the known-chart generator's only nonlinear feature space)."""
-    if hasattr(generator, "body") and hasattr(generator, "start_channels"):
-        return dcgan_early_features(generator)
-    return lambda z: torch.nn.functional.avg_pool2d(generator(z), 2).flatten(1)
-
-
 @register_editor
 class GANSpaceEditor(_FittedLinear):
     """Principal components of an early generator layer, regressed back to Z.
@@ -116,9 +98,10 @@ class GANSpaceEditor(_FittedLinear):
     PCA of the sampled latents themselves is degenerate here: z ~ N(0, I) is isotropic, so every direction
     is a principal axis and the "components" are whatever the sampling noise makes them. GANSpace's own
     recipe for generators whose input is z (BigGAN) avoids this: PCA in the feature space of an early layer
-    ``y = F(z)`` (here the first fc → BN → ReLU activations), then a least-squares regression from the PCA
-    coordinates ``x = Vᵀ(y − μ)`` back to ``z ≈ U x``; column ``u_k`` of ``U``, normalised to unit length, is
-    direction k. Amounts are therefore distances in Z (standard deviations of the latent prior).
+    ``y = F(z)`` (the family's ``edit_features``, e.g. the DCGAN's first fc → BN → ReLU activations), then a
+    least-squares regression from the PCA coordinates ``x = Vᵀ(y − μ)`` back to ``z ≈ U x``; column ``u_k`` of
+    ``U``, normalised to unit length, is direction k. Amounts are therefore distances in Z (standard deviations
+    of the latent prior).
 
     Reference: Härkönen et al., "GANSpace: Discovering Interpretable GAN Controls", NeurIPS 2020.
     """
@@ -130,9 +113,8 @@ class GANSpaceEditor(_FittedLinear):
     def fit(cls, generator, directions: list[str], samples: int = 2048, seed: int = 0,
             features: Callable[[torch.Tensor], torch.Tensor] | None = None) -> GANSpaceEditor:
         """Fit K = ``len(directions)`` components from ``samples`` latents drawn with ``seed``."""
-        latent_dim = generator.config.latent_dim
-        z = torch.randn(samples, latent_dim, generator=torch.Generator().manual_seed(seed))
-        feats = (features or default_features(generator))(z)
+        z = torch.randn(samples, generator.latent_dim, generator=torch.Generator().manual_seed(seed))
+        feats = (features or generator.edit_features)(z)
         return cls.from_matrix(pca_directions(z, feats, len(directions)), directions)
 
 
@@ -155,7 +137,7 @@ def pca_directions(z: torch.Tensor, feats: torch.Tensor, count: int) -> torch.Te
 @register_editor
 class SeFaEditor(_FittedLinear):
     """Closed-form factorisation: the top-K eigenvectors of ``AᵀA``, ``A [out, d]`` the weight of the
-    generator's first linear layer on z (``generator.fc.weight``): the unit directions in Z that layer
+    generator's first linear layer on z (the family's ``linear_map()``): the unit directions in Z that layer
     amplifies most. No training, no sampling.
 
     Reference: Shen & Zhou, "Closed-Form Factorization of Latent Semantics in GANs", CVPR 2021.
@@ -166,7 +148,12 @@ class SeFaEditor(_FittedLinear):
     @classmethod
     @torch.no_grad()
     def fit(cls, generator, directions: list[str]) -> SeFaEditor:
-        return cls.from_matrix(sefa_directions(generator.fc.weight, len(directions)), directions)
+        weight = generator.linear_map()
+        if weight is None:
+            raise ValueError(f"SeFa needs the weight of a linear first layer acting on z, and the "
+                             f"{generator.family!r} generator exposes none (linear_map() is None); use ganspace "
+                             "or a trained editor instead")
+        return cls.from_matrix(sefa_directions(weight, len(directions)), directions)
 
 
 def sefa_directions(weight: torch.Tensor, count: int) -> torch.Tensor:

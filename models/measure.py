@@ -16,15 +16,15 @@ def factor_response(
     Half of the latents are edited by ``+amount``, half by ``-amount``.
     """
     n = latents.shape[0]
-    signs = torch.where(torch.arange(n) % 2 == 0, 1.0, -1.0)
+    signs = torch.where(torch.arange(n, device=latents.device) % 2 == 0, 1.0, -1.0)
     before = regressor(generator(latents))
     rows = []
     for k in range(editor.num_directions):
-        amounts = torch.zeros(n, editor.num_directions)
+        amounts = torch.zeros(n, editor.num_directions, device=latents.device)
         amounts[:, k] = amount * signs
         after = regressor(generator(editor.edit(latents, amounts)))
         rows.append((after - before).abs().mean(0))
-    return torch.stack(rows)
+    return torch.stack(rows).cpu()
 
 
 def purity(response: torch.Tensor, matched: list[int] | None = None) -> torch.Tensor:

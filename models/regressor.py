@@ -10,18 +10,21 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from curvedit.models.renderer import NUM_FACTORS, RenderedShapes
+from curvedit.models.renderer import FACTOR_NAMES, NUM_FACTORS, RenderedShapes
 
 
 class FactorRegressor(nn.Module):
     """Images ``[batch, 3, 32, 32]`` in [-1, 1] → standardised factors ``[batch, 6]``.
 
     Also exposes ``features(images) -> [batch, 128]``, the penultimate activations used by evaluation's
-    Fréchet distance.
+    Fréchet distance. ``factor_names[j]`` names output j.
     """
+
+    factor_names = FACTOR_NAMES
 
     def __init__(self, channels: int = 32):
         super().__init__()
+        self.channels = channels
         c = channels
         self.body = nn.Sequential(
             nn.Conv2d(3, c, 4, 2, 1),  # 16×16
@@ -37,6 +40,9 @@ class FactorRegressor(nn.Module):
             nn.SiLU(),
         )
         self.head = nn.Linear(128, NUM_FACTORS)
+
+    def config(self) -> dict:
+        return {"channels": self.channels}
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.body(images)

@@ -58,12 +58,17 @@ class EditorTrainConfig:
         return asdict(self)
 
 
-def factor_indices(directions: list[str]) -> list[int]:
-    """Supervised directions must be factor names; returns each one's factor index."""
-    unknown = [d for d in directions if d not in FACTOR_NAMES]
+def factor_names(regressor) -> tuple[str, ...]:
+    """The names of a regressor's outputs: its ``factor_names``, else the built-in renders' factors."""
+    return tuple(getattr(regressor, "factor_names", FACTOR_NAMES))
+
+
+def factor_indices(directions: list[str], names: tuple[str, ...] = FACTOR_NAMES) -> list[int]:
+    """Supervised directions must be factor names (of the regressor: ``names``); returns each one's index."""
+    unknown = [d for d in directions if d not in names]
     if unknown:
-        raise ValueError(f"supervised directions must be factor names {list(FACTOR_NAMES)}, got {unknown}")
-    return [FACTOR_NAMES.index(d) for d in directions]
+        raise ValueError(f"supervised directions must be factor names {list(names)}, got {unknown}")
+    return [list(names).index(d) for d in directions]
 
 
 def _sample_step(editor: Editor, config: EditorTrainConfig, latent_dim: int, rng: torch.Generator):
@@ -79,7 +84,7 @@ def _sample_step(editor: Editor, config: EditorTrainConfig, latent_dim: int, rng
 
 
 def train_editor(editor: Editor, generator, config: EditorTrainConfig, regressor=None, progress: bool = True,
-                 checkpoint: str | Path | None = None, checkpoint_every: int = 250):
+                 checkpoint: str | Path | None = None, checkpoint_every: int = 250, device: str = "cpu"):
     """Train ``editor`` in place on the frozen ``generator``.
 
     With ``checkpoint`` (a file path) the run is resumable: every ``checkpoint_every`` steps and at the end the
@@ -87,21 +92,25 @@ def train_editor(editor: Editor, generator, config: EditorTrainConfig, regressor
     and a later call with the same editor and config continues from the last save and ends with the same
     weights as an uninterrupted run.
 
+    Training runs on ``device`` (the editor, generator and regressor are moved there); random draws stay on the
+    CPU, so a run is the same sequence of samples on any device.
+
     Returns a report dict: ``losses`` (mean loss per 50 steps), ``seconds``, and the end-of-training measure:
     reconstructor accuracy (unsupervised) or per-direction purity and gain (supervised).
     """
     if config.mode == "supervised" and regressor is None:
         raise ValueError("supervised training needs the factor regressor (regressor=...)")
-    targets = factor_indices(editor.directions) if config.mode == "supervised" else None
+    targets = factor_indices(editor.directions, factor_names(regressor)) if config.mode == "supervised" else None
     torch.manual_seed(config.seed)
     rng = torch.Generator().manual_seed(config.seed)
+    editor.to(device)
     for frozen in (generator, regressor):
         if frozen is not None:
-            frozen.eval().requires_grad_(False)
+            frozen.to(device).eval().requires_grad_(False)
     params = list(editor.parameters())
     recon = None
     if config.mode == "unsupervised":
-        recon = Reconstructor(editor.num_directions)
+        recon = Reconstructor(editor.num_directions).to(device)
         params += list(recon.parameters())
     latent_dim = editor.latent_dim
     identity = None if checkpoint is None else {
@@ -112,7 +121,7 @@ def train_editor(editor: Editor, generator, config: EditorTrainConfig, regressor
     if state is None and targets is not None and editor.wants_warm_start:
         with torch.no_grad():  # its own latents: the training samples stay the same with or without it
             warm_rng = torch.Generator().manual_seed(config.seed + 1)
-            z = torch.randn(WARM_START_SAMPLES, latent_dim, generator=warm_rng)
+            z = torch.randn(WARM_START_SAMPLES, latent_dim, generator=warm_rng).to(device)
             editor.warm_start(z, regressor(generator(z))[:, targets])
     opt = torch.optim.Adam(params, lr=config.lr)
     losses, window, start, seconds_before = [], [], 0, 0.0
@@ -135,7 +144,7 @@ def train_editor(editor: Editor, generator, config: EditorTrainConfig, regressor
     steps = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress,
                  desc=f"editor ({config.mode})", unit="step")
     for step in steps:
-        z, k, eps, amounts = _sample_step(editor, config, latent_dim, rng)
+        z, k, eps, amounts = (x.to(device) for x in _sample_step(editor, config, latent_dim, rng))
         z_edited, regulariser = editor.training_edit(z, amounts)
         before, after = generator(z), generator(z_edited)
         if recon is not None:
@@ -143,7 +152,7 @@ def train_editor(editor: Editor, generator, config: EditorTrainConfig, regressor
             loss = F.cross_entropy(logits, k) + config.amount_loss_weight * (amount_hat - eps).abs().mean()
         else:
             delta = regressor(after) - regressor(before)
-            target_factor = torch.tensor(targets)[k]
+            target_factor = torch.tensor(targets, device=k.device)[k]
             on_target = delta[torch.arange(len(k)), target_factor]
             off_mask = torch.ones_like(delta).scatter_(1, target_factor[:, None], 0.0)
             off_target = (delta.abs() * off_mask).sum(1) / off_mask.sum(1)
@@ -162,7 +171,7 @@ def train_editor(editor: Editor, generator, config: EditorTrainConfig, regressor
         losses.append(sum(window) / len(window))
     editor.eval()
     report = {"mode": config.mode, "losses": losses, "seconds": seconds_before + time.time() - t0}
-    report.update(_final_measure(editor, generator, config, regressor, recon, targets))
+    report.update(_final_measure(editor, generator, config, regressor, recon, targets, device))
     return report
 
 
@@ -190,12 +199,12 @@ def _resume_state(checkpoint: str | Path | None, identity: dict | None) -> dict 
 
 
 @torch.no_grad()
-def _final_measure(editor, generator, config, regressor, recon, targets) -> dict:
+def _final_measure(editor, generator, config, regressor, recon, targets, device) -> dict:
     held_out = torch.Generator().manual_seed(config.seed + 12345)
     if recon is not None:
         recon.eval()
         big = EditorTrainConfig(**{**config.to_dict(), "batch_size": 512})
-        z, k, eps, amounts = _sample_step(editor, big, editor.latent_dim, held_out)
+        z, k, eps, amounts = (x.to(device) for x in _sample_step(editor, big, editor.latent_dim, held_out))
         logits, amount_hat = recon(generator(z), generator(editor.edit(z, amounts)))
         return {
             "reconstructor_accuracy": (logits.argmax(1) == k).float().mean().item(),
@@ -203,7 +212,7 @@ def _final_measure(editor, generator, config, regressor, recon, targets) -> dict
         }
     if regressor is None:
         return {}
-    latents = torch.randn(512, editor.latent_dim, generator=held_out)
+    latents = torch.randn(512, editor.latent_dim, generator=held_out).to(device)
     response = factor_response(generator, editor, regressor, latents, amount=1.0)
     per_direction = purity(response, targets)
     return {

@@ -158,7 +158,7 @@ def test_bundle_round_trip(tiny_bundle, tmp_path, kind):
 def test_train_editor_cli_every_kind(tiny_bundle, tmp_path, method, mode):
     path = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, path)
-    code = main(["train", "editor", "--bundle", str(path), "--method", method, "--mode", mode, "--steps", "2",
+    code = main(["train", "editor", "--model", str(path), "--method", method, "--mode", mode, "--steps", "2",
                  "--directions", "3", "--name", "new", "--measure-samples", "32"])
     assert code == 0
     entry = load_bundle(path).manifest["editors"]["new"]
@@ -172,7 +172,7 @@ def test_train_editor_cli_every_kind(tiny_bundle, tmp_path, method, mode):
 def test_decurved_trains_with_a_mixing_layer_unless_told_not_to(tiny_bundle, tmp_path, flags, mixing):
     path = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, path)
-    assert main(["train", "editor", "--bundle", str(path), "--method", "decurved", "--steps", "2",
+    assert main(["train", "editor", "--model", str(path), "--method", "decurved", "--steps", "2",
                  "--name", "new", *flags]) == 0
     bundle = load_bundle(path)
     assert bundle.manifest["editors"]["new"]["config"]["mixing"] is mixing
@@ -180,14 +180,14 @@ def test_decurved_trains_with_a_mixing_layer_unless_told_not_to(tiny_bundle, tmp
 
 
 def test_no_mixing_is_refused_for_other_kinds(tiny_bundle, capsys):
-    assert main(["train", "editor", "--bundle", str(tiny_bundle), "--method", "linear", "--no-mixing"]) == 2
+    assert main(["train", "editor", "--model", str(tiny_bundle), "--method", "linear", "--no-mixing"]) == 2
     assert "--no-mixing applies to --method decurved only" in capsys.readouterr().err
 
 
 def test_train_editor_cli_checkpoint_makes_a_rerun_resume(tiny_bundle, tmp_path):
     path, checkpoint = tmp_path / "bundle", tmp_path / "editor.pt"
     shutil.copytree(tiny_bundle, path)
-    command = ["train", "editor", "--bundle", str(path), "--method", "linear", "--steps", "3", "--name", "new",
+    command = ["train", "editor", "--model", str(path), "--method", "linear", "--steps", "3", "--name", "new",
                "--checkpoint", str(checkpoint)]
     assert main(command) == 0
     state = torch.load(checkpoint, weights_only=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import curvedit
-from curvedit.bundle import BundleError, load_bundle, read_manifest
+from curvedit.bundle import BundleError, load_bundle, manifest_digest, read_manifest, write_manifest
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def bundle_copy(tiny_bundle, tmp_path):
 def test_round_trip_keeps_weights_and_manifest(tiny_bundle):
     bundle = load_bundle(tiny_bundle)
     manifest = bundle.manifest
-    assert manifest["format_version"] == 1 and manifest["latent_dim"] == 8
+    assert manifest["format_version"] == 2 and manifest["latent_dim"] == 8
     assert manifest["image_shape"] == [32, 32, 3]
     assert manifest["editors"]["decurved"]["directions"][1] == {"index": 1, "name": "y"}
     assert manifest["editors"]["decurved"]["kind"] == "decurved"
@@ -56,13 +56,14 @@ def test_missing_weight_file_is_refused(bundle_copy):
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("format_version", 2, "format_version 2 is not supported"),
-    ("format", "something-else", "format is"),
+    ("format_version", 1, "format_version 1 is not supported"),
+    ("format_version", 3, "format_version 3 is not supported"),
+    ("format", "something-else", "not a 'curvedit-bundle' manifest"),
 ])
 def test_unsupported_manifest_is_refused(bundle_copy, key, value, message):
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     manifest[key] = value
-    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(bundle_copy, manifest)
     with pytest.raises(BundleError, match=message):
         load_bundle(bundle_copy)
 
@@ -70,9 +71,86 @@ def test_unsupported_manifest_is_refused(bundle_copy, key, value, message):
 def test_unlisted_weight_file_is_refused(bundle_copy):
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     del manifest["files"]["generator.safetensors"]
-    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(bundle_copy, manifest)
     with pytest.raises(BundleError, match="not listed"):
         load_bundle(bundle_copy)
+
+
+# -- what a model does is integrity-checked (issue 8, item 5) ----------------------------------------------------
+def _swap_directions(manifest: dict) -> dict:
+    directions = manifest["editors"]["decurved"]["directions"]
+    directions[0]["name"], directions[1]["name"] = directions[1]["name"], directions[0]["name"]
+    return manifest
+
+
+def _swap_directions_everywhere(manifest: dict) -> dict:
+    manifest = _swap_directions(manifest)
+    config = manifest["editors"]["decurved"]["config"]["directions"]
+    config[0], config[1] = config[1], config[0]
+    return manifest
+
+
+def _set(key, value):
+    def change(manifest: dict) -> dict:
+        manifest[key] = value
+        return manifest
+    return change
+
+
+def _hidden_layers(manifest: dict) -> dict:
+    manifest["editors"]["decurved"]["config"]["hidden"] = 32
+    return manifest
+
+
+@pytest.mark.parametrize("change", [_swap_directions, _swap_directions_everywhere,
+                                    _set("image_shape", [64, 64, 3]), _set("latent_dim", 9), _set("name", "other"),
+                                    _hidden_layers])
+def test_a_hand_edited_manifest_is_refused(bundle_copy, change):
+    """Editing manifest.json by hand (x and y swapped, another image shape or latent dim…) breaks its checksum."""
+    manifest = change(json.loads((bundle_copy / "manifest.json").read_text()))
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"manifest\.json does not match its own checksum"):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (_swap_directions, r"editor 'decurved' lists directions \['y', 'x', 'scale', 'rotation'\].*weights hold "
+                       r"\['x', 'y', 'scale', 'rotation'\]"),
+    (_swap_directions_everywhere, "the weights were written as"),
+    (_hidden_layers, "the weights were written as"),
+    (_set("image_shape", [64, 64, 3]), r"image_shape \[64, 64, 3\] disagrees with the generator's \[32, 32, 3\]"),
+    (_set("latent_dim", 9), "latent_dim 9 disagrees with the generator's 8"),
+])
+def test_a_manifest_that_disagrees_with_its_weights_is_refused(bundle_copy, change, message):
+    """Even re-stamped with a fresh checksum, a manifest must agree with the checksummed weight files."""
+    write_manifest(bundle_copy, change(json.loads((bundle_copy / "manifest.json").read_text())))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle_copy)
+
+
+def test_digest_is_the_manifest_checksum_and_covers_every_file(bundle_copy, tiny_bundle):
+    model = curvedit.load(bundle_copy, engine="torch")
+    manifest = read_manifest(bundle_copy)
+    assert model.digest == manifest["manifest_sha256"] == manifest_digest(manifest)
+    assert len(model.digest) == 64
+    from curvedit.bundle import add_editor
+
+    add_editor(bundle_copy, "copy", model.bundle.editors["decurved"], "supervised")
+    assert curvedit.load(bundle_copy, engine="torch").digest != model.digest  # new file, new digest
+    assert curvedit.load(tiny_bundle, engine="torch").digest == model.digest  # the untouched original
+
+
+def test_expect_digest_pins_the_bundle(tiny_bundle, bundle_copy):
+    digest = curvedit.load(tiny_bundle, engine="torch").digest
+    assert curvedit.load(tiny_bundle, engine="torch", expect_digest=digest).digest == digest
+    assert curvedit.load(tiny_bundle, engine="torch", expect_digest=digest[:12].upper()).digest == digest
+    with pytest.raises(BundleError, match="at least 12 hex digits"):
+        curvedit.load(tiny_bundle, engine="torch", expect_digest=digest[:8])
+    from curvedit.bundle import add_editor
+
+    add_editor(bundle_copy, "copy", load_bundle(bundle_copy).editors["decurved"], "supervised")
+    with pytest.raises(BundleError, match=f"not the expected {digest}"):
+        curvedit.load(bundle_copy, engine="torch", expect_digest=digest)
 
 
 def test_not_a_bundle_is_refused(tmp_path):
@@ -111,24 +189,3 @@ def test_a_non_bundle_directory_is_not_replaced(tmp_path):
     with pytest.raises(BundleError, match="not a bundle"):
         make_tiny_bundle(tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
-
-
-def test_a_decurved_editor_saved_before_the_mixing_layer_still_loads(tmp_path):
-    """Bundles written before DeCurvEd had a mixing layer carry no "mixing" key: they load as plain flows."""
-    from conftest import randomize
-
-    from curvedit.bundle import write_bundle
-    from curvedit.models.editors import DeCurvEd
-    from curvedit.models.generator import Generator, GeneratorConfig
-
-    editor = randomize(DeCurvEd(8, ["x", "y"], hidden=8, layers=2)).eval()
-    path = write_bundle(tmp_path / "old", name="old", version="0.1", generator=Generator(GeneratorConfig()).eval(),
-                        editors={"decurved": (editor, "supervised", {})}, default_editor="decurved", seed=0)
-    manifest = json.loads((path / "manifest.json").read_text())
-    del manifest["editors"]["decurved"]["config"]["mixing"]
-    (path / "manifest.json").write_text(json.dumps(manifest))
-    loaded = load_bundle(path).editors["decurved"]
-    assert loaded.flow.mixing is None
-    z, t = torch.randn(3, 8), torch.randn(3, 2)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.edit(z, t), editor.edit(z, t))

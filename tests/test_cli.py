@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import curvedit
 from curvedit.cli import main
 
 
@@ -30,17 +31,37 @@ def test_edit_reads_latents_from_npy(tiny_bundle, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "o" / "latents.npy"), np.ones((2, 8), np.float32))
 
 
-def test_traverse_writes_one_row_per_direction(tiny_bundle, tmp_path):
+def test_traverse_writes_one_labelled_row_per_direction(tiny_bundle, tmp_path):
     out = tmp_path / "t.png"
     assert main(["traverse", "--model", str(tiny_bundle), "--engine", "torch", "--steps", "5", "--zoom", "1",
                  "--out", str(out)]) == 0
-    assert Image.open(out).size == (5 * 34 + 2, 4 * 34 + 2)
+    sheet = np.asarray(Image.open(out).convert("RGB"))
+    grid_h, grid_w = 4 * 34 + 2, 5 * 34 + 2  # 4 directions × 5 amounts of 32×32 with 2-pixel gutters
+    left, top = sheet.shape[1] - grid_w, sheet.shape[0] - grid_h
+    assert left > 20 and top > 8, "room for the row and column labels"
+    assert (sheet[top:, :left] < 128).any() and (sheet[:top, left:] < 128).any(), "labels are drawn"
+    model = curvedit.load(tiny_bundle, engine="torch")
+    z = model.sample(1, seed=0)
+    x_row = model.generate(model.edit(np.repeat(z, 5, 0), model.amounts({"x": 1.0}, 5) *
+                                      np.linspace(-1.5, 1.5, 5, dtype=np.float32)[:, None]))
+    np.testing.assert_array_equal(sheet[top + 2 : top + 34, left + 2 : left + 34], x_row[0])  # row x, −1.5
+    np.testing.assert_array_equal(sheet[top + 2 : top + 34, left + 138 : left + 170], x_row[4])  # row x, +1.5
+
+
+def test_an_unwritable_output_is_one_line_not_a_traceback(tiny_bundle, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code = main(["traverse", "--model", str(tiny_bundle), "--engine", "torch", "--out", str(blocker / "t.png")])
+    err = capsys.readouterr().err
+    assert code == 1 and "curvedit traverse: error:" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_info_prints_directions(tiny_bundle, capsys):
     assert main(["info", "--model", str(tiny_bundle)]) == 0
     text = capsys.readouterr().out
     assert "0:x, 1:y, 2:scale, 3:rotation" in text and "sha256 verified" in text
+    assert f"digest      {curvedit.load(tiny_bundle, engine='torch').digest}" in text
     assert main(["info", "--model", str(tiny_bundle), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["latent_dim"] == 8
 
@@ -64,7 +85,7 @@ def test_malformed_edit_flag_is_a_usage_error(tiny_bundle):
 
 def test_train_editor_adds_an_editor_to_a_bundle(tiny_bundle, tmp_path):
     bundle = shutil.copytree(tiny_bundle, tmp_path / "b")
-    assert main(["train", "editor", "--bundle", str(bundle), "--mode", "unsupervised", "--steps", "3",
+    assert main(["train", "editor", "--model", str(bundle), "--mode", "unsupervised", "--steps", "3",
                  "--directions", "3", "--name", "unsup"]) == 0
     manifest = json.loads((bundle / "manifest.json").read_text())
     entry = manifest["editors"]["unsup"]
@@ -81,16 +102,32 @@ def test_console_script_is_installed():
 
 def test_train_default_writes_a_loadable_bundle_and_reuses_finished_stages(tmp_path, capsys):
     args = ["train", "default", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "bundle"),
-            "--regressor-steps", "2", "--generator-steps", "2", "--editor-steps", "2"]
+            "--regressor-steps", "2", "--generator-steps", "2", "--editor-steps", "2", "--no-export"]
     assert main(args) == 0
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
-    assert set(manifest["training"]["seconds"]) == {"regressor", "generator", "editor"}
+    editors = ["decurved", "sefa", "ganspace", "linear", "rbf"]
+    assert set(manifest["training"]["seconds"]) == {"regressor", "generator", *(f"editor {e}" for e in editors)}
+    assert list(manifest["editors"]) == editors and manifest["default_editor"] == "decurved"
+    assert manifest["name"] == "shapes32" and manifest["generator"]["kind"] == "dcgan"
     assert "purity" in manifest["editors"]["decurved"]["training"]
     assert (tmp_path / "run" / "generator" / "samples.png").is_file()
-    assert main(args) == 0  # the finished regressor and GAN are reused, only the editor is retrained
+    assert main(args) == 0  # the finished regressor and GAN are reused, the editors resume from checkpoints
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["training"]["seconds"]["regressor"] == "reused"
     assert manifest["training"]["seconds"]["generator"] == "reused"
+
+
+def test_train_recipe_digits_vae_writes_an_encoding_bundle_with_unsupervised_directions(tmp_path):
+    out = tmp_path / "bundle"
+    assert main(["train", "recipe", "digits-vae", "--run", str(tmp_path / "run"), "--out", str(out),
+                 "--generator-steps", "3", "--editor-steps", "2"]) == 0
+    model = curvedit.load(out, engine="onnxruntime")
+    assert model.name == "digits-vae" and model.family == "vae" and model.can_encode
+    assert model.directions == [f"d{k}" for k in range(8)]
+    assert "encoder.onnx" in model.bundle.manifest["onnx"]
+    images = model.generate(model.sample(2, seed=0))
+    assert (images[..., 0] == images[..., 1]).all(), "digits decode to grey RGB"
+    assert model.encode(images).shape == (2, 8)
 
 
 def test_edit_reads_latents_from_npz(tiny_bundle, tmp_path):

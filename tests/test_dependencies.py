@@ -82,3 +82,4 @@ def test_exporters_are_an_extra_not_a_runtime_requirement():
     runtime = {r.name for r in requirements()}
     assert not runtime & {"onnx", "onnxscript"}
     assert {r.name for r in requirements("export")} == {"onnx", "onnxscript"}
+    assert "scikit-learn" not in runtime, "only the digits training recipe needs it"

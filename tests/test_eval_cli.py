@@ -12,7 +12,8 @@ def test_eval_tiny_end_to_end(tiny_bundle, tmp_path, capsys):
     bundle = tmp_path / "tiny"
     shutil.copytree(tiny_bundle, bundle)
     out, work = tmp_path / "out", tmp_path / "work"
-    code = main(["eval", str(bundle), "--tiny", "--curvatures", "0.5", "--work", str(work), "--out", str(out)])
+    code = main(["eval", "--model", str(bundle), "--tiny", "--curvatures", "0.5", "--work", str(work),
+                 "--out", str(out)])
     assert code == 0
     table = (out / "evaluation_results.md").read_text()
     assert "| chart c=0.5 | decurved |" in table and "| tiny | decurved |" in table

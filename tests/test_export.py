@@ -203,7 +203,7 @@ def test_specs_cover_every_editor(tiny_bundle, tmp_path):
 
 def test_cli_export_writes_into_a_copy(tiny_bundle, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["export", str(tiny_bundle), "--out", str(out), "--exporter", "torchscript"]) == 0
+    assert main(["export", "--model", str(tiny_bundle), "--out", str(out), "--exporter", "torchscript"]) == 0
     assert "5 of 5 graphs verified" in capsys.readouterr().out
     assert all((out / name).is_file() for name in GRAPHS)
     assert set(GRAPHS) <= set(read_manifest(out)["onnx"])
@@ -222,10 +222,10 @@ def test_cli_export_defaults_to_the_shipped_bundle(tiny_bundle, tmp_path, monkey
 def test_cli_export_refuses_a_non_empty_out(tiny_bundle, tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "x").write_text("x")
-    assert main(["export", str(tiny_bundle), "--out", str(tmp_path / "out")]) == 2
+    assert main(["export", "--model", str(tiny_bundle), "--out", str(tmp_path / "out")]) == 2
     assert "not an empty directory" in capsys.readouterr().err
 
 
 def test_cli_export_refuses_a_non_bundle(tmp_path, capsys):
-    assert main(["export", str(tmp_path)]) == 2
+    assert main(["export", "--model", str(tmp_path)]) == 2
     assert "manifest.json is missing" in capsys.readouterr().err

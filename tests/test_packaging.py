@@ -28,6 +28,6 @@ def test_only_curvedit_is_top_level(wheel_names):
 
 
 def test_shipped_bundle_and_proto_are_inside(wheel_names):
-    assert "curvedit/default_bundle/manifest.json" in wheel_names
-    assert "curvedit/default_bundle/editor_decurved.safetensors" in wheel_names
+    assert "curvedit/bundles/shapes32/manifest.json" in wheel_names
+    assert "curvedit/bundles/shapes32/editor_decurved.safetensors" in wheel_names
     assert "curvedit/v1/latent_edit.proto" in wheel_names

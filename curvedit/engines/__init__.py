@@ -20,7 +20,7 @@ from curvedit.engines.base import Engine
 ENGINE_NAMES = ("auto", "torch", "onnxruntime", "triton")
 
 
-def _check_device(device: str | None) -> str | None:
+def check_device(device: str | None) -> str | None:
     if device is None:
         return None
     try:
@@ -68,7 +68,7 @@ def make_engine(bundle: Bundle, engine: str = "auto", device: str | None = None,
     ``options`` go to the chosen backend only: ``OrtOptions`` fields for onnxruntime (``threads``,
     ``spinning``, ``optimization``), ``precision`` / ``use_cuda_graphs`` for triton; torch takes none.
     """
-    device = _check_device(device)
+    device = check_device(device)
     options = dict(options or {})
     name = resolve_engine(engine, device)
     if name == "torch":
@@ -103,4 +103,4 @@ def _no_options(name: str, options: dict) -> None:
         raise ValueError(f"the {name} engine takes no options, got {sorted(options)}")
 
 
-__all__ = ["ENGINE_NAMES", "Engine", "make_engine", "resolve_engine"]
+__all__ = ["ENGINE_NAMES", "Engine", "check_device", "make_engine", "resolve_engine"]

@@ -2,6 +2,7 @@
 
 Engines take and return NumPy arrays: latents float32 ``[batch, d]``, amounts float32 ``[batch, K]``,
 images uint8 ``[batch, H, W, 3]``. Inputs reaching an engine are already validated by ``curvedit.api.Model``.
+``encode`` exists for every engine but works only for generator families that can encode (``can_encode``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ class Engine(Protocol):
 
     def generate(self, z: np.ndarray) -> np.ndarray:
         """``z [batch, d]`` → uint8 images ``[batch, H, W, 3]``."""
+        ...
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images ``[batch, H, W, 3]`` → latents float32 ``[batch, d]``."""
         ...
 
 

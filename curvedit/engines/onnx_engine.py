@@ -28,7 +28,7 @@ import torch
 
 from curvedit.bundle import Bundle, BundleError
 from curvedit.models.editors import DeCurvEd
-from curvedit.models.files import to_uint8
+from curvedit.models.files import from_uint8, to_uint8
 
 log = logging.getLogger("curvedit.engines.onnx")
 
@@ -134,10 +134,12 @@ class OnnxEngine:
 
     # -- graphs ---------------------------------------------------------------------------------------------
     def _spec(self, key: str):
-        from curvedit.export.graphs import edit_spec, generator_spec
+        from curvedit.export.graphs import edit_spec, encoder_specs, generator_spec
 
         if key == "generator":
             return generator_spec(self.bundle)
+        if key == "encoder":
+            return encoder_specs(self.bundle)[0]
         kind, name = key.split(":", 1)
         return edit_spec(self.bundle, name, rows=kind == "rows_edit")
 
@@ -204,6 +206,8 @@ class OnnxEngine:
     def warm_up(self) -> dict[str, str]:
         """Build every session now (not on first request); returns ``origins``."""
         self.session("generator")
+        if self.bundle.generator.can_encode:
+            self.session("encoder")
         for editor in self.bundle.editors:
             for batch in (1, SMALL_BATCH_ROWS):
                 self.session(self.edit_key(editor, batch))
@@ -230,3 +234,11 @@ class OnnxEngine:
             with torch.inference_mode():
                 return to_uint8(self.bundle.generator(torch.from_numpy(z)))
         return session.run(None, {"z": z})[0]
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images ``[batch, H, W, 3]`` → latents float32 ``[batch, d]``."""
+        session = self.session("encoder")
+        if session is None:
+            with torch.inference_mode():
+                return self.bundle.generator.encode(from_uint8(images)).numpy()
+        return session.run(None, {"image": images})[0]

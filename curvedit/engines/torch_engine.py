@@ -7,7 +7,7 @@ import torch
 
 from curvedit.bundle import Bundle
 from curvedit.engines.base import to_tensor
-from curvedit.models.files import to_uint8
+from curvedit.models.files import from_uint8, to_uint8
 
 
 class TorchEngine:
@@ -29,3 +29,7 @@ class TorchEngine:
     @torch.inference_mode()
     def generate(self, z: np.ndarray) -> np.ndarray:
         return to_uint8(self.generator(self._tensor(z)))
+
+    @torch.inference_mode()
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        return self.generator.encode(from_uint8(images, self.device)).float().cpu().numpy()

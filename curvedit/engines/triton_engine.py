@@ -22,7 +22,7 @@ from curvedit.kernels.coupling import check_latents
 from curvedit.kernels.edit import EditPlan, check_amounts
 from curvedit.kernels.packing import PackedFlow, pack_flow
 from curvedit.models.editors import DeCurvEd
-from curvedit.models.files import to_uint8
+from curvedit.models.files import from_uint8, to_uint8
 
 __all__ = ["TritonEngine", "triton_available"]
 
@@ -134,3 +134,8 @@ class TritonEngine:
     def generate(self, z: np.ndarray) -> np.ndarray:
         """``z [B, d]`` → uint8 images ``[B, H, W, 3]`` from the bundle's torch generator."""
         return to_uint8(self.generator(self._tensor(z)))
+
+    @torch.inference_mode()
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images ``[B, H, W, 3]`` → latents ``[B, d]`` from the bundle's torch encoder."""
+        return self.generator.encode(from_uint8(images, self.device)).float().cpu().numpy()

@@ -1,6 +1,7 @@
 """``curvedit eval``: every editor of one or more bundles, plus known-chart generators, measured side by side.
 
-Default: the shipped bundle (when present) and known-chart bundles at curvature 0, 0.5 and 1.2, built under
+Default: every shipped model (``--model`` names some instead) and known-chart bundles at curvature 0, 0.5 and 1.2,
+built under
 ``--work`` on first use (every editor kind trained/fitted there; reused while their recipe is unchanged,
 rebuilt with ``--prepare``). Writes ``OUT/evaluation_results.md`` (the table), ``OUT/evaluation_results.json``
 and figures in ``OUT/figures/``.
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from curvedit.api import default_bundle_path
+from curvedit.api import list_models, resolve_model
 from curvedit.bundle import load_bundle
 from curvedit.evaluation import figures
 from curvedit.evaluation.evaluate import EvalConfig, evaluate_bundle
@@ -29,20 +30,17 @@ TINY = {"samples": 32, "max_pairs": 2, "probe_steps": 5, "probe_batch": 16, "tim
 
 def _bundles(args: argparse.Namespace) -> list[tuple[str, Path]]:
     out = []
-    paths = list(args.bundles)
-    if not paths and not args.no_default and not args.tiny:
-        shipped = Path(default_bundle_path())
-        if (shipped / "manifest.json").is_file():
-            paths.append(shipped)
-        else:
-            print(f"note: the shipped bundle {shipped} is not there yet; evaluating known-chart bundles only")
+    names = list(args.model or ())
+    if not names and not args.no_default and not args.tiny:
+        names = list_models()
+    paths = [resolve_model(name) for name in names]
     for p in paths:
-        out.append((Path(p).name, Path(p)))
+        out.append((load_bundle(p).manifest.get("name", p.name), p))
     regressor = None
     if args.regressor_from:
-        regressor = load_bundle(args.regressor_from).regressor
-    elif paths:
-        regressor = load_bundle(paths[0]).regressor  # the renders' instrument, reused for Fréchet features
+        regressor = load_bundle(resolve_model(args.regressor_from)).regressor
+    else:  # the renders' instrument, reused for Fréchet features
+        regressor = next((r for r in (load_bundle(p).regressor for p in paths) if r is not None), None)
     for c in args.curvatures:
         if c < 0:
             raise ValueError(f"--curvatures must be >= 0, got {c}")
@@ -109,8 +107,9 @@ def _figures(bundles, results, fig_dir: Path) -> list[Path]:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="measure every editor side by side (table, JSON, figures)")
-    p.add_argument("bundles", nargs="*", help="bundle directories (default: the shipped bundle)")
-    p.add_argument("--no-default", action="store_true", help="do not add the shipped bundle")
+    p.add_argument("--model", action="append", default=None, metavar="NAME|PATH",
+                   help="repeatable: a shipped model's name or a bundle directory (default: every shipped model)")
+    p.add_argument("--no-default", action="store_true", help="do not add the shipped models")
     p.add_argument("--curvatures", type=float, nargs="*", default=[0.0, 0.5, 1.2],
                    help="known-chart generators to add (none: --curvatures with no value)")
     p.add_argument("--work", default="runs/eval", help="where known-chart bundles are built and kept")
@@ -118,7 +117,8 @@ def register(subparsers) -> None:
     p.add_argument("--train-steps", type=int, default=1500, help="supervised training steps on known charts")
     p.add_argument("--unsupervised-steps", type=int, default=0,
                    help="also train unsupervised decurved/linear/rbf on known charts (0: skip)")
-    p.add_argument("--regressor-from", default=None, help="bundle whose factor regressor known charts carry")
+    p.add_argument("--regressor-from", default=None, metavar="NAME|PATH",
+                   help="model whose factor regressor known charts carry (default: the first model that has one)")
     p.add_argument("--samples", type=int, default=None, help="held-out latents (default 512)")
     p.add_argument("--out", default="docs", help="writes evaluation_results.{md,json} and figures/ here")
     p.add_argument("--json", action="store_true", help="print the JSON instead of the table")
@@ -129,7 +129,7 @@ def register(subparsers) -> None:
 
 def _command(args: argparse.Namespace) -> str:
     """The command line that regenerates these results (recorded in the table and the JSON)."""
-    parts = ["curvedit eval", *map(str, args.bundles)]
+    parts = ["curvedit eval", *(f"--model {m}" for m in args.model or ())]
     parts += ["--curvatures", *(f"{c:g}" for c in args.curvatures)]
     parts += ["--work", args.work, "--train-steps", str(args.train_steps), "--out", args.out]
     for flag in ("no_default", "tiny", "prepare"):

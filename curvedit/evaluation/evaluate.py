@@ -1,8 +1,8 @@
 """Evaluate every editor of a bundle: commutation, loops, round trips, curvature, purity, probe, quality, cost.
 
 Latents are held out from every training seed (``EvalConfig.seed``); the same latents serve every editor.
-Factors are the true ``ψ(z)`` for a known-chart generator, and the bundle's factor regressor on renders
-otherwise.
+Factors are the generator's own ``true_factors()`` where it has them (the known-chart family: ``ψ(z)``), and the
+bundle's factor regressor on renders otherwise.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from torch.nn import functional as F
 from curvedit.bundle import Bundle
 from curvedit.engines.torch_engine import TorchEngine
 from curvedit.evaluation import metrics
-from curvedit.models.known_chart import ChartFactors, KnownChart, linear_ceiling
 from curvedit.models.measure import factor_response, purity
 from curvedit.models.reconstructor import Reconstructor
 from curvedit.models.renderer import FACTOR_NAMES
@@ -45,8 +44,9 @@ class EvalConfig:
 
 def factor_space(bundle: Bundle):
     """``z → factors [batch, 6]`` or None when the bundle has no way to read factors."""
-    if isinstance(bundle.generator, KnownChart):
-        return ChartFactors(bundle.generator)
+    truth = bundle.generator.true_factors()
+    if truth is not None:
+        return truth
     if bundle.regressor is None:
         return None
     return lambda z: bundle.regressor(bundle.generator(z))
@@ -170,15 +170,11 @@ def evaluate_bundle(bundle: Bundle, label: str, config: EvalConfig, progress=pri
     generator = bundle.generator.eval()
     factors = factor_space(bundle)
     regressor = bundle.regressor.eval() if bundle.regressor is not None else None
-    z = torch.randn(config.samples, generator.config.latent_dim,
-                    generator=torch.Generator().manual_seed(config.seed))
+    z = torch.randn(config.samples, generator.latent_dim, generator=torch.Generator().manual_seed(config.seed))
     engine = TorchEngine(bundle)
     result = {"label": label, "path": str(bundle.path), "generator": bundle.manifest["generator"]["kind"],
               "generator_config": bundle.manifest["generator"]["config"], "editors": {}}
-    if isinstance(generator, KnownChart):
-        result["curvature"] = generator.config.curvature
-        result["linear_ceiling"] = bundle.manifest.get("training", {}).get("linear_ceiling") or linear_ceiling(
-            generator, steps=config.ceiling_steps)
+    result.update(generator.evaluation_facts(config.ceiling_steps, bundle.manifest.get("training", {})))
     for name, editor in bundle.editors.items():
         t0 = time.time()
         editor.eval()

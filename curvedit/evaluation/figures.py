@@ -41,7 +41,7 @@ def _direction_index(editor, direction: str) -> int:
 def traversals(bundle: Bundle, direction: str, path: Path, latents: int = 2, span: float = 2.0,
                steps: int = 7, seed: int = 7) -> Path:
     """Each editor's traversal of ``direction`` (or its first direction) on the same latents, side by side."""
-    z = torch.randn(latents, bundle.generator.config.latent_dim, generator=torch.Generator().manual_seed(seed))
+    z = torch.randn(latents, bundle.generator.latent_dim, generator=torch.Generator().manual_seed(seed))
     amounts = torch.linspace(-span, span, steps)
     rows = []
     for name, editor in bundle.editors.items():
@@ -59,7 +59,7 @@ def traversals(bundle: Bundle, direction: str, path: Path, latents: int = 2, spa
 def commutation(bundle: Bundle, editors: list[str], a: str, b: str, path: Path, amount: float = 1.5,
                 latents: int = 4, seed: int = 11) -> Path:
     """Per editor, columns ``z | A∘B(z) | B∘A(z) | 4×|difference|`` for a few latents."""
-    z = torch.randn(latents, bundle.generator.config.latent_dim, generator=torch.Generator().manual_seed(seed))
+    z = torch.randn(latents, bundle.generator.latent_dim, generator=torch.Generator().manual_seed(seed))
     rows = []
     for name in editors:
         editor = bundle.editors[name]

@@ -57,7 +57,7 @@ def prepare_known_chart(path: str | Path, config: PrepareConfig, regressor=None,
     if config.unsupervised_steps > 0:
         unsupervised = EditorTrainConfig(mode="unsupervised", steps=config.unsupervised_steps, lr=config.lr,
                                          regulariser_weight=0.1, seed=config.seed)
-        directions = [f"d{k}" for k in range(generator.config.latent_dim)]
+        directions = [f"d{k}" for k in range(generator.latent_dim)]
         for kind in UNSUPERVISED_KINDS:
             editor, report = make_editor(kind, generator, directions, unsupervised, progress=False)
             editors[f"{kind}-unsupervised"] = (editor, "unsupervised", _slim(report))

@@ -1,0 +1,163 @@
+"""The recipes of the shipped models: ``curvedit train recipe NAME`` (``curvedit train default`` = ``shapes32``).
+
+A recipe is data: which generator family to train on which data, where the factor regressor comes from, and
+which editors to train or fit on the frozen generator. ``run_recipe`` executes it into a run directory and then
+writes the bundle, with every ONNX graph verified. Every stage is reused or resumed on rerun: a finished
+regressor or generator is loaded, a generator continues from its checkpoint, each editor from its own.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from curvedit.bundle import save_weights, weights_meta, write_bundle
+from curvedit.models.editors import EDITOR_KINDS
+from curvedit.models.families import GENERATOR_FAMILIES, GeneratorFamily, build_generator
+from curvedit.models.files import write_json
+from curvedit.models.generator import GeneratorConfig
+from curvedit.models.regressor import FactorRegressor, RegressorTrainConfig, train_regressor
+from curvedit.models.renderer import FACTOR_NAMES
+from curvedit.models.train_editor import EditorTrainConfig
+from curvedit.models.train_generator import GANTrainConfig
+from curvedit.models.vae import VAEConfig, VAETrainConfig
+
+# The shipped DeCurvEd editors' training (supervised: 2,500 steps at lr 1e-3, light log-det regulariser).
+DEFAULT_EDITOR_TRAINING = EditorTrainConfig(mode="supervised", steps=2500, lr=1e-3, regulariser_weight=0.1)
+
+
+@dataclass(frozen=True)
+class EditorStage:
+    name: str
+    method: str
+    train: EditorTrainConfig
+    options: dict = field(default_factory=dict)
+
+
+def _shapes_editors() -> tuple[EditorStage, ...]:
+    """Supervised DeCurvEd (the default) and the four baselines, as the shapes32 bundle has them."""
+    baseline = EditorTrainConfig(mode="supervised", steps=400, lr=1e-2)
+    return (EditorStage("decurved", "decurved", DEFAULT_EDITOR_TRAINING),
+            EditorStage("sefa", "sefa", EditorTrainConfig(mode="supervised")),
+            EditorStage("ganspace", "ganspace", EditorTrainConfig(mode="supervised")),
+            EditorStage("linear", "linear", baseline),
+            EditorStage("rbf", "rbf", baseline))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    family: str
+    config: object  # the family's config dataclass
+    train_config: object  # the family's training config dataclass
+    editors: tuple[EditorStage, ...]
+    regressor: str | None  # "train": train one; a shipped model's name: reuse its regressor; None: no regressor
+    version: str = "1.0.0"
+
+    @property
+    def directions(self) -> list[str]:
+        if self.regressor is not None:
+            return list(FACTOR_NAMES)
+        return [f"d{k}" for k in range(self.config.latent_dim)]
+
+
+RECIPES: dict[str, Recipe] = {
+    "shapes32": Recipe("shapes32", "dcgan", GeneratorConfig(latent_dim=8), GANTrainConfig(steps=10000),
+                       _shapes_editors(), regressor="train"),
+    "shapes-vae": Recipe("shapes-vae", "vae", VAEConfig(latent_dim=8),
+                         VAETrainConfig(data="shapes", steps=12000, sigma=0.3), _shapes_editors(),
+                         regressor="shapes32"),
+    "digits-vae": Recipe(
+        "digits-vae", "vae", VAEConfig(latent_dim=8, channels=1),
+        VAETrainConfig(data="digits", steps=8000, sigma=0.35),
+        (EditorStage("decurved", "decurved", EditorTrainConfig(mode="unsupervised", steps=3000, lr=1e-3,
+                                                                amount_max=3.0, regulariser_weight=0.1)),),
+        regressor=None),
+}
+
+
+def _regressor(recipe: Recipe, run: Path, steps: int, seed: int, log) -> FactorRegressor | None:
+    if recipe.regressor is None:
+        return None
+    path = run / "regressor.safetensors"
+    if not path.is_file():
+        if recipe.regressor == "train":
+            regressor, error = train_regressor(RegressorTrainConfig(steps=steps, seed=seed))
+            write_json(path.with_suffix(".json"), {"steps": steps, "seed": seed, "held_out_mae": error.tolist()})
+        else:
+            from curvedit.api import load  # the shipped model whose instrument this recipe reuses
+
+            regressor = load(recipe.regressor, engine="torch").bundle.regressor
+            log(f"regressor: reused from the shipped {recipe.regressor}")
+        save_weights(run, path.name, regressor, weights_meta("regressor", "factor-cnn", regressor.config()))
+    regressor = FactorRegressor()
+    regressor.load_state_dict(load_file(path))
+    return regressor.eval()
+
+
+def load_run_generator(run_dir: Path) -> GeneratorFamily:
+    """The generator a run directory finished (``generator.json`` + ``generator.safetensors``)."""
+    spec = json.loads((run_dir / "generator.json").read_text())
+    generator = build_generator(spec["family"], spec["config"])
+    generator.load_state_dict(load_file(run_dir / "generator.safetensors"))
+    return generator.eval()
+
+
+def train_run_generator(run_dir: Path, family: str, config, train_config, progress: bool = True):
+    """Train (or resume, or reuse a finished) generator of ``family`` in ``run_dir``."""
+    if (run_dir / "generator.safetensors").is_file() and (run_dir / "generator.json").is_file():
+        return load_run_generator(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    generator = GENERATOR_FAMILIES[family].train_recipe(run_dir, config, train_config, progress)
+    write_json(run_dir / "generator.json", {"family": family, "config": config.to_dict(),
+                                            "train_config": train_config.to_dict()})
+    return generator
+
+
+def run_recipe(name: str, out: Path, run: Path, seed: int = 0, generator_steps: int | None = None,
+               editor_steps: int | None = None, regressor_steps: int = RegressorTrainConfig.steps,
+               export: bool = True, log=print) -> dict:
+    """Run the recipe ``name`` (see ``RECIPES``) in ``run`` and write its bundle to ``out``; returns the
+    per-stage seconds ("reused" where an earlier run had finished the stage)."""
+    from curvedit.models.fit_editors import make_editor
+
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; the shipped models' recipes are {sorted(RECIPES)}")
+    recipe = RECIPES[name]
+    run.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float | str] = {}
+    start = time.time()
+    had = (run / "regressor.safetensors").is_file()
+    regressor = _regressor(recipe, run, regressor_steps, seed, log)
+    seconds["regressor"] = "reused" if had or regressor is None else round(time.time() - start)
+    train_config = replace(recipe.train_config, seed=seed,
+                           **({"steps": generator_steps} if generator_steps is not None else {}))
+    start, had = time.time(), (run / "generator" / "generator.safetensors").is_file()
+    generator = train_run_generator(run / "generator", recipe.family, recipe.config, train_config)
+    seconds["generator"] = "reused" if had else round(time.time() - start)
+    editors = {}
+    for stage in recipe.editors:
+        config = replace(stage.train, seed=seed, **({"steps": editor_steps} if editor_steps is not None
+                                                    and EDITOR_KINDS[stage.method].needs_training else {}))
+        start = time.time()
+        editor, report = make_editor(stage.method, generator, recipe.directions, config, regressor=regressor,
+                                     options=stage.options, checkpoint=run / f"editor_{stage.name}.pt")
+        report["config"] = config.to_dict()
+        editors[stage.name] = (editor, config.mode, report)
+        seconds[f"editor {stage.name}"] = round(time.time() - start)
+        measured = report.get("mean_purity", report.get("reconstructor_accuracy"))
+        log(f"{stage.name}: {'purity' if 'mean_purity' in report else 'reconstructor accuracy'} {measured:.3f}")
+    training = {"command": f"curvedit train recipe {name}", "seed": seed, "generator": train_config.to_dict(),
+                "seconds": seconds}
+    write_bundle(out, name=name, version=recipe.version, generator=generator, editors=editors,
+                 default_editor=recipe.editors[0].name, regressor=regressor, seed=seed, training=training)
+    if export:
+        from curvedit.export.onnx_export import export_bundle
+
+        results = export_bundle(out)
+        log(f"onnx: {sum(r.written for r in results)} of {len(results)} graphs verified and written")
+    return seconds

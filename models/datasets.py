@@ -1,0 +1,82 @@
+"""Training images a generator family can learn from, all made or shipped locally (nothing is downloaded).
+
+- ``shapes``: the built-in renders (``renderer.RenderedShapes``), an endless seeded stream, 3 channels.
+- ``digits``: scikit-learn's bundled handwritten digits (1,797 images of 8×8, 0..16), upsampled bilinearly to
+  the requested size, 1 channel; a fixed split keeps ``HELD_OUT_DIGITS`` images out of training.
+
+Every source yields images ``[n, C, size, size]`` in [-1, 1] from ``next_batch(n)`` and a fixed held-out set from
+``held_out(n)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from curvedit.models.renderer import RenderedShapes
+
+DATASETS = ("shapes", "digits")
+HELD_OUT_DIGITS = 297  # the last 297 of a seeded permutation of 1,797: 1,500 train
+_DIGITS_SPLIT_SEED = 2023
+
+
+def load_digits_images(size: int) -> torch.Tensor:
+    """All 1,797 digits as ``[1797, 1, size, size]`` in [-1, 1] (needs scikit-learn: ``curvedit[train]``)."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:
+        raise ValueError("the digits data ships inside scikit-learn, which is not installed: "
+                         "pip install 'curvedit[train]'") from exc
+    images = torch.from_numpy(load_digits().images).float()[:, None] / 16.0  # [1797, 1, 8, 8] in [0, 1]
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    return images.clamp(0.0, 1.0) * 2.0 - 1.0
+
+
+class Digits:
+    """Batches of digits sampled (with replacement, seeded) from the 1,500 training images."""
+
+    def __init__(self, seed: int, size: int = 32):
+        images = load_digits_images(size)
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(_DIGITS_SPLIT_SEED))
+        self.train_images = images[order[:-HELD_OUT_DIGITS]]
+        self.test_images = images[order[-HELD_OUT_DIGITS:]]
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next_batch(self, n: int) -> torch.Tensor:
+        index = torch.randint(len(self.train_images), (n,), generator=self.generator)
+        return self.train_images[index]
+
+    def held_out(self, n: int | None = None) -> torch.Tensor:
+        return self.test_images if n is None else self.test_images[:n]
+
+
+class Shapes:
+    """The built-in renders as a data source; held-out images come from a seed training never uses."""
+
+    HELD_OUT_SEED = 999_999
+
+    def __init__(self, seed: int, size: int = 32):
+        self.stream = RenderedShapes(seed=seed, size=size)
+        self.size = size
+
+    @property
+    def generator(self) -> torch.Generator:
+        return self.stream.generator
+
+    def next_batch(self, n: int) -> torch.Tensor:
+        return self.stream.next_batch(n)[0]
+
+    def held_out(self, n: int = 1000) -> torch.Tensor:
+        return RenderedShapes(seed=self.HELD_OUT_SEED, size=self.size).next_batch(n)[0]
+
+
+def make_dataset(name: str, seed: int, size: int = 32) -> Shapes | Digits:
+    if name == "shapes":
+        return Shapes(seed, size)
+    if name == "digits":
+        return Digits(seed, size)
+    raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}")
+
+
+def channels_of(name: str) -> int:
+    return 1 if name == "digits" else 3

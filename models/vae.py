@@ -1,0 +1,234 @@
+"""The VAE family: a convolutional variational autoencoder whose decoder is the generator and whose encoder lets a
+user edit a real image (encode → edit → decode).
+
+Decoder: ``z → Linear(d, hidden) → SiLU → Linear(hidden, 4c·4·4) → SiLU → 3 transposed convolutions → tanh``
+(the first linear layer is the one SeFa factorises; its activations are GANSpace's feature space). Encoder: three
+strided convolutions and two linear layers to the posterior mean and log-variance; ``encode`` returns the mean.
+Grayscale data (``channels = 1``) decodes to grey RGB, and the encoder reads the mean of the RGB channels.
+
+Training maximises the ELBO with a Gaussian likelihood of fixed scale ``sigma`` (in [-1, 1] pixel units) and the
+KL term weighted by ``beta`` (1 = the plain VAE; > 1 = β-VAE), linearly warmed up over ``kl_warmup`` steps.
+
+Reference: Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014; Higgins et al., "β-VAE", ICLR 2017.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from tqdm import tqdm
+
+from curvedit.models.datasets import DATASETS, channels_of, make_dataset
+from curvedit.models.families import GeneratorFamily, register_family
+from curvedit.models.files import atomic_write, image_grid, load_checkpoint, save_checkpoint, save_png, to_uint8
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    latent_dim: int = 8
+    image_size: int = 32
+    channels: int = 3  # of the data: 1 = grayscale (decoded to grey RGB), 3 = colour
+    base_channels: int = 32
+    hidden: int = 256
+
+    def __post_init__(self):
+        if self.image_size != 32:
+            raise ValueError(f"the VAE is built for 32×32 images, got image_size={self.image_size}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grayscale) or 3 (colour), got {self.channels}")
+        if self.latent_dim < 2:
+            raise ValueError(f"latent_dim must be >= 2, got {self.latent_dim}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VAETrainConfig:
+    data: str = "shapes"
+    steps: int = 20000
+    batch_size: int = 64
+    lr: float = 1e-3
+    beta: float = 1.0
+    sigma: float = 0.1
+    kl_warmup: int = 2000
+    checkpoint_every: int = 1000
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.data not in DATASETS:
+            raise ValueError(f"data must be one of {list(DATASETS)}, got {self.data!r}")
+        if self.beta < 0 or self.sigma <= 0 or self.steps < 1:
+            raise ValueError(f"need beta >= 0, sigma > 0, steps >= 1; got {self.beta}, {self.sigma}, {self.steps}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@register_family
+class VAE(GeneratorFamily):
+    """``decode(z [n, d]) → [n, 3, 32, 32]`` in [-1, 1]; ``encode(images) → posterior mean [n, d]``."""
+
+    family = "vae"
+    config_class = VAEConfig
+    can_encode = True
+
+    def __init__(self, config: VAEConfig = VAEConfig()):
+        super().__init__(config)
+        c, d, h = config.base_channels, config.latent_dim, config.hidden
+        self.encoder = nn.Sequential(
+            nn.Conv2d(config.channels, c, 4, 2, 1),  # 16×16
+            nn.SiLU(),
+            nn.Conv2d(c, 2 * c, 4, 2, 1),  # 8×8
+            nn.SiLU(),
+            nn.Conv2d(2 * c, 4 * c, 4, 2, 1),  # 4×4
+            nn.SiLU(),
+            nn.Flatten(),
+            nn.Linear(4 * c * 16, h),
+            nn.SiLU(),
+            nn.Linear(h, 2 * d),
+        )
+        self.fc = nn.Linear(d, h)
+        self.body = nn.Sequential(
+            nn.SiLU(),
+            nn.Linear(h, 4 * c * 16),
+            nn.SiLU(),
+            nn.Unflatten(1, (4 * c, 4, 4)),
+            nn.ConvTranspose2d(4 * c, 2 * c, 4, 2, 1),  # 8×8
+            nn.SiLU(),
+            nn.ConvTranspose2d(2 * c, c, 4, 2, 1),  # 16×16
+            nn.SiLU(),
+            nn.ConvTranspose2d(c, config.channels, 4, 2, 1),  # 32×32
+            nn.Tanh(),
+        )
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        images = self.body(self.fc(z))
+        return images.expand(-1, 3, -1, -1) if self.config.channels == 1 else images
+
+    def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``[n, 3, H, W]`` (or ``[n, channels, H, W]``) in [-1, 1] → ``(mean, log-variance) [n, d]``."""
+        if self.config.channels == 1 and images.shape[1] == 3:
+            images = images.mean(dim=1, keepdim=True)
+        mean, logvar = self.encoder(images).chunk(2, dim=1)
+        return mean, logvar.clamp(-12.0, 8.0)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.posterior(images)[0]
+
+    def linear_map(self) -> torch.Tensor:
+        return self.fc.weight
+
+    def edit_features(self, z: torch.Tensor) -> torch.Tensor:
+        return nn.functional.silu(self.fc(z))
+
+    @classmethod
+    def train_recipe(cls, run_dir: Path, config: VAEConfig, train_config: VAETrainConfig,
+                     progress: bool = True) -> VAE:
+        return train_vae(run_dir, config, train_config, progress)
+
+
+def elbo_terms(vae: VAE, images: torch.Tensor, sigma: float, noise: torch.Generator | None = None):
+    """Per image ``(reconstruction negative log-likelihood up to a constant, KL)``, each ``[n]``; one z sample."""
+    mean, logvar = vae.posterior(images)
+    eps = torch.randn(mean.shape, generator=noise, device=mean.device)
+    z = mean + eps * (0.5 * logvar).exp()
+    recon = vae.body(vae.fc(z))
+    nll = (recon - images).pow(2).flatten(1).sum(1) / (2 * sigma**2)
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
+    return nll, kl
+
+
+def psnr(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [-1, 1], computed on the [0, 1] scale (peak 1)."""
+    mse = ((reconstructed - original) / 2).pow(2).flatten(1).mean(1)
+    return -10.0 * torch.log10(mse.clamp_min(1e-12))
+
+
+def train_vae(run_dir: str | Path, config: VAEConfig, train_config: VAETrainConfig,
+              progress: bool = True) -> VAE:
+    """Train (or resume from ``run_dir/checkpoint.pt``) a VAE; writes ``generator.safetensors``, ``samples.png``
+    and ``reconstructions.png`` (held-out top, reconstruction below) into ``run_dir``. Returns it in eval mode."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if channels_of(train_config.data) != config.channels:
+        raise ValueError(f"data {train_config.data!r} has {channels_of(train_config.data)} channel(s), the VAE "
+                         f"config {config.channels}")
+    torch.manual_seed(train_config.seed)  # parameter initialisation only
+    vae = VAE(config)
+    opt = torch.optim.Adam(vae.parameters(), lr=train_config.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, train_config.steps)
+    data = make_dataset(train_config.data, train_config.seed, config.image_size)
+    noise = torch.Generator().manual_seed(train_config.seed + 1)
+    identity = {"config": config.to_dict(), "train_config": train_config.to_dict()}
+    ckpt, start, log = run_dir / "checkpoint.pt", 0, []
+    if ckpt.exists():
+        state = load_checkpoint(ckpt)
+        if {k: state[k] for k in identity} != identity:
+            raise ValueError(f"{ckpt} was written for another VAE or training config: use another run directory "
+                             "or the same settings")
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        data.generator.set_state(state["data_rng"])
+        noise.set_state(state["noise_rng"])
+        start, log = state["step"], state["log"]
+    held_out = data.held_out(16)
+    fixed = torch.randn(32, config.latent_dim, generator=torch.Generator().manual_seed(1234))
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(ckpt, {**identity, "step": step, "vae": vae.state_dict(), "opt": opt.state_dict(),
+                               "sched": sched.state_dict(), "data_rng": data.generator.get_state(),
+                               "noise_rng": noise.get_state(), "log": log})
+        write_figures(vae, run_dir, fixed, held_out)
+
+    pixels = 3 * config.image_size**2
+    bar = tqdm(total=train_config.steps, initial=start, disable=not progress, desc=f"vae ({train_config.data})",
+               unit="step")
+    t0, window = time.time(), []
+    for step in range(start, train_config.steps):
+        vae.train()
+        images = data.next_batch(train_config.batch_size)
+        nll, kl = elbo_terms(vae, images, train_config.sigma, noise)
+        beta = train_config.beta * min(1.0, (step + 1) / max(1, train_config.kl_warmup))
+        loss = (nll + beta * kl).mean() / pixels
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        window.append((nll.mean().item(), kl.mean().item()))
+        bar.update(1)
+        if len(window) == 100:
+            log.append([sum(v) / len(v) for v in zip(*window, strict=True)])
+            bar.set_postfix(nll=f"{log[-1][0]:.0f}", kl=f"{log[-1][1]:.1f}")
+            window = []
+        if (step + 1) % train_config.checkpoint_every == 0 or step + 1 == train_config.steps:
+            checkpoint(step + 1)
+    bar.close()
+    vae.eval()
+    weights = {k: v.contiguous() for k, v in vae.state_dict().items()}
+    atomic_write(run_dir / "generator.safetensors", lambda tmp: save_file(weights, tmp))
+    if progress and start < train_config.steps:
+        print(f"vae: {train_config.steps - start} steps in {time.time() - t0:.0f} s → {run_dir}")
+    return vae
+
+
+@torch.no_grad()
+def write_figures(vae: VAE, run_dir: Path, fixed: torch.Tensor, held_out: torch.Tensor) -> None:
+    vae.eval()
+    save_png(image_grid(to_uint8(vae.decode(fixed)), 8, zoom=2), run_dir / "samples.png")
+    pairs = torch.cat([held_out.expand(-1, 3, -1, -1), vae.decode(vae.encode(held_out))])
+    save_png(image_grid(to_uint8(pairs), len(held_out), zoom=2), run_dir / "reconstructions.png")
+
+
+@torch.no_grad()
+def reconstruction_psnr(vae: VAE, images: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR (dB) of ``decode(encode(images))`` against ``images`` (both in [-1, 1], grey as RGB)."""
+    vae.eval()
+    target = images.expand(-1, 3, -1, -1)
+    return psnr(vae.decode(vae.encode(images)), target)

@@ -1,0 +1,87 @@
+"""The shipped models: trained weights that load by name, invert, commute, move the factor they name, and — for
+the VAEs — encode real images well enough to edit them."""
+
+import numpy as np
+import pytest
+import torch
+
+import curvedit
+from curvedit.evaluation.real_images import measure
+from curvedit.models.datasets import make_dataset
+from curvedit.models.measure import factor_response
+from curvedit.models.renderer import FACTOR_NAMES
+from curvedit.models.vae import reconstruction_psnr
+
+SHIPPED = curvedit.list_models()
+SUPERVISED = [name for name in SHIPPED if curvedit.load(name, engine="torch").bundle.regressor is not None]
+
+
+@pytest.fixture(scope="module", params=SHIPPED)
+def model(request):
+    return curvedit.load(request.param, engine="torch")
+
+
+def test_every_shipped_model_has_a_name_and_the_default_comes_first():
+    assert SHIPPED[0] == "shapes32"
+    assert {"shapes32", "shapes-vae", "digits-vae"} <= set(SHIPPED)
+    assert curvedit.load(engine="torch").name == "shapes32"
+
+
+def test_shipped_models_are_small_and_named(model):
+    total = sum(f.stat().st_size for f in model.bundle.path.iterdir() if f.suffix == ".safetensors")
+    assert total < 8 * 2**20
+    assert model.name == model.bundle.path.name
+    mode = model.bundle.manifest["editors"][model.default_editor]["mode"]
+    if model.bundle.regressor is not None:
+        assert mode == "supervised" and model.directions == list(FACTOR_NAMES)
+    else:
+        assert mode == "unsupervised" and model.directions == [f"d{k}" for k in range(model.latent_dim)]
+
+
+def test_trained_edits_commute_and_invert(model):
+    """Relative: commutation ‖A(B(z)) − B(A(z))‖ / ‖A(B(z)) − z‖ < 1e-6, round trip ‖E₋ₜ(Eₜ(z)) − z‖ / ‖z‖
+    < 1e-5."""
+    first, last = model.directions[0], model.directions[-1]
+    z = model.sample(256, seed=100)
+    a = model.edit(model.edit(z, {first: 1.0}), {last: -0.7})
+    b = model.edit(model.edit(z, {last: -0.7}), {first: 1.0})
+    assert np.linalg.norm(a - b) / np.linalg.norm(a - z) < 1e-6
+    t = {model.directions[1]: 1.2, model.directions[2]: -0.8}
+    back = model.edit(model.edit(z, t), {k: -v for k, v in t.items()})
+    assert np.linalg.norm(back - z) / np.linalg.norm(z) < 1e-5
+
+
+@pytest.mark.parametrize("name", SUPERVISED)
+@torch.no_grad()
+def test_each_direction_moves_its_own_factor_most(name):
+    """Read the rendered edits back with the bundle's factor regressor: direction k's largest response is
+    factor k, and a unit amount moves it by a sizeable fraction of a standard deviation."""
+    bundle = curvedit.load(name, engine="torch").bundle
+    latents = torch.from_numpy(curvedit.load(name, engine="torch").sample(256, seed=7))
+    response = factor_response(bundle.generator, bundle.editors["decurved"], bundle.regressor, latents, 1.0)
+    assert response.argmax(dim=1).tolist() == list(range(len(FACTOR_NAMES)))
+    assert torch.all(response.diagonal() > 0.3)
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if curvedit.load(n, engine="torch").can_encode])
+def test_encoders_ship_a_verified_graph_that_matches_torch(name):
+    model, ort = curvedit.load(name, engine="torch"), curvedit.load(name, engine="onnxruntime")
+    assert "encoder.onnx" in model.bundle.manifest["onnx"]
+    images = model.generate(model.sample(7, seed=1))
+    np.testing.assert_allclose(ort.encode(images), model.encode(images), atol=1e-4)
+
+
+def test_shapes_vae_reconstructs_held_out_renders_above_24_db():
+    model = curvedit.load("shapes-vae", engine="torch")
+    held_out = make_dataset("shapes", seed=0).held_out(1000)
+    assert reconstruction_psnr(model.bundle.generator, held_out).mean() >= 24.0
+
+
+def test_shapes_vae_edits_shapes_drawn_by_another_program():
+    """An x = +1 edit of a real (Pillow-drawn) image moves the pixel centroid right by 0.6–1.4 standard
+    deviations of the x factor, y and size drift less than 0.35 of that, and encode → decode keeps ≥ 20 dB."""
+    result = measure(curvedit.load("shapes-vae", engine="torch"), "x", 1.0, n=96)
+    assert 0.6 <= result["x_shift_std"] <= 1.4, result
+    assert result["y_drift_std"] < 0.35 * result["x_shift_std"], result
+    assert result["size_drift_std"] < 0.35 * result["x_shift_std"], result
+    assert result["psnr_db_mean"] >= 20.0, result
