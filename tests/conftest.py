@@ -46,6 +46,24 @@ def make_tiny_bundle(path, latent_dim: int = 8, directions=("x", "y", "scale", "
                         regressor=FactorRegressor().eval(), seed=0)
 
 
+def make_tiny_vae_bundle(path, latent_dim: int = 8, directions=("x", "y", "scale", "rotation")):
+    """A small, untrained VAE bundle (a generator family that can encode), like ``make_tiny_bundle``."""
+    from curvedit.models.vae import VAE, VAEConfig
+
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(latent_dim=latent_dim, base_channels=8, hidden=32)).eval()
+    editor = randomize(DeCurvEd(latent_dim, list(directions), hidden=16, layers=4, mixing=True)).eval()
+    return write_bundle(path, name="tinyvae", version="0.0.1", generator=vae,
+                        editors={"decurved": (editor, "supervised", {})}, default_editor="decurved",
+                        regressor=FactorRegressor().eval(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_bundle(tmp_path_factory):
+    """Path of a tiny VAE bundle shared by the session's tests; treat it as read-only."""
+    return make_tiny_vae_bundle(tmp_path_factory.mktemp("bundles") / "tinyvae")
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
     """Path of a tiny bundle shared by the session's tests; treat it as read-only (copy it to modify)."""
