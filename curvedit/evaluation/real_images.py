@@ -17,11 +17,13 @@ import argparse
 import colorsys
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 import curvedit
+from curvedit.models.files import labelled_grid, save_png
 from curvedit.models.renderer import FACTORS
 
 BACKGROUND = (26, 26, 26)  # the renders' background, 0.1 of full scale
@@ -94,6 +96,16 @@ def measure(model: curvedit.Model, direction: str = "x", amount: float = 1.0, n:
             "psnr_db_mean": float(psnr(decoded, images).mean()), "psnr_db_min": float(psnr(decoded, images).min())}
 
 
+def figure(model: curvedit.Model, edits: list[tuple[str, float]], n: int = 6, seed: int = 0):
+    """A labelled sheet: drawn images, their encode → decode, then one row per ``(direction, amount)`` edit."""
+    images, _ = draw_shapes(n, seed, model.image_shape[0])
+    z = model.encode(images)
+    rows = [images, model.generate(z)]
+    rows += [model.generate(model.edit(z, {name: amount})) for name, amount in edits]
+    labels = ["drawn", "decoded", *(f"{name} {amount:+g}" for name, amount in edits)]
+    return labelled_grid(np.concatenate(rows), columns=n, row_labels=labels, column_labels=[], zoom=3)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="shapes-vae", help="a model that can encode (default shapes-vae)")
@@ -102,9 +114,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--editor", default=None)
+    parser.add_argument("--figure", default=None, metavar="PNG",
+                        help="also write a sheet: drawn, decoded, then the x, y, scale, rotation and hue edits")
+    parser.add_argument("--write-inputs", default=None, metavar="DIR",
+                        help="also write the drawn images as PNG files (inputs for `curvedit edit --image`)")
     args = parser.parse_args(argv)
     model = curvedit.load(args.model, engine="torch")
     print(json.dumps(measure(model, args.direction, args.amount, args.images, args.seed, args.editor), indent=2))
+    if args.figure:
+        names = [name for name in ("x", "y", "scale", "rotation", "hue") if name in model.directions]
+        edits = [(name, args.amount) for name in names]
+        save_png(figure(model, edits, seed=args.seed), args.figure)
+    if args.write_inputs:
+        images, _ = draw_shapes(args.images, args.seed, model.image_shape[0])
+        for i, image in enumerate(images):
+            save_png(Image.fromarray(image), Path(args.write_inputs) / f"shape_{i:02d}.png")
     return 0
 
 
