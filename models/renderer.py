@@ -102,7 +102,13 @@ def render(raw: torch.Tensor, size: int = 32) -> torch.Tensor:
     u = (cos * dx - sin * dy) / scale[:, None, None]
     v = (-sin * dx - cos * dy) / (scale[:, None, None] * _ASPECT)
     exponent = (1.2 * 5.0 ** shape)[:, None, None]
-    radius = (u.abs().pow(exponent) + v.abs().pow(exponent) + 1e-8).pow(1.0 / exponent)
+    # The superellipse norm (|u|^e + |v|^e)^(1/e), computed so that its gradient stays finite where edited
+    # latents take factors far outside their ranges: scaled by m = max(|u|, |v|), no power exceeds 1 (shape 2
+    # gives e = 40, and |u|^e would overflow to inf, making the mask's gradient 0 · inf = NaN); and the ratios
+    # are kept off exact 0, where x^e has an infinite slope once e < 1 (shape < -0.11).
+    m = torch.maximum(u.abs(), v.abs()).clamp_min(1e-12)
+    a, b = ((w.abs() / m).clamp_min(1e-12) for w in (u, v))
+    radius = m * (a.pow(exponent) + b.pow(exponent)).pow(1.0 / exponent)
     pixel = 2.0 / size
     mask = torch.sigmoid((1.0 - radius) * scale[:, None, None] / (_EDGE_PIXELS * pixel))
     colour = _hue_to_rgb(hue)[:, :, None, None]

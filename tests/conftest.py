@@ -35,15 +35,21 @@ def randomize(module: torch.nn.Module, std: float = 0.3, seed: int = 0) -> torch
     return module
 
 
-def make_tiny_bundle(path, latent_dim: int = 8, directions=("x", "y", "scale", "rotation")):
-    """A small, untrained but non-trivial bundle: random generator, random-weight DeCurvEd flow (with a mixing
-    layer, like a trained one), regressor."""
+def tiny_modules(latent_dim: int = 8, directions=("x", "y", "scale", "rotation")):
+    """``(generator, editor, regressor)``: random generator, random-weight DeCurvEd flow (with a mixing layer,
+    like a trained one), untrained regressor; the same modules for the same arguments."""
     torch.manual_seed(0)
     generator = Generator(GeneratorConfig(latent_dim=latent_dim)).eval()
     editor = randomize(DeCurvEd(latent_dim, list(directions), hidden=16, layers=4, mixing=True)).eval()
+    return generator, editor, FactorRegressor().eval()
+
+
+def make_tiny_bundle(path, latent_dim: int = 8, directions=("x", "y", "scale", "rotation")):
+    """A small, untrained but non-trivial bundle of ``tiny_modules``."""
+    generator, editor, regressor = tiny_modules(latent_dim, directions)
     return write_bundle(path, name="tiny", version="0.0.1", generator=generator,
                         editors={"decurved": (editor, "supervised", {})}, default_editor="decurved",
-                        regressor=FactorRegressor().eval(), seed=0)
+                        regressor=regressor, seed=0)
 
 
 def make_tiny_vae_bundle(path, latent_dim: int = 8, directions=("x", "y", "scale", "rotation")):

@@ -2,8 +2,11 @@
 
 import numpy as np
 import pytest
+import torch
 
 import curvedit
+from curvedit.engines.onnx_engine import available_cores
+from curvedit.kernels.configs import triton_available
 
 
 @pytest.fixture(scope="module")
@@ -82,17 +85,50 @@ def test_unknown_editor_lists_the_known(model):
         model.edit(model.sample(1, seed=0), {"x": 1.0}, editor="nope")
 
 
-@pytest.mark.parametrize(("n", "seeds"), [(0, None), (None, []), (None, [-1])])
-def test_bad_sampling_requests_are_refused(model, n, seeds):
-    with pytest.raises(ValueError):
-        model.sample(n) if n is not None else model.sample_seeds(seeds)
+@pytest.mark.parametrize(("n", "message"), [(0, r"n must be >= 1, got 0"), (-3, r"n must be >= 1, got -3")])
+def test_bad_sample_count_is_refused(model, n, message):
+    with pytest.raises(ValueError, match=message):
+        model.sample(n, seed=0)
 
 
-def test_engine_options_reach_the_backend(tiny_bundle):
-    quiet = curvedit.load(tiny_bundle, engine="onnxruntime", engine_options={"spinning": False, "threads": 1})
-    z = quiet.sample(3, seed=0)
-    reference = curvedit.load(tiny_bundle, engine="torch").edit(z, {"x": 1.0})
-    np.testing.assert_allclose(quiet.edit(z, {"x": 1.0}), reference, rtol=1e-4, atol=1e-5)
+@pytest.mark.parametrize(("seeds", "message"), [
+    ([], "empty batch: pass at least one seed"),
+    ([3, -1, 4], r"seeds must be >= 0, got -1"),
+])
+def test_bad_seeds_are_refused(model, seeds, message):
+    with pytest.raises(ValueError, match=message):
+        model.sample_seeds(seeds)
+
+
+@pytest.mark.parametrize(("options", "threads", "spinning"), [
+    ({"spinning": False, "threads": 1}, 1, "0"),
+    ({}, available_cores(), "1"),  # the defaults, so the check above is seen to tell them apart
+], ids=["set", "defaults"])
+def test_engine_options_reach_the_onnxruntime_sessions(tiny_bundle, options, threads, spinning):
+    """The options end up in the ONNX Runtime sessions that run the edit and the generator."""
+    model = curvedit.load(tiny_bundle, engine="onnxruntime", device="cpu", engine_options=options)
+    z = model.sample(3, seed=0)
+    reference = curvedit.load(tiny_bundle, engine="torch", device="cpu")
+    np.testing.assert_allclose(model.edit(z, {"x": 1.0}), reference.edit(z, {"x": 1.0}), rtol=1e-4, atol=1e-5)
+    model.generate(z)
+    engine = model._engine
+    for key in ("generator", engine.edit_key("decurved", 3)):
+        used = engine.session(key).get_session_options()
+        assert used.intra_op_num_threads == threads, key
+        assert used.get_session_config_entry("session.intra_op.allow_spinning") == spinning, key
+
+
+@pytest.mark.skipif(not triton_available("cpu"), reason="needs Triton's interpreter (conftest sets it)")
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_engine_options_reach_the_triton_kernels(tiny_bundle, precision):
+    """``precision`` picks the dtype of the packed MLP weights the kernels read."""
+    model = curvedit.load(tiny_bundle, engine="triton", device="cpu", engine_options={"precision": precision})
+    packed = model._engine.packed["decurved"]
+    expected = torch.float16 if precision == "fp16" else torch.float32
+    assert (packed.w1.dtype, packed.w2.dtype, packed.w3.dtype) == (expected,) * 3
+    z = model.sample(3, seed=0)
+    reference = curvedit.load(tiny_bundle, engine="torch", device="cpu").edit(z, {"x": 1.0})
+    np.testing.assert_allclose(model.edit(z, {"x": 1.0}), reference, rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize(("engine", "options", "message"), [

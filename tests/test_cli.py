@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,15 +14,25 @@ import curvedit
 from curvedit.cli import main
 
 
+def tile(path, row: int, column: int, size: int = 32, pad: int = 2) -> np.ndarray:
+    """The image at ``(row, column)`` of a grid PNG written at zoom 1."""
+    grid = np.asarray(Image.open(path).convert("RGB"))
+    top, left = pad + row * (size + pad), pad + column * (size + pad)
+    return grid[top : top + size, left : left + size]
+
+
 def test_edit_writes_latents_and_grid(tiny_bundle, tmp_path):
     out = tmp_path / "edit"
     assert main(["edit", "--model", str(tiny_bundle), "--engine", "torch", "--seed", "2", "--count", "3",
                  "--edit", "x=1.0", "--edit", "scale=-0.5", "--out", str(out), "--zoom", "1"]) == 0
+    model = curvedit.load(tiny_bundle, engine="torch")
     latents, edited = np.load(out / "latents.npy"), np.load(out / "edited.npy")
-    assert latents.shape == edited.shape == (3, 8)
-    assert not np.allclose(latents, edited)
-    grid = Image.open(out / "edit.png")
-    assert grid.size == (3 * 34 + 2, 2 * 34 + 2)  # 3 columns, input row + edited row, 2-pixel gutters
+    np.testing.assert_array_equal(latents, model.sample(3, seed=2))
+    np.testing.assert_allclose(edited, model.edit(latents, {"x": 1.0, "scale": -0.5}), rtol=1e-6, atol=1e-6)
+    assert Image.open(out / "edit.png").size == (3 * 34 + 2, 2 * 34 + 2)  # 3 columns, 2-pixel gutters
+    images = model.generate(np.concatenate([latents, edited])).astype(int)  # input row, then edited row
+    for i, image in enumerate(images):
+        assert np.abs(tile(out / "edit.png", *divmod(i, 3)).astype(int) - image).max() <= 1, i
 
 
 def test_edit_reads_latents_from_npy(tiny_bundle, tmp_path):
@@ -32,6 +43,8 @@ def test_edit_reads_latents_from_npy(tiny_bundle, tmp_path):
 
 
 def test_traverse_writes_one_labelled_row_per_direction(tiny_bundle, tmp_path):
+    """Row k moves direction k, column j by the j-th of 5 amounts evenly spaced over [-1.5, 1.5] (the default);
+    the direction names label the rows and the amounts the columns."""
     out = tmp_path / "t.png"
     assert main(["traverse", "--model", str(tiny_bundle), "--engine", "torch", "--steps", "5", "--zoom", "1",
                  "--out", str(out)]) == 0
@@ -40,12 +53,15 @@ def test_traverse_writes_one_labelled_row_per_direction(tiny_bundle, tmp_path):
     left, top = sheet.shape[1] - grid_w, sheet.shape[0] - grid_h
     assert left > 20 and top > 8, "room for the row and column labels"
     assert (sheet[top:, :left] < 128).any() and (sheet[:top, left:] < 128).any(), "labels are drawn"
+    grid = Image.fromarray(np.ascontiguousarray(sheet[top:, left:]))
+    grid.save(tmp_path / "grid.png")
     model = curvedit.load(tiny_bundle, engine="torch")
     z = model.sample(1, seed=0)
-    x_row = model.generate(model.edit(np.repeat(z, 5, 0), model.amounts({"x": 1.0}, 5) *
-                                      np.linspace(-1.5, 1.5, 5, dtype=np.float32)[:, None]))
-    np.testing.assert_array_equal(sheet[top + 2 : top + 34, left + 2 : left + 34], x_row[0])  # row x, −1.5
-    np.testing.assert_array_equal(sheet[top + 2 : top + 34, left + 138 : left + 170], x_row[4])  # row x, +1.5
+    for row, name in enumerate(model.directions):
+        for column, amount in enumerate(np.linspace(-1.5, 1.5, 5)):
+            expected = model.generate(model.edit(z, {name: amount}))[0].astype(int)
+            actual = tile(tmp_path / "grid.png", row, column).astype(int)
+            assert np.abs(actual - expected).max() <= 1, (name, amount)
 
 
 def test_an_unwritable_output_is_one_line_not_a_traceback(tiny_bundle, tmp_path, capsys):
@@ -77,10 +93,11 @@ def test_bad_input_is_one_clear_line(tiny_bundle, tmp_path, capsys, args, messag
     assert code == 2 and message in err and "Traceback" not in err
 
 
-def test_malformed_edit_flag_is_a_usage_error(tiny_bundle):
+def test_malformed_edit_flag_is_a_usage_error(tiny_bundle, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["edit", "--model", str(tiny_bundle), "--edit", "scale"])
     assert exc.value.code == 2
+    assert "expected NAME=AMOUNT (e.g. scale=1.5), got 'scale'" in capsys.readouterr().err
 
 
 def test_train_editor_adds_an_editor_to_a_bundle(tiny_bundle, tmp_path):
@@ -94,8 +111,9 @@ def test_train_editor_adds_an_editor_to_a_bundle(tiny_bundle, tmp_path):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "curvedit.cli", "--help"], capture_output=True, text=True,
-                            check=True)
+    script = shutil.which("curvedit", path=str(Path(sys.executable).parent))  # beside this environment's python
+    assert script is not None, "no `curvedit` script: install the package (pip install -e .)"
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, check=True)
     for command in ("edit", "traverse", "info", "train"):
         assert command in result.stdout
 

@@ -60,13 +60,16 @@ def test_config_rebuilds_the_same_editor(editor):
     assert torch.equal(rebuilt.edit(z, t), editor.edit(z, t))
 
 
-@pytest.mark.parametrize(("directions", "message"), [([], "directions"), (["a"] * 11, "directions"),
-                                                      (["a", "a"], "unique")])
+@pytest.mark.parametrize(("directions", "message"), [
+    ([], r"need 1\.\.10 directions \(K <= latent dim\), got 0"),
+    ([f"d{k}" for k in range(11)], r"need 1\.\.10 directions \(K <= latent dim\), got 11"),
+    (["a", "a"], r"direction names must be unique, got \['a', 'a'\]"),
+])
 def test_bad_directions_are_refused(directions, message):
     with pytest.raises(ValueError, match=message):
         DeCurvEd(10, directions)
 
 
 def test_unknown_kind_lists_the_known():
-    with pytest.raises(ValueError, match="decurved"):
+    with pytest.raises(ValueError, match=r"unknown editor kind 'nope'; known kinds: \[.*'decurved'"):
         build_editor("nope", {})

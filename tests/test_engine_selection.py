@@ -1,6 +1,5 @@
 """Choosing an engine by name (``auto`` included), the device checks, and the engine benchmark's smoke mode."""
 
-import importlib.util
 import json
 
 import numpy as np
@@ -8,15 +7,16 @@ import pytest
 import torch
 
 import curvedit
-from curvedit.api import default_bundle_path
 from curvedit.bundle import load_bundle
 from curvedit.cli import main
 from curvedit.engines import ENGINE_NAMES, make_engine, resolve_engine
 from curvedit.engines.bench import edit_flops
+from curvedit.kernels.configs import triton_available
 from curvedit.models.editors import DeCurvEd
 
 cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the choice on a machine without a GPU")
-has_triton_engine = importlib.util.find_spec("curvedit.engines.triton_engine") is not None
+needs_interpreter = pytest.mark.skipif(not triton_available("cpu"),
+                                       reason="needs Triton and TRITON_INTERPRET=1 (conftest sets it)")
 
 
 @cpu_only
@@ -51,7 +51,7 @@ def test_cuda_without_a_gpu_is_refused(tiny_bundle):
         curvedit.load(tiny_bundle, engine="onnxruntime", device="cuda")
 
 
-@pytest.mark.skipif(not has_triton_engine, reason="the triton engine is not in this tree yet")
+@needs_interpreter
 def test_triton_engine_under_the_interpreter(tiny_bundle):
     """conftest sets TRITON_INTERPRET=1, so the triton engine runs (slowly) on the CPU and agrees with torch."""
     model = curvedit.load(tiny_bundle, engine="triton", device="cpu")
@@ -71,7 +71,6 @@ def test_auto_is_triton_on_a_gpu(tiny_bundle):
     np.testing.assert_allclose(model.edit(z, {"x": 1.0}), expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.skipif(not (default_bundle_path() / "manifest.json").is_file(), reason="no shipped bundle yet")
 def test_shipped_model_runs_on_onnxruntime_without_a_manual_export():
     model = curvedit.load(engine="onnxruntime", device="cpu")
     z = model.sample(4, seed=0)
@@ -89,29 +88,40 @@ def test_flops_formula():
 
 
 def test_bench_engine_quick(tmp_path, capsys):
+    """Every derived column of a timed row follows from its time: rates, FLOP/s, the fraction of the measured
+    peak, the speed-up over torch eager; and the printed table carries the rows."""
     out = tmp_path / "bench.json"
     code = main(["bench", "engine", "--quick", "--flows", "d512", "--batch-sizes", "1", "3", "--repeats", "2",
                  "--warmup", "1", "--device", "cpu", "--json", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "| flow | batch | backend |" in printed
     result = json.loads(out.read_text())
-    assert result["peaks_gflops"]["fp32"] > 0
+    assert result["device"] == "cpu"
+    flops = edit_flops(DeCurvEd(64, ["a"], hidden=64, layers=4))  # --quick's stand-in for d512: d = h = 64, L = 4
+    peak = result["peaks_gflops"]["fp32"]
     rows = {(r["batch"], r["backend"]): r for r in result["rows"]}
+    assert set(rows) == {(b, name) for b in (1, 3) for name in ("torch", "torch.compile", "onnxruntime", "triton")}
     for batch in (1, 3):
-        for backend in ("torch", "onnxruntime"):
-            row = rows[(batch, backend)]
-            assert row["ms"] > 0 and row["edits_per_s"] > 0 and row["gflops"] > 0 and row["max_err"] < 1e-4
-        assert rows[(batch, "torch")]["vs_eager"] == pytest.approx(1.0)
-        assert "CUDA only" in rows[(batch, "triton")]["note"]
+        eager, ort = rows[(batch, "torch")], rows[(batch, "onnxruntime")]
+        for row in (eager, ort):
+            seconds = row["ms"] / 1e3
+            assert row["edits_per_s"] == pytest.approx(batch / seconds)
+            assert row["gflops"] == pytest.approx(flops * batch / seconds / 1e9)
+            assert row["frac_peak"] == pytest.approx(row["gflops"] / peak)
+            assert row["max_err"] < 1e-4
+            assert f"| synthetic-d64 | {batch} | {row['backend']} | fp32 | {row['ms']:.3f} |" in printed
+        assert ort["vs_eager"] == pytest.approx(eager["ms"] / ort["ms"])
+        assert rows[(batch, "torch.compile")]["ms"] is None and "--quick" in rows[(batch, "torch.compile")]["note"]
+        assert rows[(batch, "triton")]["ms"] is None and "CUDA only" in rows[(batch, "triton")]["note"]
 
 
 def test_bench_engine_quick_times_every_cpu_backend(tmp_path):
     """The benchmark end to end on tiny settings: every row on the CPU is timed or says why it is not."""
     out = tmp_path / "bench.json"
-    assert main(["bench", "engine", "--quick", "--json", str(out)]) == 0
+    assert main(["bench", "engine", "--quick", "--device", "cpu", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert {r["batch"] for r in rows} == {1, 16}
+    assert {r["flow"] for r in rows} == {"shipped", "synthetic-d64"}
     for row in rows:
         if row["backend"] in ("torch", "onnxruntime"):
             assert row["ms"] > 0 and row["max_err"] < 1e-4, row

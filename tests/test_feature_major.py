@@ -29,10 +29,31 @@ def test_feature_major_matches_the_editor(editor, batch):
         torch.testing.assert_close(BatchMajorEdit(editor)(z, t), editor.edit(z, t), rtol=1e-5, atol=1e-6)
 
 
-def test_large_cpu_batches_run_in_chunks_with_the_same_result(tiny_bundle):
-    model = curvedit.load(tiny_bundle, engine="onnxruntime")
-    reference = curvedit.load(tiny_bundle, engine="torch")
-    n = 2 * CPU_CHUNK_ROWS + 3  # two full chunks and a ragged one
+class RecordingSession:
+    """Wraps a real ONNX Runtime session and records the rows of every call it runs."""
+
+    def __init__(self, session):
+        self.session, self.rows = session, []
+
+    def run(self, outputs, feeds):
+        self.rows.append(len(feeds["z"]))
+        return self.session.run(outputs, feeds)
+
+
+@pytest.mark.parametrize(("n", "calls"), [
+    (CPU_CHUNK_ROWS, [CPU_CHUNK_ROWS]),  # one chunk: one call
+    (CPU_CHUNK_ROWS + 1, [CPU_CHUNK_ROWS, 1]),
+    (2 * CPU_CHUNK_ROWS + 3, [CPU_CHUNK_ROWS, CPU_CHUNK_ROWS, 3]),  # two full chunks and a ragged one
+])
+def test_large_cpu_batches_run_in_chunks_with_the_same_result(tiny_bundle, monkeypatch, n, calls):
+    model = curvedit.load(tiny_bundle, engine="onnxruntime", device="cpu")
+    engine = model._engine
+    key = engine.edit_key("decurved", n)
+    recording = RecordingSession(engine.session(key))
+    monkeypatch.setitem(engine._sessions, key, recording)
     z = model.sample(n, seed=0)
     amounts = np.random.default_rng(0).standard_normal((n, 4)).astype(np.float32)
-    np.testing.assert_allclose(model.edit(z, amounts), reference.edit(z, amounts), rtol=1e-4, atol=1e-5)
+    edited = model.edit(z, amounts)
+    assert recording.rows == calls
+    reference = curvedit.load(tiny_bundle, engine="torch", device="cpu")
+    np.testing.assert_allclose(edited, reference.edit(z, amounts), rtol=1e-4, atol=1e-5)

@@ -71,11 +71,15 @@ def test_log_scale_is_soft_clamped():
     assert torch.all(logdet.abs() <= 2 * 1.5 + 1e-5)  # 2 scaled coordinates, each |s| < clamp
 
 
-@pytest.mark.parametrize(("field", "value"), [("dim", 1), ("hidden", 0), ("layers", 0), ("clamp", 0.0)])
-def test_bad_config_is_refused(field, value):
-    kwargs = {"dim": 4, field: value}
-    with pytest.raises(ValueError, match=field if field != "layers" else "layers"):
-        FlowConfig(**kwargs)
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("dim", 1, "a coupling flow needs dim >= 2, got 1"),
+    ("hidden", 0, "hidden and layers must be >= 1, got hidden=0 layers=8"),
+    ("layers", 0, "hidden and layers must be >= 1, got hidden=64 layers=0"),
+    ("clamp", 0.0, "clamp must be > 0, got 0.0"),
+])
+def test_bad_config_is_refused(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        FlowConfig(**{"dim": 4, field: value})
 
 
 def make_mixing_flow(dim: int) -> CouplingFlow:

@@ -14,7 +14,7 @@ from curvedit.models.known_chart import (
     linear_ceiling,
 )
 from curvedit.models.measure import factor_response, purity
-from curvedit.models.renderer import FACTOR_NAMES
+from curvedit.models.renderer import FACTOR_NAMES, render, unstandardize
 
 
 @pytest.fixture
@@ -37,9 +37,11 @@ def test_curvature_zero_is_the_linear_map(latents):
 
 
 def test_generator_interface(latents):
+    """Images are the renders of the true factors ψ(z), in the generator range [-1, 1]."""
     chart = KnownChart(KnownChartConfig(curvature=0.5))
     images = chart(latents[:4])
     assert images.shape == (4, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
+    torch.testing.assert_close(images, render(unstandardize(chart.chart(latents[:4]))) * 2 - 1)
     assert chart.config.latent_dim == 6 and chart.config.image_size == 32
 
 

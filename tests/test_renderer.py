@@ -51,3 +51,20 @@ def test_standardised_units_round_trip_and_span():
 def test_bad_factor_shape_is_refused():
     with pytest.raises(ValueError, match=r"\[batch, 6\]"):
         render(torch.zeros(2, 5))
+
+
+PIXEL_CENTRE = (20 + 0.5) / 32 * 2.0 - 1.0  # x on a pixel centre, rotation 0: u is exactly 0 in that column
+
+
+@pytest.mark.parametrize("raw", [
+    [0.05, -0.05, 0.1, 0.3, 2.0, 0.3],  # shape 2 (exponent 40) on a small shape: |v|^40 ≈ 30^40 overflows
+    [0.05, -0.05, 0.45, 0.3, 4.0, 0.3],  # shape 4: exponent 750
+    [PIXEL_CENTRE, -0.05, 0.45, 0.0, -0.5, 0.3],  # exponent 0.54 < 1 at an exact u = 0: infinite slope of u^e
+], ids=["shape-2", "shape-4", "exponent-below-one-at-zero"])
+def test_gradients_stay_finite_far_outside_the_factor_ranges(raw):
+    """Edited latents of the known-chart generator reach such factors; one NaN gradient poisons the editor."""
+    factors = torch.tensor([raw], requires_grad=True)
+    image = render(factors)
+    assert torch.isfinite(image).all()
+    image.sum().backward()
+    assert torch.isfinite(factors.grad).all(), factors.grad
