@@ -1,5 +1,7 @@
 """Compile-only checks: the kernel configurations the GPU autotuner may pick are built for an H100/H200 (sm_90)
-on this CPU-only machine, and their shared memory must fit one block (the interpreter never enforces that).
+on this CPU-only machine; their shared memory must fit one block (the interpreter never enforces that), and
+they must not spill registers to local memory at the benchmark's width (d = h = 512), read off each cubin with
+the cuobjdump that Triton's wheel bundles (the check skips where there is none).
 
 Compiling needs Triton's real JIT, but conftest sets TRITON_INTERPRET=1 (kernel modules must see it at import)
 and under it ``@triton.jit`` returns interpreter objects that cannot be lowered. So the compiles run in fresh
@@ -50,3 +52,17 @@ def test_kernel_compiles_for_sm90_within_shared_memory(compiled, job):
     row = compiled[job]
     assert "error" not in row, row.get("error")
     assert 0 < row["shared"] <= SM90_SHARED_LIMIT, row
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_kernel_does_not_spill_registers_at_d512(compiled, job):
+    """Spilled registers go to local memory, which every access then pays for in the inner loops; the shipped
+    configurations are chosen to need none (see ``GPU_CONFIGS``)."""
+    row = compiled[job]
+    if "error" in row:
+        pytest.fail(row["error"])
+    if row["spill_bytes"] is None:
+        pytest.skip("no cuobjdump to read the cubin's resource usage with")
+    assert row["spill_bytes"] == 0, (f"{job} spills {row['spill_bytes']} B per thread with {row['registers']} "
+                                     f"registers under triton {row['triton']}")
+    assert 0 < row["registers"] <= 255, row
