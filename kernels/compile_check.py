@@ -27,9 +27,10 @@ import subprocess
 import tempfile
 import time
 
-from curvedit.kernels.configs import GPU_CONFIGS, PRECISIONS, SM90_SHARED_LIMIT, LaunchConfig
+from curvedit.kernels.configs import COLUMN_GPU_CONFIGS, GPU_CONFIGS, PRECISIONS, SM90_SHARED_LIMIT, LaunchConfig
 
-KERNELS = ("coupling_forward", "coupling_inverse", "edit")
+KERNELS = ("coupling_forward", "coupling_inverse", "edit", "column_dense", "column_dense_hidden",
+           "column_affine_forward", "column_affine_inverse")
 _SCALARS = {"clamp": "fp32", "B": "i32", "K": "i32"}
 
 
@@ -47,8 +48,10 @@ def _signature(fn, pointer_dtypes: dict[str, str], constexprs: dict) -> dict[str
 
 
 def kernel_sources(precision: str, config: LaunchConfig, dim: int, hidden: int, layers: int):
-    """``{kernel name: (jit function, signature, constexprs)}`` for the coupling (both directions) and edit
-    kernels at one precision and tile configuration."""
+    """``{kernel name: (jit function, signature, constexprs)}`` for the coupling (both directions), edit and
+    column-parallel kernels at one precision and tile configuration (``column_dense``: stage 1 of an inverse
+    layer, gathering fp32 latents; ``column_dense_hidden``: stage 2, on the MLP dtype)."""
+    from curvedit.kernels.columns import _affine_kernel, _dense_silu_kernel
     from curvedit.kernels.coupling import _coupling_kernel
     from curvedit.kernels.edit import _edit_kernel
 
@@ -63,6 +66,17 @@ def kernel_sources(precision: str, config: LaunchConfig, dim: int, hidden: int, 
         sources[name] = (_coupling_kernel, _signature(_coupling_kernel, pointers, constexprs), constexprs)
     constexprs = {**sizes, "L": layers}
     sources["edit"] = (_edit_kernel, _signature(_edit_kernel, pointers, constexprs), constexprs)
+    tiles = {k: sizes[k] for k in ("BLOCK_B", "BLOCK_N", "BLOCK_K", "PRECISION")}
+    dense = {**tiles, "A_STRIDE": dim, "GATHER": True, "K": dim // 2, "N": hidden}
+    pointers_dense = {"a_ptr": "fp32", "idx_ptr": "i32", "w_ptr": mlp, "out_ptr": mlp}
+    sources["column_dense"] = (_dense_silu_kernel, _signature(_dense_silu_kernel, pointers_dense, dense), dense)
+    hidden_stage = {**dense, "A_STRIDE": hidden, "GATHER": False, "K": hidden}
+    signature = _signature(_dense_silu_kernel, {**pointers_dense, "a_ptr": mlp}, hidden_stage)
+    sources["column_dense_hidden"] = (_dense_silu_kernel, signature, hidden_stage)
+    for reverse in (False, True):
+        affine = {**{k: sizes[k] for k in ("D", "SPLIT", "REST", "H")}, **tiles, "REVERSE": reverse}
+        name = "column_affine_inverse" if reverse else "column_affine_forward"
+        sources[name] = (_affine_kernel, _signature(_affine_kernel, pointers, affine), affine)
     return sources
 
 
@@ -107,9 +121,15 @@ def compile_sm90(fn, signature: dict, constexprs: dict, config: LaunchConfig) ->
             "triton": triton.__version__}
 
 
+COLUMN_KERNELS = tuple(k for k in KERNELS if k.startswith("column_"))
+
+
 def all_jobs() -> list[str]:
-    """Every ``precision/config/kernel`` combination the GPU autotuner may launch."""
-    return [f"{p}/{c.name}/{k}" for p in GPU_CONFIGS for c in GPU_CONFIGS[p] for k in KERNELS]
+    """Every ``precision/config/kernel`` combination a GPU may launch: the autotuner's fused-kernel candidates
+    and the column-parallel kernels' one configuration."""
+    fused = [f"{p}/{c.name}/{k}" for p in GPU_CONFIGS for c in GPU_CONFIGS[p] for k in KERNELS
+             if k not in COLUMN_KERNELS]
+    return fused + [f"{p}/{c.name}/{k}" for p, c in COLUMN_GPU_CONFIGS.items() for k in COLUMN_KERNELS]
 
 
 def run_job(job: str, dim: int, hidden: int, layers: int) -> dict:

@@ -61,9 +61,12 @@ INTERPRETER_CONFIG = LaunchConfig(16, 64, 64, num_warps=4, num_stages=1)
 # SMs); the weights of a 512-wide layer are streamed through these tiles, never held whole. 16-bit MLPs also get
 # a 64-row tile (one warpgroup's wgmma has M = 64), and the 16-row tiles an 8-warp twin: at batch <= 16 one
 # program does all the work, and more warps keep more weight loads in flight on its one SM.
-# None of these spills registers at d = h = 512 under triton 3.6 or 3.9 for sm_90 (tests/test_kernels_compile.py
-# checks the local memory of each cubin). The tiles they replaced did: bf16 b64n128k64w4s3 255 registers and a
-# 1,424-byte stack frame per thread in the edit kernel, b32n128k64w4s3 72 B (triton 3.6; 1,352 and 152 B on 3.9).
+# At d = h = 512 for sm_90 the edit kernel (what the engine launches) spills no register at any of these tiles
+# under triton 3.6 or 3.9 (tests/test_kernels_compile.py checks the local memory of each cubin). The tiles they
+# replaced did: bf16 b64n128k64w4s3 255 registers and a 1,424-byte stack frame per thread, b32n128k64w4s3 72 B
+# (triton 3.6; 1,352 and 152 B on 3.9). The single-layer kernel (coupling_forward, not used by the engine) keeps
+# 8 B at three tiles: bf16 b16n64k64w4s3 on 3.6, fp32 b16n64k32w4s2 and bf16 b32n32k64w8s3 on 3.9
+# (benchmarks/RESULTS.md).
 _SIXTEEN_BIT = (LaunchConfig(16, 64, 64, 4, 3), LaunchConfig(16, 64, 64, 8, 3), LaunchConfig(32, 32, 64, 8, 3),
                 LaunchConfig(64, 64, 32, 8, 3))
 GPU_CONFIGS: dict[str, tuple[LaunchConfig, ...]] = {
@@ -72,6 +75,20 @@ GPU_CONFIGS: dict[str, tuple[LaunchConfig, ...]] = {
     "bf16": _SIXTEEN_BIT,
     "fp16": _SIXTEEN_BIT,  # the same tiles as bf16: same element width, same tensor-core instructions
 }
+
+
+# The column-parallel kernels (kernels/columns.py) are for small batches: one 16-row block (the smallest
+# tensor-core tile) and narrow column blocks, so each stage of a 512-wide layer runs as 16 programs on 16 SMs. A
+# first choice, not yet timed on a GPU; one configuration per precision (no autotuning: forward and inverse must
+# use the same tiles).
+COLUMN_GPU_CONFIGS: dict[str, LaunchConfig] = {
+    "fp32": LaunchConfig(16, 32, 32, 4, 2),
+    "tf32": LaunchConfig(16, 32, 32, 4, 2),
+    "bf16": LaunchConfig(16, 32, 64, 4, 3),
+    "fp16": LaunchConfig(16, 32, 64, 4, 3),
+}
+# Under the interpreter wider column blocks mean fewer programs, each a few NumPy operations.
+COLUMN_INTERPRETER_CONFIG = LaunchConfig(16, 64, 64, num_warps=4, num_stages=1)
 
 
 def check_precision(precision: str) -> str:
@@ -107,6 +124,12 @@ def configs_for(precision: str) -> tuple[LaunchConfig, ...]:
     """The configurations the autotuner may pick from here: one under the interpreter, several on a GPU."""
     check_precision(precision)
     return (INTERPRETER_CONFIG,) if interpreting() else GPU_CONFIGS[precision]
+
+
+def column_config_for(precision: str) -> LaunchConfig:
+    """The column-parallel kernels' one configuration here (interpreter or GPU)."""
+    check_precision(precision)
+    return COLUMN_INTERPRETER_CONFIG if interpreting() else COLUMN_GPU_CONFIGS[precision]
 
 
 def bucket_size(batch: int, minimum: int = 1) -> int:

@@ -61,7 +61,9 @@ def test_a_signal_mid_run_keeps_the_finished_rows(tmp_path, monkeypatch, capsys,
     assert code == 130 and result["status"] == "interrupted"
     rows = {(row["batch"], row["backend"]): row for row in result["rows"]}
     assert rows[(1, "torch")]["ms"] > 0 and rows[(1, "onnxruntime")]["ms"] > 0
-    assert rows[(2, "torch")]["ms"] is None and "not timed: run interrupted" in rows[(2, "torch")]["note"]
+    for backend in ("torch", "onnxruntime"):  # sampled, not yet written up; onnxruntime's row has a note already
+        assert rows[(2, backend)]["ms"] is None and "not timed: run interrupted" in rows[(2, backend)]["note"]
+    assert "not timed" not in rows[(2, "triton")]["note"]  # never meant to run here
     assert not [batch for batch, _ in rows if batch == 3]
     printed = capsys.readouterr().out
     assert "| flow | batch | backend |" in printed and "interrupted" in printed

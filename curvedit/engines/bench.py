@@ -166,6 +166,7 @@ def _prepare_rows(label, batch, backends, z, t, expected, device, args, results,
         if key in last and last[key][0] * batch / last[key][1] > args.max_call_s:
             row.note = f"skipped: a call would take > {args.max_call_s:g} s"
             continue
+        results.started.add(id(row))
         try:
             call = backend.prepare(z, t)
             t0 = time.perf_counter()

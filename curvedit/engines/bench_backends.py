@@ -1,6 +1,7 @@
 """The backends ``curvedit bench engine`` times side by side: torch eager (fp32; bf16 autocast on CUDA),
-torch.compile, the ONNX Runtime engine and, on CUDA, the triton engine at fp32, tf32 and bf16. Each is a
-``Backend`` whose ``prepare(z, t)`` returns the one call to time; an unavailable backend carries a note why.
+torch.compile, the ONNX Runtime engine and, on CUDA, the triton engine at fp32, tf32 and bf16 (and with its
+column-parallel kernels at fp32 and bf16). Each is a ``Backend`` whose ``prepare(z, t)`` returns the one call to
+time; an unavailable backend carries a note why.
 ``make_backends(..., compiled=True)`` gives the torch.compile ones only, ``compiled=False`` all the others: the
 benchmark times them in two passes, the compiling ones last."""
 
@@ -105,14 +106,26 @@ def _triton_backends(bundle: Bundle, editor_name: str, device: str) -> list[Back
         return [Backend("triton", "-", None, f"not importable: {exc}")]
     if not triton_available(device):
         return [Backend("triton", "-", None, "triton_available() is False on this device")]
+    from curvedit.engines.triton_engine import MAX_BUCKET
+    from curvedit.kernels.configs import column_config_for
+
+    # (label, precision, CUDA graphs, column-parallel kernels for every bucket)
+    variants = [("triton[cuda-graphs]", "fp32", True, False), ("triton[cuda-graphs]", "tf32", True, False),
+                ("triton[cuda-graphs]", "bf16", True, False), ("triton", "bf16", False, False),
+                ("triton-columns[cuda-graphs]", "fp32", True, True),
+                ("triton-columns[cuda-graphs]", "bf16", True, True)]
     backends = []
-    for precision, graphs in (("fp32", True), ("tf32", True), ("bf16", True), ("bf16", False)):
-        label = "triton[cuda-graphs]" if graphs else "triton"
+    for label, precision, graphs, columns in variants:
         try:
-            engine = TritonEngine(bundle, device=device, precision=precision, use_cuda_graphs=graphs)
+            engine = TritonEngine(bundle, device=device, precision=precision, use_cuda_graphs=graphs,
+                                  column_buckets_up_to=MAX_BUCKET if columns else 0)
         except Exception as exc:  # report and keep benchmarking the other precisions
             backends.append(Backend(label, precision, None, f"{type(exc).__name__}: {exc}"))
             continue
+        if columns:
+            describe = lambda p=precision: f"tile {column_config_for(p).name}"  # noqa: E731
+        else:
+            describe = lambda p=precision: f"tile {tuned_config_name(_edit_kernel, p) or '?'}"  # noqa: E731
         backends.append(Backend(label, precision, lambda z, t, e=engine: lambda: e.edit_tensor(editor_name, z, t),
-                                describe=lambda p=precision: f"tile {tuned_config_name(_edit_kernel, p) or '?'}"))
+                                describe=describe))
     return backends

@@ -45,6 +45,7 @@ class Results:
         self.start = time.time()
         self.status = "running"
         self.phases: dict[str, float] = {}  # phase name → seconds it took
+        self.started: set[int] = set()  # id() of the rows whose backend was set to run (not skipped)
         self.machine = machine_info(device)
 
     def add(self, row: Row) -> Row:
@@ -71,12 +72,11 @@ class Results:
             atomic_write(self.json_path, lambda tmp: Path(tmp).write_text(text))
 
     def finish(self, status: str) -> None:
-        """Mark rows that were prepared but never timed, write the JSON and print the table."""
+        """Mark rows that were started but never timed, write the JSON and print the table."""
         self.status = status
-        if status != "complete":
-            for row in self.rows:
-                if row.ms is None and not row.note:
-                    row.note = f"not timed: run {status}"
+        for row in self.rows:
+            if id(row) in self.started and row.ms is None and not row.note.startswith("error"):
+                row.note = "; ".join(filter(None, [row.note, f"not timed: run {status}"]))
         self.save()
         print(format_table(self.rows, self.device.startswith("cuda")))
         print(f"matmul peaks (GFLOP/s): {self.peaks}")
