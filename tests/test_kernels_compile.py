@@ -22,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from curvedit.kernels.compile_check import COLUMN_KERNELS
-from curvedit.kernels.configs import COLUMN_GPU_CONFIGS, GPU_CONFIGS, SM90_SHARED_LIMIT
+from curvedit.kernels.compile_check import COLUMN_KERNELS, resource_usage, run_job
+from curvedit.kernels.configs import COLUMN_GPU_CONFIGS, GPU_CONFIGS, SM90_SHARED_LIMIT, LaunchConfig
 
 JOBS = [f"{p}/{c.name}/edit" for p in ("fp32", "tf32", "bf16") for c in GPU_CONFIGS[p]]
 JOBS += [f"{p}/{GPU_CONFIGS[p][-1].name}/{k}" for p in ("fp32", "bf16")
@@ -70,3 +70,18 @@ def test_kernel_does_not_spill_registers_at_d512(compiled, job):
     assert row["spill_bytes"] == 0, (f"{job} spills {row['spill_bytes']} B per thread with {row['registers']} "
                                      f"registers under triton {row['triton']}")
     assert 0 < row["registers"] <= 255, row
+
+
+@pytest.mark.parametrize("config", sorted({c for configs in GPU_CONFIGS.values() for c in configs}, key=str))
+def test_config_names_round_trip(config):
+    assert LaunchConfig.from_name(config.name) == config
+
+
+@pytest.mark.parametrize("job", ["bf16/b16n64k64w4s3/nope", "fp8/b16n64k64w4s3/edit", "bf16/b16n64/edit", "edit"])
+def test_unknown_jobs_are_refused_before_compiling(job):
+    with pytest.raises(ValueError, match=r"unknown job|not of the form"):
+        run_job(job, 512, 512, 8)
+
+
+def test_a_file_that_is_no_cubin_has_no_resource_figures():
+    assert resource_usage(b"not a cubin") == {"registers": None, "spill_bytes": None}
