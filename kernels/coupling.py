@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from curvedit.kernels.configs import PRECISIONS, configs_for, triton_available
+from curvedit.kernels.configs import PRECISIONS, LaunchConfig, configs_for, triton_available
 from curvedit.kernels.packing import PackedFlow
 
 
@@ -152,6 +152,16 @@ def launch(kernel, grid_rows: int, precision: str, *args, **constexprs) -> None:
             key=["B", "D", "H"],
         )(kernel)
     _TUNED[key][lambda meta: (triton.cdiv(grid_rows, meta["BLOCK_B"]),)](*args, **constexprs)
+
+
+def tuned_config_name(kernel, precision: str) -> str | None:
+    """The tile configuration the autotuner chose at its last launch of ``kernel`` at ``precision``, e.g.
+    ``"b16n64k64w4s3"``; None before any autotuned launch (under the interpreter there is no autotuner)."""
+    best = getattr(_TUNED.get((id(kernel), precision)), "best_config", None)
+    if best is None:
+        return None
+    meta = best.kwargs
+    return LaunchConfig(meta["BLOCK_B"], meta["BLOCK_N"], meta["BLOCK_K"], best.num_warps, best.num_stages).name
 
 
 def check_latents(x: torch.Tensor, packed: PackedFlow, name: str = "x") -> torch.Tensor:

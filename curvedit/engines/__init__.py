@@ -66,7 +66,8 @@ def make_engine(bundle: Bundle, engine: str = "auto", device: str | None = None,
     """Build the engine named ``engine`` for ``bundle`` on ``device`` (``None`` = a GPU if one is usable).
 
     ``options`` go to the chosen backend only: ``OrtOptions`` fields for onnxruntime (``threads``,
-    ``spinning``, ``optimization``), ``precision`` / ``use_cuda_graphs`` for triton; torch takes none.
+    ``spinning``, ``optimization``), ``precision`` / ``use_cuda_graphs`` / ``column_buckets_up_to`` for triton;
+    torch takes none.
     """
     device = check_device(device)
     options = dict(options or {})
@@ -92,9 +93,10 @@ def make_engine(bundle: Bundle, engine: str = "auto", device: str | None = None,
     from curvedit.engines.triton_engine import TritonEngine
 
     # One CUDA graph per batch bucket: at small batches a replay costs far less than launching the kernels.
-    unknown = set(options) - {"precision", "use_cuda_graphs"}
+    unknown = set(options) - {"precision", "use_cuda_graphs", "column_buckets_up_to"}
     if unknown:
-        raise ValueError(f"the triton engine takes options precision and use_cuda_graphs, not {sorted(unknown)}")
+        raise ValueError("the triton engine takes options precision, use_cuda_graphs and column_buckets_up_to, "
+                         f"not {sorted(unknown)}")
     return TritonEngine(bundle, device=device, **{"use_cuda_graphs": device.startswith("cuda"), **options})
 
 

@@ -14,6 +14,14 @@ b = d − a transformed) with MLP width h:
 elementwise work is not counted, nor a mixing layer's 4·d² — none in the synthetic flow, 256 of the shipped
 flow's 0.16 MFLOP). d = h = 512, L = 8: 21.0 MFLOP per edit.
 
+Two passes, so the rows that matter come back first on a machine lent for minutes: the main pass times every
+backend that does not compile (torch eager, onnxruntime, triton) at every flow and batch; the compile pass then
+times torch.compile (a cold compile per flow, recompiles as shapes change), bounded by ``--compile-time-limit-s``
+on top of the whole run's ``--time-limit-s``; ``--no-compile`` leaves it out. Both passes run in one process
+on the same inputs, and the table puts each batch's rows side by side. The JSON is rewritten after every row,
+and SIGINT/SIGTERM (``timeout -s INT``) end the run through a ``finally`` that writes the JSON and prints the
+table of the rows finished so far (``bench_results``).
+
 Timing: each row warms up (compiles, builds sessions), then takes the median of ``repeats`` samples; on CUDA a
 sample is CUDA-event time over enough back-to-back calls to last ≥ 1 ms, divided by the call count. Peaks are
 measured in the same run with large ``torch.matmul``s (CPU: fp32 sgemm; GPU: fp32, tf32 and bf16).
@@ -22,23 +30,18 @@ measured in the same run with large ``torch.matmul``s (CPU: fp32 sgemm; GPU: fp3
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import json
-import os
-import platform
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from curvedit.bundle import Bundle, load_bundle
 from curvedit.engines.bench_backends import as_tensor, make_backends
+from curvedit.engines.bench_results import Results, Row, interrupts_raise
 from curvedit.engines.bench_timing import measure_peaks, sampler, synchronize
-from curvedit.models.files import atomic_write
 
 FULL_BATCHES = (1, 16, 64, 256, 1024, 4096)
 QUICK_BATCHES = (1, 16)
@@ -51,22 +54,6 @@ def edit_flops(editor) -> float:
     a, h = cfg.dim // 2, cfg.hidden
     b = cfg.dim - a
     return 2.0 * (a * h + h * h + h * 2 * b) * 2 * cfg.layers
-
-
-@dataclass
-class Row:
-    flow: str
-    batch: int
-    backend: str
-    precision: str
-    ms: float | None = None
-    edits_per_s: float | None = None
-    gflops: float | None = None
-    vs_eager: float | None = None
-    frac_peak: float | None = None  # of this machine's matmul rate at the row's precision (CPU: sgemm)
-    frac_bf16_peak: float | None = None  # GPU only
-    max_err: float | None = None  # vs torch eager fp32 on the same inputs
-    note: str = ""
 
 
 # -- the sweep --------------------------------------------------------------------------------------------------
@@ -93,12 +80,14 @@ def flow_bundles(flows: list[str], workdir: Path, quick: bool) -> list[tuple[str
     return out
 
 
-def _fill(row: Row, seconds: float, flops: float, eager_ms: float | None, peaks: dict[str, float]) -> None:
+def _fill(row: Row, seconds: float, flops: float, results: Results) -> None:
     row.ms = seconds * 1e3
     row.edits_per_s = row.batch / seconds
     row.gflops = flops * row.batch / seconds / 1e9
+    # The eager fp32 row is timed first in the main pass, so it is there for every later row of its batch.
+    eager_ms = results.eager_ms(row.flow, row.batch)
     row.vs_eager = eager_ms / row.ms if eager_ms else None
-    _fractions(row, peaks)
+    _fractions(row, results.peaks)
 
 
 def _fractions(row: Row, peaks: dict[str, float]) -> None:
@@ -108,14 +97,16 @@ def _fractions(row: Row, peaks: dict[str, float]) -> None:
     row.frac_bf16_peak = row.gflops / peaks["bf16"] if "bf16" in peaks else None
 
 
-def bench_flow(label: str, bundle: Bundle, device: str, args: argparse.Namespace,
-               peaks: dict[str, float]) -> list[Row]:
+def bench_flow(label: str, bundle: Bundle, device: str, args: argparse.Namespace, results: Results,
+               compiled: bool, deadline: tuple[float, str]) -> None:
+    """Time one pass's backends (``compiled``: the torch.compile ones, else all others) on one flow at every
+    batch size, adding the rows to ``results``. ``deadline``: (time.time() after which no new row starts, why)."""
     name = bundle.default_editor
     editor = bundle.editors[name]
     flops = edit_flops(editor)
     reference = copy.deepcopy(editor).cpu().eval()  # CPU fp32 eager: the max_err yardstick
-    backends = make_backends(bundle, name, device, args)
-    rows, last = [], {}  # (backend, precision) → (seconds per call, batch) at the last batch it ran
+    backends = make_backends(bundle, name, device, args, compiled=compiled)
+    last = {}  # (backend, precision) → (seconds per call, batch) at the last batch it ran
     for batch in args.batch_sizes:
         gen = torch.Generator().manual_seed(batch)
         z_cpu = torch.randn(batch, editor.latent_dim, generator=gen)
@@ -123,20 +114,17 @@ def bench_flow(label: str, bundle: Bundle, device: str, args: argparse.Namespace
         with torch.inference_mode():
             expected = reference.edit(z_cpu, t_cpu)
             timed = _prepare_rows(label, batch, backends, z_cpu.to(device), t_cpu.to(device), expected, device,
-                                  args, rows, last)
+                                  args, results, last, deadline)
             _sample_in_rounds(timed, device)
-        eager_ms = None
         for row, _, samples, _ in timed:
             if row.note.startswith("error") or not samples:
                 continue
             seconds = statistics.median(samples)
             last[(row.backend, row.precision)] = (seconds, batch)
-            if row.backend == "torch" and row.precision == "fp32":
-                eager_ms = seconds * 1e3
-            _fill(row, seconds, flops, eager_ms, peaks)
+            _fill(row, seconds, flops, results)
+            results.save()
             print(f"  {label:>16} b={batch:<5} {row.backend:<28} {row.precision:<13} {row.ms:10.3f} ms",
                   flush=True)
-    return rows
 
 
 def _sample_in_rounds(timed: list, device: str, rounds: int = 3) -> None:
@@ -163,117 +151,93 @@ def _error(exc: Exception) -> str:
     return f"error: {type(exc).__name__}: {first}"
 
 
-def _prepare_rows(label, batch, backends, z, t, expected, device, args, rows, last):
+def _prepare_rows(label, batch, backends, z, t, expected, device, args, results, last, deadline):
     """Add one row per backend at ``batch``; check each runnable one against ``expected`` and warm it up.
     Returns ``[(row, sampler, samples, repeats)]`` for the rows to time."""
     timed = []
     for backend in backends:
-        row = Row(label, batch, backend.name, backend.precision, note=backend.note)
-        rows.append(row)
+        row = results.add(Row(label, batch, backend.name, backend.precision, note=backend.note))
         key = (backend.name, backend.precision)
         if backend.prepare is None:
             continue
-        if time.time() > args.deadline:
-            row.note = f"skipped: --time-limit-s {args.time_limit_s:g} reached"
+        if time.time() > deadline[0]:
+            row.note = f"skipped: {deadline[1]} reached"
             continue
         if key in last and last[key][0] * batch / last[key][1] > args.max_call_s:
             row.note = f"skipped: a call would take > {args.max_call_s:g} s"
             continue
+        results.started.add(id(row))
         try:
             call = backend.prepare(z, t)
             t0 = time.perf_counter()
             row.max_err = float((as_tensor(call()) - expected).abs().max())
             slow = time.perf_counter() - t0 > args.slow_call_s  # long calls: fewer samples, no less exact
+            if backend.describe is not None:  # e.g. the tile the autotuner picked for this batch
+                row.note = "; ".join(filter(None, [row.note, backend.describe()]))
             for _ in range(min(args.warmup, 1) if slow else args.warmup):
                 call()
             synchronize(device)
             timed.append((row, sampler(call, device), [], min(args.repeats, 3) if slow else args.repeats))
         except Exception as exc:  # a failing backend is a result, not the end of the run
             row.note = _error(exc)
+        results.save()
     return timed
 
 
-def machine_info(device: str) -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_avg": os.getloadavg()}
-    with contextlib.suppress(OSError):
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        models = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
-        info["cpu"] = models[0] if models else platform.processor()
-    with contextlib.suppress(ImportError):
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    with contextlib.suppress(ImportError):
-        import triton
-
-        info["triton"] = triton.__version__
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def format_table(rows: list[Row], cuda: bool) -> str:
-    peak_cols = ["% peak", "% bf16 peak"] if cuda else ["% sgemm"]
-    head = ["flow", "batch", "backend", "precision", "ms/call", "edits/s", "GFLOP/s", "x eager", *peak_cols,
-            "max err", "note"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        peaks = [_fmt(r.frac_peak and 100 * r.frac_peak, ".1f")]
-        if cuda:
-            peaks.append(_fmt(r.frac_bf16_peak and 100 * r.frac_bf16_peak, ".1f"))
-        cells = [r.flow, str(r.batch), r.backend, r.precision, _fmt(r.ms, ".3f"), _fmt(r.edits_per_s, ",.0f"),
-                 _fmt(r.gflops, ".1f"), _fmt(r.vs_eager, ".2f"), *peaks, _fmt(r.max_err, ".1e"), r.note]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def _deadline(args: argparse.Namespace, start: float, compiled: bool) -> tuple[float, str]:
+    """``(time.time() after which a pass starts no new row, the flag that set it)``, computed as the pass
+    starts: the whole run's ``--time-limit-s``, and for the compile pass also its own limit."""
+    limit = (start + args.time_limit_s, f"--time-limit-s {args.time_limit_s:g}") if args.time_limit_s else (
+        float("inf"), "no limit")
+    if compiled and args.compile_time_limit_s is not None:
+        own = (time.time() + args.compile_time_limit_s, f"--compile-time-limit-s {args.compile_time_limit_s:g}")
+        limit = min(limit, own)
+    return limit
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Measure peaks, then every flow; the table is printed (and ``--json`` rewritten) after each flow, so a
-    run cut short still leaves its finished rows."""
+    """Measure peaks, then both passes over every flow. Rows reach ``--json`` as they finish; the table is
+    printed at the end, also when the run is cut short by a signal or an error."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cuda = device.startswith("cuda")
-    flows = args.flows.split(",")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     start = time.time()
-    args.deadline = start + args.time_limit_s if args.time_limit_s else float("inf")
     peaks = measure_peaks(device, args.quick)
     print("matmul peaks (GFLOP/s): " + ", ".join(f"{k} {v:,.0f}" for k, v in peaks.items()), flush=True)
-    rows: list[Row] = []
-    result: dict = {}
-    with tempfile.TemporaryDirectory(prefix="curvedit-bench-") as tmp:
-        for label, path in flow_bundles(flows, Path(tmp), args.quick):
-            rows.extend(bench_flow(label, load_bundle(path), device, args, peaks))
-            config = {k: v for k, v in vars(args).items() if k not in ("func", "deadline")}
-            result = {"machine": machine_info(device), "device": device, "peaks_gflops": peaks,
-                      "flops_per_edit": "2*(a*h + h*h + h*2b)*2*L", "seconds": time.time() - start,
-                      "config": config, "rows": [asdict(r) for r in rows]}
-            if args.json:
-                text = json.dumps(result, indent=2) + "\n"
-                atomic_write(args.json, lambda tmp, text=text: Path(tmp).write_text(text))
-    # Peaks again at the end, keeping the higher: a busy moment at the start must not flatter the fractions.
-    again = measure_peaks(device, args.quick)
-    if any(again[k] > peaks[k] for k in peaks):
-        peaks.update({k: max(peaks[k], again[k]) for k in peaks})
-        for row in rows:
+    results = Results(args.json, device, peaks, {k: v for k, v in vars(args).items() if k != "func"})
+    results.save()
+    status = "failed"
+    with interrupts_raise(), tempfile.TemporaryDirectory(prefix="curvedit-bench-") as tmp:
+        try:
+            bundles = [(label, load_bundle(path))
+                       for label, path in flow_bundles(args.flows.split(","), Path(tmp), args.quick)]
+            for name, compiled in (("main", False), ("compile", True)):
+                if compiled and args.no_compile:
+                    continue
+                began = time.time()
+                print(f"-- {name} pass ({began - start:.0f} s into the run)", flush=True)
+                deadline = _deadline(args, start, compiled)
+                for label, bundle in bundles:
+                    bench_flow(label, bundle, device, args, results, compiled, deadline)
+                results.phases[name] = time.time() - began
+            _peaks_again(results, device, args.quick)
+            status = "complete"
+        except KeyboardInterrupt as exc:
+            status = "interrupted"
+            print(f"\ninterrupted ({exc}): the table below has the rows finished so far", flush=True)
+        finally:
+            results.finish(status)
+    return results.as_dict()
+
+
+def _peaks_again(results: Results, device: str, quick: bool) -> None:
+    """Peaks again at the end, keeping the higher: a busy moment at the start must not flatter the fractions."""
+    again = measure_peaks(device, quick)
+    if any(again[k] > results.peaks[k] for k in results.peaks):
+        results.peaks.update({k: max(results.peaks[k], again[k]) for k in results.peaks})
+        for row in results.rows:
             if row.gflops is not None:
-                _fractions(row, peaks)
-        result["peaks_gflops"] = peaks
-        result["rows"] = [asdict(r) for r in rows]
-        if args.json:
-            text = json.dumps(result, indent=2) + "\n"
-            atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
-    print(format_table(rows, cuda))
-    print(f"matmul peaks (GFLOP/s, best of start and end): {peaks}")
-    print(f"device {device}; load average {os.getloadavg()}; {result['seconds']:.0f} s")
-    if args.json:
-        print(f"wrote {args.json}")
-    return result
+                _fractions(row, results.peaks)
 
 
 def cmd_bench_engine(args: argparse.Namespace) -> int:
@@ -285,8 +249,14 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
         raise ValueError("--batch-sizes and --repeats must be >= 1 and --warmup >= 0")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    run(args)
-    return 0
+    if args.compile and args.no_compile:
+        raise ValueError("--compile and --no-compile contradict each other; pass one")
+    if args.time_limit_s is not None and args.time_limit_s <= 0:
+        raise ValueError(f"--time-limit-s must be > 0, got {args.time_limit_s}")
+    if args.compile_time_limit_s is not None and args.compile_time_limit_s <= 0:
+        raise ValueError(f"--compile-time-limit-s must be > 0, got {args.compile_time_limit_s}")
+    status = run(args)["status"]
+    return 0 if status == "complete" else 130
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -301,12 +271,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: small d=64 flow, batches 1 and 16, no torch.compile")
     parser.add_argument("--compile", action="store_true", help="time torch.compile even with --quick")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="leave out the torch.compile pass (every other backend is still timed)")
     parser.add_argument("--compile-mode", default=None,
                         help="torch.compile mode (default: reduce-overhead on CUDA, default on CPU)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch and ONNX Runtime alike (default: torch's and ORT's own)")
     parser.add_argument("--time-limit-s", type=float, default=None,
-                        help="stop timing new rows after this many seconds (finished rows are kept)")
+                        help="start no new row after this many seconds from the start, in either pass "
+                             "(finished rows are kept)")
+    parser.add_argument("--compile-time-limit-s", type=float, default=None,
+                        help="start no new row after this many seconds into the torch.compile pass")
     parser.add_argument("--max-call-s", type=float, default=5.0,
                         help="skip a backend's larger batches once one call would exceed this (default 5 s)")
     parser.add_argument("--slow-call-s", type=float, default=0.3,

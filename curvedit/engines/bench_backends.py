@@ -1,6 +1,9 @@
 """The backends ``curvedit bench engine`` times side by side: torch eager (fp32; bf16 autocast on CUDA),
-torch.compile, the ONNX Runtime engine and, on CUDA, the triton engine at fp32, tf32 and bf16. Each is a
-``Backend`` whose ``prepare(z, t)`` returns the one call to time; an unavailable backend carries a note why."""
+torch.compile, the ONNX Runtime engine and, on CUDA, the triton engine at fp32, tf32 and bf16 (and with its
+column-parallel kernels at fp32 and bf16). Each is a ``Backend`` whose ``prepare(z, t)`` returns the one call to
+time; an unavailable backend carries a note why.
+``make_backends(..., compiled=True)`` gives the torch.compile ones only, ``compiled=False`` all the others: the
+benchmark times them in two passes, the compiling ones last."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ class Backend:
     precision: str
     prepare: Callable[[torch.Tensor, torch.Tensor], Callable[[], object]] | None  # (z, t) → one timed call
     note: str = ""
+    describe: Callable[[], str] | None = None  # after the first call: a note on what ran (e.g. the tile chosen)
 
 
 def as_tensor(out) -> torch.Tensor:
@@ -34,33 +38,39 @@ def _autocast(device: str):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
 
 
-def make_backends(bundle: Bundle, editor_name: str, device: str, args: argparse.Namespace) -> list[Backend]:
-    """Every backend this machine can run for ``editor_name``; the unavailable ones carry a note why."""
-    # Built first, from the bundle's CPU modules; torch backends get their own copy on the device.
-    onnx_backend = _onnx_backend(bundle, editor_name, device, args.quick, args.threads)
-    triton_backends = _triton_backends(bundle, editor_name, device)
+def make_backends(bundle: Bundle, editor_name: str, device: str, args: argparse.Namespace,
+                  compiled: bool = False) -> list[Backend]:
+    """The backends this machine can run for ``editor_name`` (unavailable ones carry a note why): the
+    torch.compile ones when ``compiled``, else torch eager, onnxruntime and triton."""
+    # torch backends get their own copy of the bundle's CPU modules on the device.
     editor = copy.deepcopy(bundle.editors[editor_name]).to(device).eval()
     cuda = device.startswith("cuda")
-    backends = [Backend("torch", "fp32", lambda z, t: lambda: editor.edit(z, t))]
 
     def bf16_edit(z, t):
         with _autocast(device):
             return editor.edit(z, t)
 
+    if compiled:
+        return _compiled_backends(editor.edit, bf16_edit, cuda, args)
+    backends = [Backend("torch", "fp32", lambda z, t: lambda: editor.edit(z, t))]
     if cuda:
         backends.append(Backend("torch", "bf16-autocast", lambda z, t: lambda: bf16_edit(z, t)))
+    onnx_backend = _onnx_backend(bundle, editor_name, device, args.quick, args.threads)
+    return [*backends, onnx_backend, *_triton_backends(bundle, editor_name, device)]
+
+
+def _compiled_backends(edit, bf16_edit, cuda: bool, args: argparse.Namespace) -> list[Backend]:
     mode = args.compile_mode or ("reduce-overhead" if cuda else "default")
     if args.quick and not args.compile:
-        backends.append(Backend("torch.compile", "fp32", None, "skipped in --quick (compiling takes minutes)"))
-    else:
-        torch._dynamo.reset()
-        compiled = torch.compile(editor.edit, mode=mode)
-        backends.append(Backend(f"torch.compile[{mode}]", "fp32", lambda z, t: lambda: compiled(z, t)))
-        if cuda:
-            compiled_bf16 = torch.compile(bf16_edit, mode=mode)
-            backends.append(Backend(f"torch.compile[{mode}]", "bf16-autocast",
-                                    lambda z, t: lambda: compiled_bf16(z, t)))
-    return [*backends, onnx_backend, *triton_backends]
+        return [Backend("torch.compile", "fp32", None, "skipped in --quick (compiling takes minutes)")]
+    torch._dynamo.reset()
+    compiled = torch.compile(edit, mode=mode)
+    backends = [Backend(f"torch.compile[{mode}]", "fp32", lambda z, t: lambda: compiled(z, t))]
+    if cuda:
+        compiled_bf16 = torch.compile(bf16_edit, mode=mode)
+        backends.append(Backend(f"torch.compile[{mode}]", "bf16-autocast",
+                                lambda z, t: lambda: compiled_bf16(z, t)))
+    return backends
 
 
 def _onnx_backend(bundle: Bundle, editor_name: str, device: str, quick: bool, threads: int | None) -> Backend:
@@ -90,18 +100,32 @@ def _triton_backends(bundle: Bundle, editor_name: str, device: str) -> list[Back
         return [Backend("triton", "-", None, "CUDA only (the CPU interpreter is not a benchmark)")]
     try:
         from curvedit.engines.triton_engine import TritonEngine, triton_available
+        from curvedit.kernels.coupling import tuned_config_name
+        from curvedit.kernels.edit import _edit_kernel
     except ImportError as exc:
         return [Backend("triton", "-", None, f"not importable: {exc}")]
     if not triton_available(device):
         return [Backend("triton", "-", None, "triton_available() is False on this device")]
+    from curvedit.engines.triton_engine import MAX_BUCKET
+    from curvedit.kernels.configs import column_config_for
+
+    # (label, precision, CUDA graphs, column-parallel kernels for every bucket)
+    variants = [("triton[cuda-graphs]", "fp32", True, False), ("triton[cuda-graphs]", "tf32", True, False),
+                ("triton[cuda-graphs]", "bf16", True, False), ("triton", "bf16", False, False),
+                ("triton-columns[cuda-graphs]", "fp32", True, True),
+                ("triton-columns[cuda-graphs]", "bf16", True, True)]
     backends = []
-    for precision, graphs in (("fp32", True), ("tf32", True), ("bf16", True), ("bf16", False)):
-        label = "triton[cuda-graphs]" if graphs else "triton"
+    for label, precision, graphs, columns in variants:
         try:
-            engine = TritonEngine(bundle, device=device, precision=precision, use_cuda_graphs=graphs)
+            engine = TritonEngine(bundle, device=device, precision=precision, use_cuda_graphs=graphs,
+                                  column_buckets_up_to=MAX_BUCKET if columns else 0)
         except Exception as exc:  # report and keep benchmarking the other precisions
             backends.append(Backend(label, precision, None, f"{type(exc).__name__}: {exc}"))
             continue
-        backends.append(Backend(label, precision,
-                                lambda z, t, e=engine: lambda: e.edit_tensor(editor_name, z, t)))
+        if columns:
+            describe = lambda p=precision: f"tile {column_config_for(p).name}"  # noqa: E731
+        else:
+            describe = lambda p=precision: f"tile {tuned_config_name(_edit_kernel, p) or '?'}"  # noqa: E731
+        backends.append(Backend(label, precision, lambda z, t, e=engine: lambda: e.edit_tensor(editor_name, z, t),
+                                describe=describe))
     return backends

@@ -6,6 +6,11 @@ padded to power-of-two buckets (at least 16 on a GPU) with fixed buffers per (ed
 ``use_cuda_graphs=True`` also captures one CUDA graph per bucket: a call then costs two input copies, one graph
 replay and one output copy. On a CPU machine the engine runs only under Triton's interpreter
 (``TRITON_INTERPRET=1``), which is for tests, not speed.
+
+Buckets up to ``column_buckets_up_to`` rows run the column-parallel kernels (``curvedit.kernels.columns``: every
+layer's columns spread over many programs, 6·L + 1 launches per edit, for CUDA graphs) instead of the one fused
+launch, whose single program per 16 rows leaves a small batch on one SM. Off (0) by default until a GPU run
+says where the two cross.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 
 from curvedit.bundle import Bundle
 from curvedit.engines.base import to_tensor
+from curvedit.kernels.columns import ColumnEditPlan
 from curvedit.kernels.configs import bucket_size, check_precision, interpreting, triton_available
 from curvedit.kernels.coupling import check_latents
 from curvedit.kernels.edit import EditPlan, check_amounts
@@ -37,15 +43,20 @@ class TritonEngine:
 
     ``precision`` is the MLP precision of the kernels: "fp32" (exact fp32 products), "tf32", "bf16" (bf16
     inputs, fp32 accumulation; GPU only, the interpreter mishandles bf16) or "fp16". The latent state and the
-    affine step are fp32 in every mode.
+    affine step are fp32 in every mode. ``column_buckets_up_to``: batch buckets up to this many rows run the
+    column-parallel kernels (see the module docstring; 0 = never).
     """
 
     name = "triton"
 
     def __init__(self, bundle: Bundle, device: str = "cuda", precision: str = "fp32",
-                 use_cuda_graphs: bool = False):
+                 use_cuda_graphs: bool = False, column_buckets_up_to: int = 0):
         self.device = torch.device(device)
         self.precision = check_precision(precision)
+        if isinstance(column_buckets_up_to, bool) or not isinstance(column_buckets_up_to, int) \
+                or column_buckets_up_to < 0:
+            raise ValueError(f"column_buckets_up_to must be an int >= 0 (0 = never), got {column_buckets_up_to!r}")
+        self.column_buckets_up_to = column_buckets_up_to
         if not triton_available(self.device):
             if self.device.type == "cpu":
                 where = "TRITON_INTERPRET=1 is not set"
@@ -69,7 +80,7 @@ class TritonEngine:
             for name, editor in self.editors.items() if isinstance(editor, DeCurvEd)
         }
         # (editor, batch bucket, K) → fixed buffers, and their CUDA graph when graphs are on.
-        self._plans: dict[tuple[str, int, int], tuple[EditPlan, torch.cuda.CUDAGraph | None]] = {}
+        self._plans: dict[tuple[str, int, int], tuple[EditPlan | ColumnEditPlan, torch.cuda.CUDAGraph | None]] = {}
         self._lock = threading.Lock()
 
     def _editor(self, editor: str) -> torch.nn.Module:
@@ -94,7 +105,8 @@ class TritonEngine:
         key = (editor, bucket_size(batch, 16 if self.device.type == "cuda" else 1), directions)
         with self._lock:
             if key not in self._plans:
-                plan = EditPlan(packed, key[1], directions)
+                plan_type = ColumnEditPlan if key[1] <= self.column_buckets_up_to else EditPlan
+                plan = plan_type(packed, key[1], directions)
                 self._plans[key] = (plan, self._capture(plan) if self.use_cuda_graphs else None)
         plan, graph = self._plans[key]
         with self._lock:  # the plan's buffers are shared by every call of this bucket (e.g. service threads)
@@ -108,7 +120,7 @@ class TritonEngine:
             return plan.out[:batch].clone()
 
     @staticmethod
-    def _capture(plan: EditPlan) -> torch.cuda.CUDAGraph:
+    def _capture(plan: EditPlan | ColumnEditPlan) -> torch.cuda.CUDAGraph:
         device = plan.packed.device
         # Compile and autotune eagerly first (on a side stream, as capture requires): neither may happen inside
         # a capture.
