@@ -69,10 +69,11 @@ class InvertibleLinear(nn.Module):
         if torch.is_grad_enabled() and self.weight.requires_grad:
             x = torch.linalg.solve(self.weight, y.t()).t()
         else:
-            x = y @ self._cached_inverse().t()
+            x = y @ self.cached_inverse().t()
         return x, -self._logabsdet(y.shape[0], logdet, y)
 
-    def _cached_inverse(self) -> torch.Tensor:
+    def cached_inverse(self) -> torch.Tensor:
+        """``W⁻¹`` for inference, inverted once per change of ``W`` (fill it before capturing a CUDA graph)."""
         w = self.weight
         key = (w._version, w.data_ptr(), w.device, w.dtype)  # in-place updates (optimiser, load) bump _version
         if self._inverse is None or self._inverse[0] != key:

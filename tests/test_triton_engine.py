@@ -123,6 +123,18 @@ def test_column_buckets_match_torch_engine(bundle, batch):
     assert type(plan).__name__ == ("ColumnEditPlan" if batch <= 16 else "EditPlan")
 
 
+@needs_kernels
+@pytest.mark.parametrize(("dim", "hidden", "expected"), [(8, 16, 0), (8, 256, 1024), (512, 64, 1024)])
+def test_column_buckets_default_to_what_the_gpu_run_measured(tmp_path, dim, hidden, expected):
+    """By default only wide flows (d or h >= 256) run their buckets up to 1,024 rows on the column kernels."""
+    from curvedit.synthetic import make_synthetic_bundle
+
+    path = make_synthetic_bundle(tmp_path / "b", latent_dim=dim, hidden=hidden, layers=1, directions=2)
+    engine = TritonEngine(load_bundle(path), device="cpu")
+    assert engine.columns_up_to("decurved") == expected
+    assert TritonEngine(load_bundle(path), device="cpu", column_buckets_up_to=0).columns_up_to("decurved") == 0
+
+
 @pytest.mark.parametrize("value", [-1, 1.5, True, "16"])
 def test_bad_column_buckets_are_refused(bundle, value):
     with pytest.raises(ValueError, match="column_buckets_up_to"):

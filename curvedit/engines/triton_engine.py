@@ -37,6 +37,11 @@ __all__ = ["TritonEngine", "triton_available"]
 # one huge call cannot pin huge buffers on the GPU for the engine's lifetime. 4096 rows already fill an H100.
 MAX_BUCKET = 4096
 
+# The measured default of ``column_buckets_up_to`` (run G2, H200): flows at least this wide run buckets up to
+# WIDE_FLOW_COLUMN_BUCKETS rows on the column-parallel kernels; narrower flows always run the fused kernel.
+WIDE_FLOW = 256
+WIDE_FLOW_COLUMN_BUCKETS = 1024
+
 
 class TritonEngine:
     """``edit`` / ``generate`` on NumPy arrays (the engine protocol) plus ``edit_tensor`` on device tensors.
@@ -44,18 +49,22 @@ class TritonEngine:
     ``precision`` is the MLP precision of the kernels: "fp32" (exact fp32 products), "tf32", "bf16" (bf16
     inputs, fp32 accumulation; GPU only, the interpreter mishandles bf16) or "fp16". The latent state and the
     affine step are fp32 in every mode. ``column_buckets_up_to``: batch buckets up to this many rows run the
-    column-parallel kernels (see the module docstring; 0 = never).
+    column-parallel kernels (see the module docstring; 0 = never); ``None`` (the default) picks per editor what
+    the H200 run G2 measured (benchmarks/RESULTS.md): columns up to 1,024 rows for flows of width ≥ 256
+    (d = h = 512: 0.21 against 0.97 ms at batch ≤ 64 in bf16, 0.68 against 0.92 ms at 1,024, but 2.16 against
+    1.45 ms at 4,096), never for narrow flows (d = 8, h = 64: the fused kernel was faster at every batch).
     """
 
     name = "triton"
 
     def __init__(self, bundle: Bundle, device: str = "cuda", precision: str = "fp32",
-                 use_cuda_graphs: bool = False, column_buckets_up_to: int = 0):
+                 use_cuda_graphs: bool = False, column_buckets_up_to: int | None = None):
         self.device = torch.device(device)
         self.precision = check_precision(precision)
-        if isinstance(column_buckets_up_to, bool) or not isinstance(column_buckets_up_to, int) \
-                or column_buckets_up_to < 0:
-            raise ValueError(f"column_buckets_up_to must be an int >= 0 (0 = never), got {column_buckets_up_to!r}")
+        if column_buckets_up_to is not None and (isinstance(column_buckets_up_to, bool) or not isinstance(
+                column_buckets_up_to, int) or column_buckets_up_to < 0):
+            raise ValueError(f"column_buckets_up_to must be an int >= 0 (0 = never) or None (measured default), "
+                             f"got {column_buckets_up_to!r}")
         self.column_buckets_up_to = column_buckets_up_to
         if not triton_available(self.device):
             if self.device.type == "cpu":
@@ -105,7 +114,7 @@ class TritonEngine:
         key = (editor, bucket_size(batch, 16 if self.device.type == "cuda" else 1), directions)
         with self._lock:
             if key not in self._plans:
-                plan_type = ColumnEditPlan if key[1] <= self.column_buckets_up_to else EditPlan
+                plan_type = ColumnEditPlan if key[1] <= self.columns_up_to(editor) else EditPlan
                 plan = plan_type(packed, key[1], directions)
                 self._plans[key] = (plan, self._capture(plan) if self.use_cuda_graphs else None)
         plan, graph = self._plans[key]
@@ -118,6 +127,13 @@ class TritonEngine:
             else:
                 graph.replay()
             return plan.out[:batch].clone()
+
+    def columns_up_to(self, editor: str) -> int:
+        """The largest batch bucket of ``editor`` that runs the column-parallel kernels (0 = none)."""
+        if self.column_buckets_up_to is not None:
+            return self.column_buckets_up_to
+        flow = self.editors[editor].flow.config
+        return WIDE_FLOW_COLUMN_BUCKETS if max(flow.dim, flow.hidden) >= WIDE_FLOW else 0
 
     @staticmethod
     def _capture(plan: EditPlan | ColumnEditPlan) -> torch.cuda.CUDAGraph:
