@@ -62,6 +62,7 @@ class Entry:
     deadline: float | None = None  # absolute time on the batcher's clock
     future: Any = None  # anything with done(); done before compute = cancelled, so dropped
     started: float | None = None  # when its batch began computing (queue wait = started - arrival)
+    siblings: tuple[Entry, ...] = ()  # the other chunks of the same request (cancelled if this one fails)
 
     @property
     def n(self) -> int:
@@ -266,6 +267,9 @@ class BatchRunner:
         now, m = self.clock(), self.queue.max_batch_size
         entries = [Entry(key, z[i : i + m], None if amounts is None else amounts[i : i + m], now, deadline,
                          loop.create_future()) for i in range(0, z.shape[0], m)]
+        if len(entries) > 1:
+            for e in entries:
+                e.siblings = tuple(entries)
         try:
             self.queue.put(entries)
         except QueueFull:
@@ -384,4 +388,7 @@ class BatchRunner:
                 if not entry.future.done():
                     entry.future.set_exception(error)
                     entry.future.exception()
+                for other in entry.siblings:  # the request has failed: its queued chunks must not run
+                    if not other.future.done():
+                        other.future.cancel()
         self._guard("executed", batch, seconds, error)

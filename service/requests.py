@@ -73,8 +73,12 @@ def item_count(request, field: str, latent_dim: int) -> int:
         return len(request.seeds.seeds)
     if which == "seed":
         return 1
-    shape = getattr(request, which).shape
-    return int(shape[0]) if len(shape) else 0
+    shape = list(getattr(request, which).shape)
+    if len(shape) != 2:
+        raise invalid(f"{which} must have 2 dimensions [n, {latent_dim}], got shape {shape}; set Tensor.shape")
+    if min(shape) < 0:
+        raise invalid(f"{which} shape {shape} has a negative dimension; set Tensor.shape to [n, {latent_dim}]")
+    return shape[0]
 
 
 def check_count(n: int, max_items: int) -> None:
@@ -134,10 +138,11 @@ def amounts(served: ServedModel, editor: str, request: pb.EditRequest, n: int) -
     return served.model.amounts(full, n, editor)
 
 
-def traverse_amounts(request: pb.TraverseRequest) -> np.ndarray:
+def traverse_amounts(request: pb.TraverseRequest, max_items: int) -> np.ndarray:
     """The frames' amounts float32 ``[steps]``: ``linspace(start, stop, steps)``; both unset = ±1.5."""
     if request.steps < 1:
         raise invalid(f"steps must be >= 1, got {request.steps}")
+    check_count(request.steps, max_items)  # before anything of that size is made
     if not (math.isfinite(request.start) and math.isfinite(request.stop)):
         raise invalid(f"start and stop must be finite numbers, got {request.start} and {request.stop}")
     start, stop = request.start, request.stop

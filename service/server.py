@@ -38,6 +38,7 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # gRPC core silently CANCELs calls beyond this many waiting for the application; admission control answers them
 # instead (RESOURCE_EXHAUSTED with pushback, counted), so core's own limit is set out of the way.
 CORE_PENDING_LIMIT = 1 << 20
+HOLD_S = 0.1  # how long the last refusals of a drain are held so gRPC core can stop without cancelling calls
 _GRPC_TYPE = {"unary_unary": "unary", "unary_stream": "server_stream", "stream_unary": "client_stream",
               "stream_stream": "bidi_stream"}
 
@@ -160,12 +161,24 @@ class EditServer:
             end = time.monotonic() + 2.0
             while self.servicer.inflight > 0 and time.monotonic() < end:  # let them send their status
                 await asyncio.sleep(0.01)
+        # Refusals are held across gRPC's own stop: a client waiting for its answer sends nothing new, and a call
+        # arriving while gRPC core shuts down would be CANCELLED by it. Once core stops taking calls, the held
+        # refusals go out (UNAVAILABLE), and the clients' next calls find the port closed (UNAVAILABLE too).
+        loop = asyncio.get_running_loop()
+        self.servicer.hold = loop.create_future()
         self.servicer.close_streams()
-        await self.stop(grace_s=max(1.0, deadline - time.monotonic()))
+        await asyncio.sleep(HOLD_S)
+        stopping = asyncio.create_task(self.grpc.stop(max(1.0, deadline - time.monotonic())))
+        await asyncio.sleep(HOLD_S / 4)
+        self.servicer.hold.set_result(None)
+        await stopping
+        await self.stop()
         return clean
 
     async def stop(self, grace_s: float = 0.0) -> None:
         await self.grpc.stop(grace_s)
+        if self.servicer.hold is not None and not self.servicer.hold.done():
+            self.servicer.hold.set_result(None)
         self.runner.stop()
         if self._runner_task is not None:
             self._runner_task.cancel()

@@ -46,6 +46,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         self.metrics = metrics
         self.max_items = max_items
         self.streams: set[asyncio.Queue] = set()  # answer queues of the open EditStreams
+        self.hold: asyncio.Future | None = None  # at the end of a drain: refusals wait for it (see server.drain)
 
     @property
     def draining(self) -> bool:
@@ -114,6 +115,8 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
 
     async def _abort(self, context, code, message: str, pushback: int, kind: str, method: str, start: float):
         """Count the RPC as handled, then end it: the count must be visible once the client sees the status."""
+        if code == grpc.StatusCode.UNAVAILABLE and self.hold is not None and not self.hold.done():
+            await asyncio.shield(self.hold)
         if pushback:
             context.set_trailing_metadata(((PUSHBACK_KEY, str(pushback)),))
         self.metrics.rpc_handled(kind, method, code.name, time.perf_counter() - start)
@@ -190,9 +193,8 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             served = self._model(req.model)
             editor = requests.editor(served, req.editor)
             k = requests.direction(served, editor, req.direction)
-            values = requests.traverse_amounts(req)
+            values = requests.traverse_amounts(req, self.max_items)
             fmt = requests.image_format(req.image_format)
-            check_count(req.steps, self.max_items)
             if item_count(req, "latent", served.latent_dim) != 1:
                 raise invalid(f"traverse takes one latent, got shape {list(req.latent.shape)}; pass "
                                        f"latent as [1, {served.latent_dim}]")
