@@ -99,9 +99,9 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercepto
         return continuation(self._with(details), requests)
 
 
-class _AsyncBearer(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
-                   grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
-    """Adds ``authorization: Bearer <token>`` to every call of an asyncio channel."""
+class _AsyncBearer:
+    """Adds ``authorization: Bearer <token>`` to the calls of an asyncio channel (one subclass per call kind:
+    grpc.aio files an interceptor under the first kind it implements only)."""
 
     def __init__(self, token: str):
         self.header = ("authorization", f"Bearer {token}")
@@ -110,17 +110,29 @@ class _AsyncBearer(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamCli
         metadata = grpc.aio.Metadata(*(d.metadata or ()), self.header)
         return grpc.aio.ClientCallDetails(d.method, d.timeout, metadata, d.credentials, d.wait_for_ready)
 
+
+class _AsyncBearerUnaryUnary(_AsyncBearer, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, details, request):
         return await continuation(self._with(details), request)
 
+
+class _AsyncBearerUnaryStream(_AsyncBearer, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, details, request):
         return await continuation(self._with(details), request)
 
+
+class _AsyncBearerStreamUnary(_AsyncBearer, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, details, requests):
         return await continuation(self._with(details), requests)
 
+
+class _AsyncBearerStreamStream(_AsyncBearer, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, details, requests):
         return await continuation(self._with(details), requests)
+
+
+_ASYNC_BEARERS = (_AsyncBearerUnaryUnary, _AsyncBearerUnaryStream, _AsyncBearerStreamUnary,
+                  _AsyncBearerStreamStream)
 
 
 def open_channel(target: str, security: Security | None = None) -> grpc.Channel:
@@ -140,7 +152,7 @@ def open_aio_channel(target: str, security: Security | None = None) -> grpc.aio.
     options = _OPTIONS + security.options()
     credentials = security.credentials()
     token = security.token()
-    interceptors = [_AsyncBearer(token)] if token else None
+    interceptors = [bearer(token) for bearer in _ASYNC_BEARERS] if token else None
     if credentials is not None:
         return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
