@@ -185,6 +185,7 @@ class EditServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner_task
         self.runner.executor.shutdown(wait=False, cancel_futures=True)
+        self.servicer.helper.shutdown(wait=False, cancel_futures=True)
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()

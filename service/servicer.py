@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -34,6 +35,7 @@ from curvedit.v1 import latent_edit_pb2 as pb
 from curvedit.v1 import latent_edit_pb2_grpc as pb_grpc
 
 _CLOSE = object()  # put into an open EditStream's answer queue at the end of a drain: end it with UNAVAILABLE
+HEAVY_ITEMS = 32  # above this many seeds to sample or PNGs to encode, the work leaves the event loop
 
 
 class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
@@ -47,6 +49,9 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         self.max_items = max_items
         self.streams: set[asyncio.Queue] = set()  # answer queues of the open EditStreams
         self.hold: asyncio.Future | None = None  # at the end of a drain: refusals wait for it (see server.drain)
+        # Sampling many seeds or encoding many PNGs takes milliseconds; on a thread of its own the event loop
+        # keeps answering (and refusing) other calls meanwhile.
+        self.helper = ThreadPoolExecutor(1, "curvedit-prepare")
 
     @property
     def draining(self) -> bool:
@@ -142,6 +147,16 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         self.metrics.request_done(served.name, served.version, method, end - start, queue_s)
         return outputs
 
+    async def _latents(self, served: ServedModel, request, n: int) -> np.ndarray:
+        if n > HEAVY_ITEMS and request.WhichOneof("input") == "seeds":
+            return await asyncio.get_running_loop().run_in_executor(self.helper, requests.latents, served, request)
+        return requests.latents(served, request)
+
+    async def _images(self, images: np.ndarray, fmt: int) -> pb.Images:
+        if fmt == pb.IMAGE_FORMAT_PNG and len(images) > HEAVY_ITEMS:
+            return await asyncio.get_running_loop().run_in_executor(self.helper, codec.to_images, images, fmt)
+        return codec.to_images(images, fmt)
+
     # -- the RPCs -------------------------------------------------------------------------------------------
     async def ListModels(self, request, context):
         async def work(_request, _ticket, _method):
@@ -161,14 +176,14 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         check_count(n, self.max_items)
         key = (served.name, editor, EDIT_IMAGES if request.return_images else EDIT)
         ticket.reserve(key, n)
-        z = requests.latents(served, request)
+        z = await self._latents(served, request, n)
         amounts = requests.amounts(served, editor, request, z.shape[0])
         outputs = await self._run(served, key, z, amounts, ticket, method)
         requests.check_finite(outputs[0])
         response = pb.EditResponse(latents=codec.to_tensor(outputs[0]), model=served.name,
                                    model_version=served.version, id=request.id)
         if request.return_images:
-            response.images.CopyFrom(codec.to_images(outputs[1], fmt))
+            response.images.CopyFrom(await self._images(outputs[1], fmt))
         return response
 
     async def Edit(self, request, context):
@@ -182,9 +197,9 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             check_count(n, self.max_items)
             key = (served.name, "", GENERATE)
             ticket.reserve(key, n)
-            z = requests.latents(served, req)
+            z = await self._latents(served, req, n)
             (images,) = await self._run(served, key, z, None, ticket, method)
-            return pb.GenerateResponse(images=codec.to_images(images, fmt), model=served.name,
+            return pb.GenerateResponse(images=await self._images(images, fmt), model=served.name,
                                        model_version=served.version)
         return await self._unary("Generate", work, request, context)
 
