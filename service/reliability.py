@@ -35,6 +35,7 @@ from curvedit.service.loadtest import OPTIONS, ServerProcess
 from curvedit.v1 import latent_edit_pb2_grpc as pb_grpc
 
 REFUSED = ("RESOURCE_EXHAUSTED", "UNAVAILABLE")
+_CODES = {code.value[0]: code.value for code in grpc.StatusCode}
 
 
 def refused(code: str, details: str) -> bool:
@@ -165,7 +166,13 @@ async def steady(target: str, clients: int, stop: asyncio.Event, outcomes: colle
                     await asyncio.sleep(0.05)
             try:
                 async for answer in stub.EditStream(messages(), timeout=3600):
-                    outcomes["stream " + ("error" if answer.HasField("error") else "OK")] += 1
+                    if not answer.HasField("error"):
+                        outcomes["stream OK"] += 1
+                        continue
+                    code = grpc.StatusCode(_CODES[answer.error.code]).name
+                    outcomes[f"stream {code}"] += 1
+                    if not refused(code, answer.error.message):
+                        lost.append(f"stream {code}: {answer.error.message[:120]}")
             except grpc.aio.AioRpcError as exc:
                 outcomes[f"stream ended {exc.code().name}"] += 1
 
@@ -260,13 +267,24 @@ def run(args) -> int:
         report["sigterm"] = run_sigterm(args)
         print("sigterm:", json.dumps(report["sigterm"]), flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps(_finite(report), indent=2) + "\n")
         if report.get("overload"):
             with open(Path(args.out).with_suffix(".csv"), "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=list(report["overload"][0]))
                 writer.writeheader()
                 writer.writerows(report["overload"])
     return 0
+
+
+def _finite(value):
+    """``value`` with NaN (no such calls) as ``None``, so the file is strict JSON."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def register(sub) -> None:

@@ -6,7 +6,8 @@
   Every RPC except ``grpc.health.v1.Health`` then needs the metadata ``authorization: Bearer <token>``, else
   UNAUTHENTICATED. Tokens are compared in constant time (``hmac.compare_digest``, against every token) and are
   never logged or put in an error message.
-* ``exposure_warning``: binding a non-loopback address with neither TLS nor tokens is allowed, with a warning.
+* ``exposure_warning``: binding a non-loopback address with neither TLS nor tokens is allowed, with a warning
+  (and with another when tokens would cross the network without TLS).
 """
 
 from __future__ import annotations
@@ -108,8 +109,11 @@ def is_loopback(host: str) -> bool:
 
 
 def exposure_warning(config: ServeConfig) -> str | None:
-    """A warning line when the gRPC port is reachable from other machines with neither TLS nor tokens."""
-    if is_loopback(config.host) or config.tls_cert or config.auth_token_file:
+    """A warning line when the gRPC port is reachable from other machines without TLS (with or without tokens)."""
+    if is_loopback(config.host) or config.tls_cert:
         return None
+    if config.auth_token_file:
+        return (f"WARNING: serving on {config.host} without TLS: the bearer tokens cross the network unencrypted; "
+                "pass --tls-cert/--tls-key")
     return (f"WARNING: serving on {config.host}, reachable from other machines, with neither TLS nor tokens: "
             "anyone who can reach the port can use it; pass --tls-cert/--tls-key and --auth-token-file")

@@ -251,14 +251,25 @@ def test_unreadable_or_empty_secret_files_say_the_fix(tiny_bundle, tmp_path):
         pass
 
 
-@pytest.mark.parametrize(("settings", "warns"), [
-    ({"host": "0.0.0.0"}, True), ({"host": "::"}, True), ({"host": "example.org"}, True),
-    ({"host": "127.0.0.1"}, False), ({"host": "localhost"}, False), ({"host": "::1"}, False),
-    ({"host": "0.0.0.0", "auth_token_file": "t"}, False),
-    ({"host": "0.0.0.0", "tls_cert": "c", "tls_key": "k"}, False),
+@pytest.mark.parametrize(("settings", "warning"), [
+    ({"host": "0.0.0.0"}, "neither TLS nor tokens"), ({"host": "::"}, "neither TLS nor tokens"),
+    ({"host": "example.org"}, "neither TLS nor tokens"),
+    ({"host": "0.0.0.0", "auth_token_file": "t"}, "tokens cross the network unencrypted"),
+    ({"host": "127.0.0.1"}, None), ({"host": "localhost"}, None), ({"host": "::1"}, None),
+    ({"host": "0.0.0.0", "tls_cert": "c", "tls_key": "k"}, None),
+    ({"host": "0.0.0.0", "tls_cert": "c", "tls_key": "k", "auth_token_file": "t"}, None),
 ])
-def test_exposed_bind_without_tls_or_tokens_warns(settings, warns):
-    warning = security.exposure_warning(ServeConfig(**settings))
-    assert (warning is not None) == warns
-    if warns:
-        assert "--tls-cert" in warning and "--auth-token-file" in warning
+def test_exposed_bind_without_tls_warns(settings, warning):
+    said = security.exposure_warning(ServeConfig(**settings))
+    assert (said is None) == (warning is None)
+    if warning is not None:
+        assert warning in said and "--tls-cert" in said
+
+
+def test_serve_prints_the_warning_before_anything_else(tmp_path, capsys):
+    from curvedit.service.server import serve_until_signal
+
+    missing = ServeConfig(host="0.0.0.0", port=0, metrics_port=-1, models=(str(tmp_path / "no-bundle"),))
+    with pytest.raises(ValueError, match="no-bundle"):  # missing on purpose: nothing gets bound
+        asyncio.run(serve_until_signal(missing))
+    assert "WARNING: serving on 0.0.0.0" in capsys.readouterr().err
