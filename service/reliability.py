@@ -287,6 +287,14 @@ def _finite(value):
     return value
 
 
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="curvedit bench reliability", description=__doc__)
+    add_options(parser)
+    return run(parser.parse_args(argv))
+
+
 def register(sub) -> None:
     p = sub.add_parser("reliability", help="overload bursts, a soak and SIGTERM under load against curvedit serve")
     add_options(p)
