@@ -1,14 +1,14 @@
-"""``curvedit bench engine`` and ``curvedit bench serve``: each benchmark registers its own options."""
+"""``curvedit bench engine | serve | reliability``: each benchmark registers its own options."""
 
 from __future__ import annotations
 
 import importlib
 
-BENCH_MODULES = ("curvedit.engines.bench", "curvedit.service.loadtest")
+BENCH_MODULES = ("curvedit.engines.bench", "curvedit.service.loadtest", "curvedit.service.reliability")
 
 
 def register(subparsers) -> None:
-    bench = subparsers.add_parser("bench", help="benchmarks: engine speed, service load")
+    bench = subparsers.add_parser("bench", help="benchmarks: engine speed, service load, service reliability")
     sub = bench.add_subparsers(dest="what", required=True, metavar="WHAT")
     for name in BENCH_MODULES:
         try:

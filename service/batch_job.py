@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from curvedit.models.files import read_latents, save_npy, save_png, sha256_file, write_json
+from curvedit.service.channels import Security
 
 RETRYABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
 
@@ -50,6 +51,7 @@ class BatchJob:
     png: bool = False
     pace_s: float = 0.0  # sleep after each shard (demos and kill tests only)
     progress: bool = True
+    security: Security | None = None  # TLS / token to reach the server (with ``server``)
     stats: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -79,7 +81,7 @@ class _Backend:
         else:
             from curvedit.service.client import Client
 
-            self.client = Client(job.server)
+            self.client = Client(job.server, security=job.security)
             info = self.client.get_model(job.model or "")
             self.identity = {"model": info.name, "version": info.version}
             self.model = None

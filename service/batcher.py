@@ -8,7 +8,9 @@ Two parts, neither knows gRPC:
   instead makes latency depend on traffic). The queue is bounded in items; stale entries (deadline passed,
   future already done because the client cancelled) are dropped before they can reach compute.
 * ``BatchRunner`` — the asyncio loop around it: futures for callers, compute on a worker thread so the event
-  loop keeps serving, one failing batch fails only its own entries, and the loop never dies.
+  loop keeps serving, one failing batch fails only its own entries (and a batch failing with ``ValueError``,
+  an input error, is rerun request by request, so one poisoned request cannot fail the others merged with it),
+  and the loop never dies.
 
 Batches are padded to power-of-two buckets (``bucket_sizes``) so an engine sees a handful of shapes only
 (captured CUDA graphs, warmed-up kernels); ``Batch.inputs()`` pads, ``Batch.split()`` drops the padding.
@@ -60,6 +62,7 @@ class Entry:
     deadline: float | None = None  # absolute time on the batcher's clock
     future: Any = None  # anything with done(); done before compute = cancelled, so dropped
     started: float | None = None  # when its batch began computing (queue wait = started - arrival)
+    siblings: tuple[Entry, ...] = ()  # the other chunks of the same request (cancelled if this one fails)
 
     @property
     def n(self) -> int:
@@ -204,6 +207,18 @@ class BatchQueue:
         oldest = min(q[0].arrival for q in self._queues.values())
         return max(0.0, oldest + self.max_queue_delay_s - now)
 
+    def items_by_key(self) -> list[tuple[Hashable, int]]:
+        """``(key, queued items)`` for every key with something queued."""
+        return list(self._items.items())
+
+    def drain_all(self) -> list[Entry]:
+        """Remove and return every queued entry (shutdown)."""
+        entries = [e for queue in self._queues.values() for e in queue]
+        self._queues.clear()
+        self._items.clear()
+        self.queued_items = 0
+        return entries
+
     def items_where(self, keep: Callable[[Hashable], bool]) -> int:
         """Queued items of the keys for which ``keep(key)`` holds (e.g. one model's pending count)."""
         return sum(n for key, n in self._items.items() if keep(key))
@@ -220,6 +235,12 @@ class Observer(Protocol):
     def executed(self, batch: Batch, compute_s: float, error: BaseException | None) -> None: ...
 
 
+class Cost(Protocol):
+    """What learns from executed batches (``admission.CostModel``)."""
+
+    def observe(self, key: Hashable, bucket: int, seconds: float) -> None: ...
+
+
 @dataclass
 class BatchRunner:
     """Runs ``compute(batch) -> tuple of arrays [bucket, ...]`` on a worker thread for each released batch."""
@@ -229,7 +250,10 @@ class BatchRunner:
     observer: Observer | None = None
     clock: Callable[[], float] = time.monotonic
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "curvedit-compute"))
+    cost: Cost | None = None
     busy: bool = False
+    current: Batch | None = None  # the batch computing now, and since when (for admission's estimates)
+    current_started: float = 0.0
     _waiter: asyncio.Future | None = None
     _stopped: bool = False
 
@@ -243,10 +267,13 @@ class BatchRunner:
         now, m = self.clock(), self.queue.max_batch_size
         entries = [Entry(key, z[i : i + m], None if amounts is None else amounts[i : i + m], now, deadline,
                          loop.create_future()) for i in range(0, z.shape[0], m)]
+        if len(entries) > 1:
+            for e in entries:
+                e.siblings = tuple(entries)
         try:
             self.queue.put(entries)
         except QueueFull:
-            self._fail_dropped(self.queue.drop_stale(now))  # make room from stale entries, then try once more
+            self.make_room()  # stale entries give their space back, then try once more
             self.queue.put(entries)
         if not self.busy:  # while a batch computes, the loop looks at the queue anyway when it finishes
             self._wake_up()
@@ -259,6 +286,21 @@ class BatchRunner:
     @property
     def idle(self) -> bool:
         return not self.busy and len(self.queue) == 0
+
+    def make_room(self) -> None:
+        """Drop stale queued entries now (deadline passed, client gone), failing their futures."""
+        self._fail_dropped(self.queue.drop_stale(self.clock()))
+
+    def fail_all(self, error: Exception) -> int:
+        """Fail every queued entry and the batch computing now with ``error`` (shutdown); returns how many."""
+        entries = self.queue.drain_all() + (list(self.current.entries) if self.current is not None else [])
+        failed = 0
+        for e in entries:
+            if not e.future.done():
+                e.future.set_exception(error)
+                e.future.exception()
+                failed += 1
+        return failed
 
     def stop(self) -> None:
         self._stopped = True
@@ -311,9 +353,10 @@ class BatchRunner:
                 entry.future.exception()  # mark retrieved: the caller may be gone
             self._guard("dropped", entry, reason)
 
-    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: Batch) -> None:
-        self.busy = True
+    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: Batch, isolate: bool = True) -> None:
+        self.busy, self.current = True, batch
         start, error, outputs = self.clock(), None, None
+        self.current_started = start
         for entry in batch.entries:
             entry.started = start
         try:
@@ -321,16 +364,31 @@ class BatchRunner:
         except Exception as exc:
             error = exc
         finally:
-            self.busy = False
+            self.busy, self.current = False, None
         seconds = self.clock() - start
         if error is None:
             self.queue.item_seconds = 0.8 * self.queue.item_seconds + 0.2 * seconds / max(1, batch.size)
+            if self.cost is not None:
+                self.cost.observe(batch.key, batch.bucket, seconds)
             for entry, result in zip(batch.entries, batch.split(outputs), strict=True):
                 if not entry.future.done():
                     entry.future.set_result(result)
+        elif isolate and isinstance(error, ValueError) and len(batch.entries) > 1:
+            # A ValueError is about the inputs: one request's items may have poisoned the merged batch. Run
+            # each request alone, so only the requests whose own items fail get the error.
+            self._guard("executed", batch, seconds, error)
+            for entry in batch.entries:
+                if not entry.future.done():
+                    alone = Batch(batch.key, [entry], bucket_for(entry.n, self.queue.max_batch_size),
+                                  released=batch.released, reason=batch.reason)
+                    await self._execute(loop, alone, isolate=False)
+            return
         else:
             for entry in batch.entries:
                 if not entry.future.done():
                     entry.future.set_exception(error)
                     entry.future.exception()
+                for other in entry.siblings:  # the request has failed: its queued chunks must not run
+                    if not other.future.done():
+                        other.future.cancel()
         self._guard("executed", batch, seconds, error)

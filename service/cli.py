@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -12,16 +13,21 @@ from pathlib import Path
 import numpy as np
 
 from curvedit.commands import parse_edit
+from curvedit.service.config import ServeConfig
+
+_SERVE_FLAGS = ("host", "port", "metrics_host", "metrics_port", "engine", "max_batch_size", "max_queue_delay_ms",
+                "max_queue_size", "max_items_per_request", "max_concurrent_requests", "grace_s", "max_message_mb",
+                "tls_cert", "tls_key", "tls_client_ca", "auth_token_file")
 
 
 def _flags(args: argparse.Namespace) -> dict:
     """The serve flags the user actually gave (argparse defaults are None so env/file can fill the rest)."""
-    names = ("host", "port", "metrics_port", "engine", "max_batch_size", "max_queue_delay_ms", "max_queue_size",
-             "max_items_per_request", "grace_s")
-    flags = {name: getattr(args, name) for name in names}
+    flags = {name: getattr(args, name) for name in _SERVE_FLAGS}
     flags["models"] = tuple(args.model or ())
     if args.no_warmup:
         flags["warmup"] = False
+    if args.no_reflection:
+        flags["reflection"] = False
     return flags
 
 
@@ -35,27 +41,98 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_serve_options(serve: argparse.ArgumentParser) -> None:
-    serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1; env CURVEDIT_HOST)")
-    serve.add_argument("--port", type=int, default=None, help="gRPC port (default 50051; 0 = any free port)")
-    serve.add_argument("--metrics-port", type=int, default=None, help="/metrics port (default 8002; -1 = off)")
-    serve.add_argument("--model", action="append", default=None, metavar="PATH",
-                       help="bundle directory, repeatable; the first is the default (default: the shipped model)")
-    serve.add_argument("--engine", default=None, help="auto, torch, onnxruntime or triton (default auto)")
-    serve.add_argument("--max-batch-size", type=int, default=None, help="items per batch (default 256; 1 = off)")
-    serve.add_argument("--max-queue-delay-ms", type=float, default=None,
-                       help="longest wait of the oldest queued item before its batch runs (default 5)")
-    serve.add_argument("--max-queue-size", type=int, default=None, help="queued items before RESOURCE_EXHAUSTED")
-    serve.add_argument("--max-items-per-request", type=int, default=None, help="default 4096")
-    serve.add_argument("--grace-s", type=float, default=None, help="SIGTERM drain bound in seconds (default 10)")
-    serve.add_argument("--config", default=None, help="JSON or TOML file with the same settings")
-    serve.add_argument("--no-warmup", action="store_true", help="skip warm-up (SERVING at once)")
+    d = ServeConfig()
+    add = serve.add_argument
+    add("--host", default=None, help=f"address to bind (default {d.host}; a non-loopback address without TLS or "
+        "tokens prints a warning)")
+    add("--port", type=int, default=None, help=f"gRPC port (default {d.port}; 0 = any free port)")
+    add("--metrics-host", default=None, help=f"address of the /metrics HTTP server (default {d.metrics_host})")
+    add("--metrics-port", type=int, default=None,
+        help=f"/metrics port (default {d.metrics_port}; 0 = any free port, -1 = off)")
+    add("--model", action="append", default=None, metavar="PATH",
+        help="bundle directory, repeatable; the first is the default model (default: the shipped model)")
+    add("--engine", default=None, help=f"auto, torch, onnxruntime or triton (default {d.engine})")
+    add("--max-batch-size", type=int, default=None,
+        help=f"most items in one batch (default {d.max_batch_size}; 1 = batching off)")
+    add("--max-queue-delay-ms", type=float, default=None, metavar="MS",
+        help="longest wait of the oldest queued item before its batch runs, in ms "
+             f"(default {d.max_queue_delay_ms:g})")
+    add("--max-queue-size", type=int, default=None, metavar="ITEMS",
+        help=f"items waiting for a batch before new requests get RESOURCE_EXHAUSTED (default {d.max_queue_size})")
+    add("--max-items-per-request", type=int, default=None, metavar="ITEMS",
+        help=f"most items (latents or seeds) in one request (default {d.max_items_per_request})")
+    add("--max-concurrent-requests", type=int, default=None, metavar="N",
+        help=f"unary RPCs plus stream messages in progress before new ones get RESOURCE_EXHAUSTED "
+             f"(default {d.max_concurrent_requests})")
+    add("--grace-s", type=float, default=None, metavar="SECONDS",
+        help=f"how long SIGTERM waits for accepted work, in seconds (default {d.grace_s:g})")
+    add("--max-message-mb", type=int, default=None, metavar="MIB",
+        help=f"largest request or response message, in MiB (default {d.max_message_mb})")
+    add("--tls-cert", default=None, metavar="PEM", help="certificate chain: serve TLS only (default: plaintext)")
+    add("--tls-key", default=None, metavar="PEM", help="private key of --tls-cert (default: none)")
+    add("--tls-client-ca", default=None, metavar="PEM",
+        help="CA bundle: require client certificates it signed, mutual TLS (default: none)")
+    add("--auth-token-file", default=None, metavar="FILE",
+        help="bearer tokens, one per line: every RPC but health needs one (default: no tokens)")
+    add("--config", default=None, metavar="FILE",
+        help="JSON or TOML file with the same settings (default: none); flags > CURVEDIT_* env > file")
+    add("--no-warmup", action="store_true", help="skip warm-up: SERVING at once (default: warm every bucket)")
+    add("--no-reflection", action="store_true", help="switch gRPC server reflection off (default: on)")
 
 
 # -- client -----------------------------------------------------------------------------------------------------
+def _security(args):
+    from curvedit.service.channels import Security
+
+    return Security(ca_file=args.ca_file, cert_file=args.client_cert, key_file=args.client_key,
+                    token_file=args.token_file, tls=args.tls)
+
+
 def _client(args):
     from curvedit.client import Client
 
-    return Client(args.server, timeout=args.timeout)
+    return Client(args.server, timeout=args.timeout, security=_security(args))
+
+
+def unreachable_message(target: str, details: str) -> str | None:
+    """One line for a server that cannot be reached, or ``None`` when the UNAVAILABLE came from a server."""
+    if "draining" in details or "server stopped" in details:
+        return None  # the server's own answer, which already says what to do
+    lowered = details.lower()
+    if "handshake" in lowered or "ssl" in lowered or "certificate" in lowered:
+        return (f"cannot set up TLS with {target}: check --ca-file (the CA that signed the server's certificate) "
+                "and, for mutual TLS, --client-cert/--client-key; drop them if the server is plaintext")
+    return (f"no server at {target} (UNAVAILABLE); start one with `curvedit serve` (or pass --server HOST:PORT; "
+            "add --ca-file if it serves TLS)")
+
+
+def _friendly(func):
+    """Turn "cannot reach the server" into one line naming the fix (other answers pass through as they are)."""
+    @functools.wraps(func)
+    def run(args):
+        import grpc
+
+        try:
+            return func(args)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and getattr(args, "server", None):
+                message = unreachable_message(args.server, exc.details() or "")
+                if message is not None:
+                    raise ValueError(message) from None
+            raise
+    return run
+
+
+def add_security_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ca-file", default=None, metavar="PEM",
+                   help="CA that signed the server's certificate: use TLS (default: plaintext)")
+    p.add_argument("--tls", action="store_true", help="use TLS with the system's CA roots (default: plaintext)")
+    p.add_argument("--client-cert", default=None, metavar="PEM",
+                   help="this client's certificate, for mutual TLS (default: none)")
+    p.add_argument("--client-key", default=None, metavar="PEM",
+                   help="private key of --client-cert (default: none)")
+    p.add_argument("--token-file", default=None, metavar="FILE",
+                   help="send the token on its first line as `authorization: Bearer` (default: no token)")
 
 
 def cmd_client_models(args) -> int:
@@ -122,7 +199,8 @@ def cmd_batch(args) -> int:
     job = BatchJob(out=Path(args.out), edits=dict(args.edit or []), latents_path=args.input, seeds=seeds,
                    editor=args.editor or "", model=args.model, engine=args.engine, server=args.server,
                    shard_size=args.shard_size, chunk_size=args.chunk_size, max_in_flight=args.max_in_flight,
-                   png=args.png, pace_s=args.pace_s, progress=not args.quiet)
+                   png=args.png, pace_s=args.pace_s, progress=not args.quiet,
+                   security=_security(args) if args.server else None)
     summary = run_batch_job(job)
     print(json.dumps(summary) if args.json else
           f"{summary['items']} items in {summary['shards']} shards → {summary['out']} "
@@ -141,44 +219,59 @@ def register(subparsers) -> None:
 
     def action(name: str, func, help: str) -> argparse.ArgumentParser:
         p = csub.add_parser(name, help=help)
-        p.add_argument("--server", default="127.0.0.1:50051", help="host:port (default 127.0.0.1:50051)")
-        p.add_argument("--timeout", type=float, default=60.0)
-        p.set_defaults(func=func)
+        p.add_argument("--server", default="127.0.0.1:50051", metavar="HOST:PORT",
+                       help="the server to call (default 127.0.0.1:50051)")
+        p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                       help="deadline of each call, in seconds (default 60)")
+        add_security_options(p)
+        p.set_defaults(func=_friendly(func))
         return p
 
     action("models", cmd_client_models, "list the served models, editors and directions")
     health = action("health", cmd_client_health, "grpc.health.v1 status (exit 0 iff SERVING)")
-    health.add_argument("--service", default="")
+    health.add_argument("--service", default="",
+                        help="service to ask about (default: empty, the whole server)")
     for name, func, help in (("edit", cmd_client_edit, "edit seeds; write edited.npy and a before/after PNG"),
                              ("traverse", cmd_client_traverse, "PNG strip along one direction")):
         p = action(name, func, help)
-        p.add_argument("--model", default=None, help="model name (default: the server's default)")
-        p.add_argument("--editor", default=None)
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--model", default=None, metavar="NAME",
+                       help="served model name (default: the server's default model)")
+        p.add_argument("--editor", default=None, help="editor name (default: the model's default editor)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the (first) latent (default 0)")
         if name == "edit":
-            p.add_argument("--count", type=int, default=4)
-            p.add_argument("--edit", type=parse_edit, action="append", metavar="NAME=AMOUNT")
-            p.add_argument("--out", default="out/client-edit")
+            p.add_argument("--count", type=int, default=4, help="latents, from seeds SEED.. (default 4)")
+            p.add_argument("--edit", type=parse_edit, action="append", metavar="NAME=AMOUNT",
+                           help="direction and amount, repeatable, at least one (default: none)")
+            p.add_argument("--out", default="out/client-edit", metavar="DIR",
+                           help="output directory (default out/client-edit)")
         else:
-            p.add_argument("--direction", required=True)
-            p.add_argument("--range", type=float, default=1.5)
-            p.add_argument("--steps", type=int, default=7)
-            p.add_argument("--out", default="out/client-traverse.png")
+            p.add_argument("--direction", required=True, help="direction to move along (required)")
+            p.add_argument("--range", type=float, default=1.5, metavar="T",
+                           help="amounts from -T to +T (default 1.5)")
+            p.add_argument("--steps", type=int, default=7, help="frames (default 7)")
+            p.add_argument("--out", default="out/client-traverse.png", metavar="PNG",
+                           help="output image (default out/client-traverse.png)")
 
     batch = subparsers.add_parser("batch", help="edit many latents into sharded .npy files (resumable)")
-    batch.add_argument("input", nargs="?", default=None, help=".npy/.npz of float32 [n, d] (or use --seeds)")
-    batch.add_argument("--seeds", default=None, metavar="START:STOP", help="latents from seeds START..STOP-1")
-    batch.add_argument("--edit", type=parse_edit, action="append", metavar="NAME=AMOUNT", help="repeatable")
-    batch.add_argument("--out", required=True, help="output directory (rerun with the same one to resume)")
-    batch.add_argument("--server", default=None, help="host:port of `curvedit serve` (default: in-process)")
-    batch.add_argument("--model", default=None, help="bundle path (in-process) or model name (with --server)")
-    batch.add_argument("--engine", default="auto", help="in-process engine (default auto)")
-    batch.add_argument("--editor", default=None)
-    batch.add_argument("--shard-size", type=int, default=1024, help="items per output .npy (default 1024)")
-    batch.add_argument("--chunk-size", type=int, default=256, help="items per request (default 256)")
-    batch.add_argument("--max-in-flight", type=int, default=4, help="request messages in flight (default 4)")
-    batch.add_argument("--png", action="store_true", help="also write images/NNNNNNNN.png per item")
-    batch.add_argument("--json", action="store_true", help="print the summary as JSON")
-    batch.add_argument("--quiet", action="store_true", help="no progress bar")
-    batch.add_argument("--pace-s", type=float, default=0.0, help=argparse.SUPPRESS)  # kill tests and demos
-    batch.set_defaults(func=cmd_batch)
+    add = batch.add_argument
+    add("input", nargs="?", default=None, help=".npy/.npz of float32 [n, d] (default: none, use --seeds)")
+    add("--seeds", default=None, metavar="START:STOP", help="latents from seeds START..STOP-1 (default: none)")
+    add("--edit", type=parse_edit, action="append", metavar="NAME=AMOUNT",
+        help="direction and amount, repeatable, at least one (default: none)")
+    add("--out", required=True, metavar="DIR",
+        help="output directory; rerun with the same one to resume (required)")
+    add("--server", default=None, metavar="HOST:PORT",
+        help="a `curvedit serve` to compute on (default: in-process)")
+    add("--model", default=None, help="bundle path (in-process) or served model name (with --server) (default: "
+        "the shipped model / the server's default)")
+    add("--engine", default="auto", help="in-process engine: auto, torch, onnxruntime or triton (default auto)")
+    add("--editor", default=None, help="editor name (default: the model's default editor)")
+    add("--shard-size", type=int, default=1024, metavar="ITEMS", help="items per output .npy (default 1024)")
+    add("--chunk-size", type=int, default=256, metavar="ITEMS", help="items per request (default 256)")
+    add("--max-in-flight", type=int, default=4, metavar="N", help="request messages in flight (default 4)")
+    add("--png", action="store_true", help="also write images/NNNNNNNN.png per item (default: off)")
+    add("--json", action="store_true", help="print the summary as JSON (default: one line of text)")
+    add("--quiet", action="store_true", help="no progress bar (default: a progress bar on stderr)")
+    add("--pace-s", type=float, default=0.0, help=argparse.SUPPRESS)  # kill tests and demos
+    add_security_options(batch)
+    batch.set_defaults(func=_friendly(cmd_batch))

@@ -1,8 +1,10 @@
 """Python clients for ``curvedit serve``: ``Client`` (blocking) and ``AsyncClient`` (asyncio). NumPy in and out.
 
-    from curvedit.client import Client
+    from curvedit.client import Client, Security
     with Client("127.0.0.1:50051") as c:
         z2 = c.edit(seeds=range(4), edits={"scale": 1.0}).latents      # float32 [4, d]
+    with Client("host:50051", security=Security(ca_file="ca.pem", token_file="token")) as c:  # TLS + token
+        ...
 
 Failures raise ``grpc.RpcError`` with the server's status code and message (the message says the fix).
 """
@@ -17,11 +19,9 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from curvedit.service import codec
+from curvedit.service.channels import MAX_MESSAGE, Security, open_aio_channel, open_channel
 from curvedit.v1 import latent_edit_pb2 as pb
 from curvedit.v1 import latent_edit_pb2_grpc as pb_grpc
-
-MAX_MESSAGE = 64 * 1024 * 1024
-_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
 
 
 @dataclass
@@ -103,10 +103,12 @@ def _traverse_request(direction, latent, seed, start, stop, steps, model, editor
 
 
 class Client:
-    """Blocking client. ``target`` is ``host:port``; ``timeout`` (s) is the default per-call deadline."""
+    """Blocking client. ``target`` is ``host:port``; ``timeout`` (s) is the default per-call deadline;
+    ``security`` says how to reach a server with TLS and/or tokens (default: plaintext, no token)."""
 
-    def __init__(self, target: str, timeout: float | None = 60.0):
-        self.channel = grpc.insecure_channel(target, options=_OPTIONS)
+    def __init__(self, target: str, timeout: float | None = 60.0, security: Security | None = None):
+        self.target = target
+        self.channel = open_channel(target, security)
         self.stub = pb_grpc.LatentEditServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.timeout = timeout
@@ -144,8 +146,9 @@ class Client:
             yield _stream_item(response)
 
     def traverse(self, direction: str, latent=None, seed: int = 0, start: float = -1.5, stop: float = 1.5,
-                 steps: int = 7, model: str = "", editor: str = "", images: str = "none"
+                 steps: int = 7, model: str = "", editor: str = "", images: str = "raw"
                  ) -> Iterator[pb.TraverseFrame]:
+        """Frames at ``linspace(start, stop, steps)`` along ``direction``; each carries its image (raw or png)."""
         request = _traverse_request(direction, latent, seed, start, stop, steps, model, editor, images)
         yield from self.stub.Traverse(request, timeout=self.timeout)
 
@@ -158,8 +161,9 @@ class Client:
 class AsyncClient:
     """asyncio client with the same methods as ``Client`` (coroutines / async iterators)."""
 
-    def __init__(self, target: str, timeout: float | None = 60.0):
-        self.channel = grpc.aio.insecure_channel(target, options=_OPTIONS)
+    def __init__(self, target: str, timeout: float | None = 60.0, security: Security | None = None):
+        self.target = target
+        self.channel = open_aio_channel(target, security)
         self.stub = pb_grpc.LatentEditServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.timeout = timeout
@@ -195,7 +199,7 @@ class AsyncClient:
             yield _stream_item(response)
 
     async def traverse(self, direction: str, latent=None, seed: int = 0, start: float = -1.5, stop: float = 1.5,
-                       steps: int = 7, model: str = "", editor: str = "", images: str = "none"
+                       steps: int = 7, model: str = "", editor: str = "", images: str = "raw"
                        ) -> AsyncIterator[pb.TraverseFrame]:
         request = _traverse_request(direction, latent, seed, start, stop, steps, model, editor, images)
         async for frame in self.stub.Traverse(request, timeout=self.timeout):
@@ -206,4 +210,5 @@ class AsyncClient:
         return codec.from_images(response.images)
 
 
-__all__ = ["AsyncClient", "Client", "EditResult", "StreamError", "edit_request"]
+__all__ = ["MAX_MESSAGE", "AsyncClient", "Client", "EditResult", "Security", "StreamError", "edit_request",
+           "open_aio_channel", "open_channel"]

@@ -15,6 +15,7 @@ from PIL import Image
 from curvedit.v1 import latent_edit_pb2 as pb
 
 _F32 = np.dtype("<f4")
+MAX_DIM = 2**31 - 1  # no dimension of a request's tensor can be larger (numpy could not even hold it)
 
 
 def to_tensor(array: np.ndarray) -> pb.Tensor:
@@ -30,6 +31,9 @@ def from_tensor(tensor: pb.Tensor, what: str = "tensor", ndim: int | None = 2) -
         raise ValueError(f"{what} must have {ndim} dimensions, got shape {shape}; set Tensor.shape")
     if min(shape, default=0) < 0:
         raise ValueError(f"{what} shape {shape} has a negative dimension")
+    if max(shape, default=0) > MAX_DIM:
+        raise ValueError(f"{what} shape {shape} has a dimension above {MAX_DIM}; no tensor this server accepts is "
+                         "that large — set Tensor.shape to the array's real shape")
     expected = math.prod(shape) * 4
     if len(tensor.data) != expected:
         raise ValueError(f"{what} has shape {shape} (needs {expected} bytes of float32) but carries "

@@ -32,9 +32,15 @@ class ServeConfig:
     max_queue_delay_ms: float = 5.0  # measured from the oldest queued item's arrival
     max_queue_size: int = 8192  # items (not requests) waiting; beyond it RESOURCE_EXHAUSTED
     max_items_per_request: int = 4096
+    max_concurrent_requests: int = 1024  # unary RPCs + stream messages in progress; beyond it RESOURCE_EXHAUSTED
     grace_s: float = 10.0  # how long SIGTERM waits for in-flight work
     max_message_mb: int = 64
     warmup: bool = True  # run every batch bucket once before health says SERVING
+    reflection: bool = True  # grpc.reflection.v1alpha (grpcurl); off with --no-reflection
+    tls_cert: str = ""  # PEM certificate chain; with tls_key, the port speaks TLS only
+    tls_key: str = ""  # PEM private key of tls_cert
+    tls_client_ca: str = ""  # PEM CA bundle: clients must present a certificate it signed (mutual TLS)
+    auth_token_file: str = ""  # one bearer token per line; every RPC but health then needs one
 
     def __post_init__(self):
         def need(ok: bool, message: str) -> None:
@@ -53,7 +59,13 @@ class ServeConfig:
              f"max_queue_size ({self.max_queue_size}) must be >= max_items_per_request "
              f"({self.max_items_per_request}), or a full-size request could never be queued; raise "
              f"--max-queue-size or lower --max-items-per-request")
+        need(self.max_concurrent_requests >= 1,
+             f"max_concurrent_requests must be at least 1, got {self.max_concurrent_requests}")
         need(self.grace_s >= 0, f"grace_s must be >= 0, got {self.grace_s}")
+        need(bool(self.tls_cert) == bool(self.tls_key),
+             "TLS needs both --tls-cert and --tls-key (PEM files), or neither")
+        need(not self.tls_client_ca or bool(self.tls_cert),
+             "--tls-client-ca (mutual TLS) needs TLS itself: pass --tls-cert and --tls-key too")
         need(1 <= self.max_message_mb <= 2047, f"max_message_mb must be in 1..2047, got {self.max_message_mb}")
         object.__setattr__(self, "models", tuple(str(m) for m in self.models))
 

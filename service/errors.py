@@ -2,6 +2,7 @@
 
 Handlers raise ``ServiceError`` (or let ``ValueError`` from ``curvedit.api.Model`` through, whose messages
 already name the problem and the fix); ``to_status`` turns any exception into ``(code, message, pushback_ms)``.
+Anything else is a bug: INTERNAL, logged once with its traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
 class ServiceError(Exception):
-    """A request failed with a definite status code; ``pushback_ms`` > 0 adds a retry-pushback trailer."""
+    """A request failed with a definite status code; ``pushback_ms`` > 0 adds a retry-pushback trailer.
+
+    ``reason`` is the ``curvedit_rejections_total`` label of a refusal (a fixed set, see ``metrics``).
+    """
+
+    reason = ""
 
     def __init__(self, code: grpc.StatusCode, message: str, pushback_ms: int = 0):
         super().__init__(message)
@@ -29,6 +35,8 @@ class ServiceError(Exception):
 
 
 class QueueFull(ServiceError):
+    reason = "queue_full"
+
     def __init__(self, queued: int, capacity: int, asked: int, pushback_ms: int):
         super().__init__(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -38,11 +46,47 @@ class QueueFull(ServiceError):
         )
 
 
+class Overloaded(ServiceError):
+    reason = "overloaded"
+
+    def __init__(self, active: int, limit: int, pushback_ms: int):
+        super().__init__(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"server busy: {active} requests in progress, the limit is {limit}; retry after {pushback_ms} ms "
+            "(grpc-retry-pushback-ms), send more items per request, or raise --max-concurrent-requests",
+            pushback_ms,
+        )
+
+
+class DeadlineUnmeetable(ServiceError):
+    reason = "deadline_unmeetable"
+
+    def __init__(self, wait_ms: float, remaining_ms: float, pushback_ms: int):
+        super().__init__(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"cannot finish within your deadline: the work queued ahead needs about {wait_ms:.0f} ms, the "
+            f"deadline is {remaining_ms:.0f} ms away; retry after {pushback_ms} ms, allow a longer deadline, or "
+            "send fewer items per request",
+            pushback_ms,
+        )
+
+
 class Draining(ServiceError):
+    reason = "draining"
+
     def __init__(self, pushback_ms: int = 1000):
         super().__init__(grpc.StatusCode.UNAVAILABLE,
                          "server is shutting down (draining); retry on another replica or after it restarts",
                          pushback_ms)
+
+
+class ShutDown(ServiceError):
+    """Accepted work cut off because the drain's grace period ran out (the operator's choice, not the client's)."""
+
+    def __init__(self, grace_s: float):
+        super().__init__(grpc.StatusCode.UNAVAILABLE,
+                         f"server stopped before this request finished (drain grace of {grace_s:g} s ran out); "
+                         "retry on another replica or after it restarts", 1000)
 
 
 class DeadlineExpired(ServiceError):
@@ -57,12 +101,27 @@ class Cancelled(ServiceError):
         super().__init__(grpc.StatusCode.CANCELLED, "the client cancelled the request")
 
 
+class InvalidInput(ServiceError):
+    reason = "invalid"
+
+    def __init__(self, message: str):
+        super().__init__(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
 def invalid(message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message)
+    return InvalidInput(message)
 
 
 def not_found(message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.NOT_FOUND, message)
+    error = ServiceError(grpc.StatusCode.NOT_FOUND, message)
+    error.reason = "not_found"
+    return error
+
+
+def unauthenticated(message: str) -> ServiceError:
+    error = ServiceError(grpc.StatusCode.UNAUTHENTICATED, message)
+    error.reason = "unauthenticated"
+    return error
 
 
 def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, int]:
@@ -75,8 +134,17 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, int]:
         return grpc.StatusCode.CANCELLED, "the client cancelled the request", 0
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded", 0
-    log.exception("internal error while serving a request", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}: {exc}); see the server log", 0
+    log.error("internal error while serving a request", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log", 0
+
+
+def reject_reason(exc: BaseException, code: grpc.StatusCode) -> str | None:
+    """The ``curvedit_rejections_total`` reason of a request refused before compute, else ``None``."""
+    if isinstance(exc, ServiceError) and exc.reason:
+        return exc.reason
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return "invalid"
+    return None
 
 
 def failure_reason(code: grpc.StatusCode) -> str:

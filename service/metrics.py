@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 SERVICE = "curvedit.v1.LatentEditService"
 LATENCY_BUCKETS = (.0005, .001, .002, .004, .006, .008, .01, .015, .02, .03, .05, .075, .1, .25, .5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-REJECT_REASONS = ("queue_full", "draining", "invalid", "not_found", "deadline", "cancelled")
+REJECT_REASONS = ("queue_full", "overloaded", "deadline_unmeetable", "draining", "invalid", "not_found",
+                  "unauthenticated", "deadline", "cancelled")
 
 
 def _safe(method):
@@ -124,6 +125,8 @@ class ServerMetrics:
                                      registry=registry)
         self.rejections = Counter("curvedit_rejections_total", "Requests or items refused before compute, by "
                                   "reason.", ("reason",), registry=registry)
+        for reason in REJECT_REASONS:  # every reason exported from the start, at 0
+            self.rejections.labels(reason)
         self.dropped_items = Counter("curvedit_dropped_items_total", "Queued items dropped before compute "
                                      "(deadline passed or client cancelled).", (*model, "reason"),
                                      registry=registry)

@@ -50,7 +50,9 @@ class ServedModel:
     def compute(self, batch: Batch) -> tuple[np.ndarray, ...]:
         """Run one padded batch: ``model.edit`` on ``[bucket, d]`` (and/or ``model.generate``).
 
-        Called on the compute thread. Stage times go to ``batch.stages`` for the metrics.
+        Called on the compute thread. Stage times go to ``batch.stages`` for the metrics. An edit whose
+        result row is not finite (an amount too large for the flow) keeps its NaN/Inf row, which the servicer
+        refuses for that request alone; the generator gets zeros in its place, so the other rows still render.
         """
         _, editor, kind = batch.key
         z, amounts = batch.inputs()
@@ -66,17 +68,41 @@ class ServedModel:
         if kind == EDIT:
             return (edited,)
         t = time.perf_counter()
-        images = self.model.generate(edited)
+        finite = np.isfinite(edited).all(axis=1)
+        images = self.model.generate(edited if finite.all() else np.where(finite[:, None], edited, 0))
         stages["generator"] = time.perf_counter() - t
         return edited, images
 
-    def warm_up(self, max_batch_size: int) -> None:
-        """Run every bucket once per editor, and the generator, so no request pays a first-shape cost."""
-        for b in bucket_sizes(max_batch_size):
-            z = np.zeros((b, self.latent_dim), dtype=np.float32)
-            for editor in self.model.editors:
-                self.model.edit(z, np.zeros((b, len(self.model.directions_of(editor))), np.float32), editor)
-            self.model.generate(z)
+    def warm_up(self, max_batch_size: int) -> dict[tuple[str, str, int], float]:
+        """Run every bucket once per editor, and the generator, so no request pays a first-shape cost.
+
+        Then time each once more: ``{(editor, EDIT or GENERATE, bucket): seconds}`` (editor "" for GENERATE),
+        the admission control's first cost estimates.
+        """
+        seconds: dict[tuple[str, str, int], float] = {}
+        for timed in (False, True):
+            for b in bucket_sizes(max_batch_size):
+                z = np.zeros((b, self.latent_dim), dtype=np.float32)
+                for editor in self.model.editors:
+                    amounts = np.zeros((b, len(self.model.directions_of(editor))), np.float32)
+                    t = time.perf_counter()
+                    self.model.edit(z, amounts, editor)
+                    if timed:
+                        seconds[(editor, EDIT, b)] = time.perf_counter() - t
+                t = time.perf_counter()
+                self.model.generate(z)
+                if timed:
+                    seconds[("", GENERATE, b)] = time.perf_counter() - t
+        return seconds
+
+    def seed_costs(self, cost, timings: dict[tuple[str, str, int], float]) -> None:
+        """Give ``cost`` (an ``admission.CostModel``) warm-up timings under this model's batch keys."""
+        for (editor, kind, b), s in timings.items():
+            if kind == GENERATE:
+                cost.set((self.name, "", GENERATE), b, s)
+            else:
+                cost.set((self.name, editor, EDIT), b, s)
+                cost.set((self.name, editor, EDIT_IMAGES), b, s + timings.get(("", GENERATE, b), 0.0))
 
 
 def serving_model(path, engine: str = "auto") -> curvedit.Model:

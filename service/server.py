@@ -1,9 +1,11 @@
 """Building, running and draining the gRPC server.
 
-``create_server(config)`` loads the models and binds the port but serves nothing yet; ``await server.start()``
-starts gRPC, the batcher and ``/metrics``, warms every batch bucket up and only then sets health to SERVING;
-``await server.drain()`` (what SIGTERM/SIGINT trigger under ``serve``) sets NOT_SERVING, answers new requests
-with UNAVAILABLE, waits up to ``grace_s`` for accepted work, then stops.
+``create_server(config)`` loads the models and binds the port (TLS when configured) but serves nothing yet;
+``await server.start()`` starts gRPC, the batcher and ``/metrics``, warms every batch bucket up (timing it, for
+admission control's estimates) and only then sets health to SERVING. ``await server.drain()`` (what
+SIGTERM/SIGINT trigger under ``serve``) sets NOT_SERVING and answers new requests with UNAVAILABLE, waits up to
+``grace_s`` for accepted work, fails what is left with UNAVAILABLE if the grace runs out, ends open streams with
+UNAVAILABLE, then stops: no client sees CANCELLED that it did not cause.
 """
 
 from __future__ import annotations
@@ -19,18 +21,26 @@ from collections.abc import Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from curvedit.service import security, wire
+from curvedit.service.admission import Admission, CostModel
 from curvedit.service.batcher import Batch, BatchQueue, BatchRunner, Entry, bucket_sizes
 from curvedit.service.config import ServeConfig
+from curvedit.service.errors import ShutDown
 from curvedit.service.metrics import SERVICE, ServerMetrics
 from curvedit.service.models import ServedModel, load_models
 from curvedit.service.servicer import LatentEditServicer
-from curvedit.v1 import latent_edit_pb2 as pb
 from curvedit.v1 import latent_edit_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# gRPC core silently CANCELs calls beyond this many waiting for the application; admission control answers them
+# instead (RESOURCE_EXHAUSTED with pushback, counted), so core's own limit is set out of the way.
+CORE_PENDING_LIMIT = 1 << 20
+HOLD_S = 0.1  # how long the last refusals of a drain are held so gRPC core can stop without cancelling calls
+_GRPC_TYPE = {"unary_unary": "unary", "unary_stream": "server_stream", "stream_unary": "client_stream",
+              "stream_stream": "bidi_stream"}
 
 
 class _BatchMetrics:
@@ -59,24 +69,35 @@ class EditServer:
         self.metrics = ServerMetrics()
         compute = self._compute if compute_wrapper is None else compute_wrapper(self._compute)
         queue = BatchQueue(config.max_batch_size, config.max_queue_delay_s, config.max_queue_size)
-        self.runner = BatchRunner(queue, compute, _BatchMetrics(models, self.metrics))
+        self.cost = CostModel(config.max_batch_size)
+        self.runner = BatchRunner(queue, compute, _BatchMetrics(models, self.metrics), cost=self.cost)
+        self.admission = Admission(self.runner, self.cost, config.max_concurrent_requests)
         for served in models.values():
             name = served.name
             self.metrics.track_pending(name, served.version, lambda n=name: queue.items_where(lambda k: k[0] == n))
-        self.servicer = LatentEditServicer(models, self.runner, self.metrics, config.max_items_per_request)
+        self.servicer = LatentEditServicer(models, self.runner, self.admission, self.metrics,
+                                           config.max_items_per_request)
         self.health = HealthServicer()
+        credentials = security.server_credentials(config)  # read before binding: a bad file fails here
+        interceptors = []
+        if config.auth_token_file:
+            interceptors.append(security.TokenAuth(security.read_tokens(config.auth_token_file), self._refused))
         limit = config.max_message_mb * 1024 * 1024
-        self.grpc = grpc.aio.server(options=[("grpc.max_send_message_length", limit),
-                                             ("grpc.max_receive_message_length", limit),
-                                             ("grpc.so_reuseport", 0)])
-        pb_grpc.add_LatentEditServiceServicer_to_server(self.servicer, self.grpc)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        reflection.enable_server_reflection(
-            (pb.DESCRIPTOR.services_by_name["LatentEditService"].full_name, HEALTH_SERVICE,
-             reflection.SERVICE_NAME), self.grpc)
+        self.grpc = grpc.aio.server(interceptors=interceptors, options=[
+            ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
+            ("grpc.so_reuseport", 0), ("grpc.server.max_pending_requests", CORE_PENDING_LIMIT),
+            ("grpc.server.max_pending_requests_hard_limit", CORE_PENDING_LIMIT)])
+        self.methods = set(wire.register(self.grpc, pb_grpc.add_LatentEditServiceServicer_to_server,
+                                         self.servicer, own=True))
+        wire.register(self.grpc, health_pb2_grpc.add_HealthServicer_to_server, self.health, own=False)
+        if config.reflection:
+            names = (SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
+            wire.register(self.grpc, reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+                          reflection.aio.ReflectionServicer(names), own=False)
         address = f"{config.host}:{config.port}"
         try:
-            self.port = self.grpc.add_insecure_port(address)
+            self.port = (self.grpc.add_secure_port(address, credentials) if credentials is not None
+                         else self.grpc.add_insecure_port(address))
         except RuntimeError as exc:
             raise ValueError(f"cannot bind {address} ({exc}); is another server on that port? pass --port "
                              "with a free port (0 = any)") from None
@@ -86,6 +107,14 @@ class EditServer:
 
     def _compute(self, batch: Batch):
         return self.models[batch.key[0]].compute(batch)
+
+    def _refused(self, method: str, kind: str) -> None:
+        """An RPC refused for want of a valid token: counted like every other refusal (known methods only)."""
+        if method in self.methods:
+            name, grpc_type = method.rsplit("/", 1)[1], _GRPC_TYPE[kind]
+            self.metrics.rpc_started(grpc_type, name)
+            self.metrics.rpc_handled(grpc_type, name, "UNAUTHENTICATED", 0.0)
+        self.metrics.rejected("unauthenticated")
 
     async def _set_health(self, status) -> None:
         for service in ("", SERVICE):
@@ -107,7 +136,10 @@ class EditServer:
             loop = asyncio.get_running_loop()
             start = time.perf_counter()
             for served in self.models.values():
-                await loop.run_in_executor(self.runner.executor, served.warm_up, self.config.max_batch_size)
+                timings = await loop.run_in_executor(self.runner.executor, served.warm_up,
+                                                     self.config.max_batch_size)
+                if timings:
+                    served.seed_costs(self.cost, timings)
             log.info("warm-up of %d model(s) x %d buckets took %.2f s", len(self.models),
                      len(bucket_sizes(self.config.max_batch_size)), time.perf_counter() - start)
         if not self.servicer.draining:
@@ -122,17 +154,38 @@ class EditServer:
         while (self.servicer.inflight > 0 or not self.runner.idle) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         clean = self.servicer.inflight == 0 and self.runner.idle
-        await self.stop(grace_s=max(0.05, deadline - time.monotonic()))
+        if not clean:
+            failed = self.runner.fail_all(ShutDown(grace_s))
+            log.warning("drain grace of %g s ran out: %d queued or computing request chunks fail with UNAVAILABLE",
+                        grace_s, failed)
+            end = time.monotonic() + 2.0
+            while self.servicer.inflight > 0 and time.monotonic() < end:  # let them send their status
+                await asyncio.sleep(0.01)
+        # Refusals are held across gRPC's own stop: a client waiting for its answer sends nothing new, and a call
+        # arriving while gRPC core shuts down would be CANCELLED by it. Once core stops taking calls, the held
+        # refusals go out (UNAVAILABLE), and the clients' next calls find the port closed (UNAVAILABLE too).
+        loop = asyncio.get_running_loop()
+        self.servicer.hold = loop.create_future()
+        self.servicer.close_streams()
+        await asyncio.sleep(HOLD_S)
+        stopping = asyncio.create_task(self.grpc.stop(max(1.0, deadline - time.monotonic())))
+        await asyncio.sleep(HOLD_S / 4)
+        self.servicer.hold.set_result(None)
+        await stopping
+        await self.stop()
         return clean
 
     async def stop(self, grace_s: float = 0.0) -> None:
         await self.grpc.stop(grace_s)
+        if self.servicer.hold is not None and not self.servicer.hold.done():
+            self.servicer.hold.set_result(None)
         self.runner.stop()
         if self._runner_task is not None:
             self._runner_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner_task
         self.runner.executor.shutdown(wait=False, cancel_futures=True)
+        self.servicer.helper.shutdown(wait=False, cancel_futures=True)
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -148,6 +201,9 @@ def create_server(config: ServeConfig, models: dict[str, ServedModel] | None = N
 
 async def serve_until_signal(config: ServeConfig, announce=print) -> int:
     """Run until SIGTERM/SIGINT, then drain within ``config.grace_s``. Exit code 0 if the drain was clean."""
+    warning = security.exposure_warning(config)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     server, port = create_server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -156,8 +212,11 @@ async def serve_until_signal(config: ServeConfig, announce=print) -> int:
     await server.start()
     names = ", ".join(f"{m.name} {m.version} ({m.model.engine})" for m in server.models.values())
     metrics = f"http://{config.metrics_host}:{server.metrics_port}/metrics" if server.metrics_port else "off"
+    secured = [word for word, on in (("TLS", config.tls_cert), ("mutual TLS", config.tls_client_ca),
+                                     ("tokens", config.auth_token_file)) if on]
     announce(f"curvedit serve: SERVING {names} on {config.host}:{port}; metrics {metrics}; "
-             f"max_batch_size={config.max_batch_size} max_queue_delay_ms={config.max_queue_delay_ms:g}")
+             f"max_batch_size={config.max_batch_size} max_queue_delay_ms={config.max_queue_delay_ms:g}"
+             + (f"; {', '.join(secured)}" if secured else ""))
     sys.stdout.flush()
     await stop.wait()
     announce(f"curvedit serve: draining (grace {config.grace_s:g} s)")

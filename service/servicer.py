@@ -1,102 +1,137 @@
 """``LatentEditService``: turns messages into batcher work and results back into messages.
 
-Each handler checks its input (via ``curvedit.api.Model``, whose ``ValueError`` messages name the fix),
-queues items in the ``BatchRunner``, awaits them and answers. Every outcome, success or any exception, goes
-through ``_finish``: one place for status codes (``errors.to_status``), the pushback trailer and metrics.
+Each handler is admitted first (``admission``: draining, concurrency, queue space, deadline — all before any
+decoding or sampling), then reads its request (``requests``: every input check, once), queues its items in the
+``BatchRunner``, awaits them and answers. Every outcome, success or any exception, goes through ``_unary`` /
+``_abort``: one place for status codes (``errors.to_status``), the pushback trailer and metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 
-from curvedit.service import codec
+from curvedit.service import codec, requests
+from curvedit.service.admission import Admission, Ticket
 from curvedit.service.batcher import BatchRunner
-from curvedit.service.errors import PUSHBACK_KEY, Draining, failure_reason, invalid, not_found, to_status
+from curvedit.service.errors import (
+    PUSHBACK_KEY,
+    Draining,
+    failure_reason,
+    invalid,
+    not_found,
+    reject_reason,
+    to_status,
+)
 from curvedit.service.metrics import ServerMetrics
 from curvedit.service.models import EDIT, EDIT_IMAGES, GENERATE, ServedModel
+from curvedit.service.requests import Corrupt, check_count, item_count
 from curvedit.v1 import latent_edit_pb2 as pb
 from curvedit.v1 import latent_edit_pb2_grpc as pb_grpc
 
-_REJECT_REASON = {grpc.StatusCode.RESOURCE_EXHAUSTED: "queue_full", grpc.StatusCode.UNAVAILABLE: "draining",
-                  grpc.StatusCode.INVALID_ARGUMENT: "invalid", grpc.StatusCode.NOT_FOUND: "not_found",
-                  grpc.StatusCode.DEADLINE_EXCEEDED: "deadline", grpc.StatusCode.CANCELLED: "cancelled"}
+_CLOSE = object()  # put into an open EditStream's answer queue at the end of a drain: end it with UNAVAILABLE
+HEAVY_ITEMS = 32  # above this many seeds to sample or PNGs to encode, the work leaves the event loop
 
 
 class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
-    def __init__(self, models: dict[str, ServedModel], runner: BatchRunner, metrics: ServerMetrics,
-                 max_items: int):
+    def __init__(self, models: dict[str, ServedModel], runner: BatchRunner, admission: Admission,
+                 metrics: ServerMetrics, max_items: int):
         self.models = models
         self.default = next(iter(models))
         self.runner = runner
+        self.admission = admission
         self.metrics = metrics
         self.max_items = max_items
-        self.draining = False
-        self.inflight = 0  # accepted requests (stream messages) not yet answered
+        self.streams: set[asyncio.Queue] = set()  # answer queues of the open EditStreams
+        self.hold: asyncio.Future | None = None  # at the end of a drain: refusals wait for it (see server.drain)
+        # Sampling many seeds or encoding many PNGs takes milliseconds; on a thread of its own the event loop
+        # keeps answering (and refusing) other calls meanwhile.
+        self.helper = ThreadPoolExecutor(1, "curvedit-prepare")
+
+    @property
+    def draining(self) -> bool:
+        return self.admission.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.admission.draining = value
+
+    @property
+    def inflight(self) -> int:
+        """Admitted requests (unary RPCs and stream messages) not yet answered."""
+        return self.admission.active
+
+    def close_streams(self) -> None:
+        """End every open EditStream with UNAVAILABLE once its answers are sent (the last step of a drain)."""
+        for out in self.streams:
+            out.put_nowait(_CLOSE)
 
     # -- plumbing -------------------------------------------------------------------------------------------
     def _model(self, name: str) -> ServedModel:
         served = self.models.get(name or self.default)
         if served is None:
-            raise not_found(f"no model named {name!r}; this server has {list(self.models)} (see ListModels)")
+            raise not_found(f"no model named {requests.short(name)}; this server has {list(self.models)} "
+                            "(see ListModels)")
         return served
 
-    def _accept(self) -> None:
-        if self.draining:
-            raise Draining()
-        self.inflight += 1
-
-    def _count_failure(self, request, code: grpc.StatusCode) -> None:
-        served = self.models.get(getattr(request, "model", "") or self.default)
-        if served is not None and code != grpc.StatusCode.NOT_FOUND:
-            self.metrics.request_failed(served.name, served.version, failure_reason(code))
-        if code in _REJECT_REASON and code not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
-            self.metrics.rejected(_REJECT_REASON[code])
-
-    async def _unary(self, method: str, work, request, context: grpc.aio.ServicerContext, kind: str = "unary"):
-        self.metrics.rpc_started(kind, method)
-        start, code, recorded = time.perf_counter(), grpc.StatusCode.OK, False
-        try:
-            self._accept()
-            try:
-                return await work(request, self._deadline(context), method)
-            finally:
-                self.inflight -= 1
-        except BaseException as exc:
-            code, message, pushback = to_status(exc)
-            remaining = context.time_remaining()
-            if isinstance(exc, asyncio.CancelledError) and remaining is not None and remaining <= 0.02:
-                # gRPC cancels the handler when the deadline passes (its timer may fire a few ms early).
-                code = grpc.StatusCode.DEADLINE_EXCEEDED
-            self._count_failure(request, code)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            recorded = True
-            await self._abort(context, code, message, pushback, kind, method, start)
-        finally:
-            if not recorded:
-                self.metrics.rpc_handled(kind, method, code.name, time.perf_counter() - start)
-
-    async def _abort(self, context, code, message: str, pushback: int, kind: str, method: str, start: float):
-        """Count the RPC as handled, then end it: the count must be visible once the client sees the status."""
-        if pushback:
-            context.set_trailing_metadata(((PUSHBACK_KEY, str(pushback)),))
-        self.metrics.rpc_handled(kind, method, code.name, time.perf_counter() - start)
-        await context.abort(code, message)
+    def _count_failure(self, request, exc: BaseException, code: grpc.StatusCode) -> None:
+        if not isinstance(request, Corrupt) and code != grpc.StatusCode.NOT_FOUND:
+            served = self.models.get(getattr(request, "model", "") or self.default)
+            if served is not None:
+                self.metrics.request_failed(served.name, served.version, failure_reason(code))
+        reason = reject_reason(exc, code)
+        if reason is not None:
+            self.metrics.rejected(reason)
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float | None:
         remaining = context.time_remaining()
         return None if remaining is None else self.runner.clock() + remaining
 
-    async def _run(self, served: ServedModel, key, z: np.ndarray, amounts, deadline, method: str):
+    async def _unary(self, method: str, work, request, context: grpc.aio.ServicerContext, kind: str = "unary"):
+        self.metrics.rpc_started(kind, method)
+        start, code, recorded, ticket = time.perf_counter(), grpc.StatusCode.OK, False, None
+        try:
+            if isinstance(request, Corrupt):
+                raise request.error
+            ticket = self.admission.enter(self._deadline(context))
+            return await work(request, ticket, method)
+        except BaseException as exc:
+            code, message, pushback = to_status(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0.02:
+                    # gRPC cancels the handler when the deadline passes (its timer may fire a few ms early).
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED
+                self._count_failure(request, exc, code)
+                raise
+            self._count_failure(request, exc, code)
+            recorded = True
+            await self._abort(context, code, message, pushback, kind, method, start)
+        finally:
+            if ticket is not None:
+                ticket.leave()
+            if not recorded:
+                self.metrics.rpc_handled(kind, method, code.name, time.perf_counter() - start)
+
+    async def _abort(self, context, code, message: str, pushback: int, kind: str, method: str, start: float):
+        """Count the RPC as handled, then end it: the count must be visible once the client sees the status."""
+        if code == grpc.StatusCode.UNAVAILABLE and self.hold is not None and not self.hold.done():
+            await asyncio.shield(self.hold)
+        if pushback:
+            context.set_trailing_metadata(((PUSHBACK_KEY, str(pushback)),))
+        self.metrics.rpc_handled(kind, method, code.name, time.perf_counter() - start)
+        await context.abort(code, message)
+
+    async def _run(self, served: ServedModel, key, z: np.ndarray, amounts, ticket: Ticket, method: str):
         """Queue ``z [n, d]`` under ``key``, await every chunk; returns the outputs concatenated over chunks."""
         start = self.runner.clock()
-        entries = self.runner.submit(key, z, amounts, deadline)
+        entries = self.runner.submit(key, z, amounts, ticket.deadline)
+        ticket.queued()
         if len(entries) == 1:
             outputs = await entries[0].future
         else:
@@ -112,116 +147,87 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         self.metrics.request_done(served.name, served.version, method, end - start, queue_s)
         return outputs
 
-    def _latents(self, served: ServedModel, request, field: str = "latents") -> np.ndarray:
-        which = request.WhichOneof("input")
-        if which is None:
-            raise invalid(f"no input: set `{field}` (float32 [n, {served.latent_dim}]) or `seeds`")
-        if which == "seeds" or which == "seed":
-            seeds = list(request.seeds.seeds) if which == "seeds" else [request.seed]
-            self._check_count(len(seeds))
-            return served.model.sample_seeds(seeds)
-        z = codec.from_tensor(getattr(request, which), which)
-        self._check_count(z.shape[0])
-        if z.shape[1] == served.latent_dim and np.isfinite(z).all():
-            return z  # the common case, checked cheaply; anything else gets Model's own message below
-        return served.model.check_latents(z)
+    async def _latents(self, served: ServedModel, request, n: int) -> np.ndarray:
+        if n > HEAVY_ITEMS and request.WhichOneof("input") == "seeds":
+            return await asyncio.get_running_loop().run_in_executor(self.helper, requests.latents, served, request)
+        return requests.latents(served, request)
 
-    def _check_count(self, n: int) -> None:
-        if n == 0:
-            raise invalid("empty batch: pass at least one latent or seed")
-        if n > self.max_items:
-            raise invalid(f"too many items: {n} in one request, the limit is {self.max_items}; split the request "
-                          "(or use EditStream), or raise --max-items-per-request on the server")
-
-    def _amounts(self, served: ServedModel, editor: str, request: pb.EditRequest, n: int) -> np.ndarray:
-        if not request.HasField("amounts"):
-            index = served.direction_index(editor)
-            out = np.zeros((n, len(index)), dtype=np.float32)
-            for e in request.edits:
-                k = index.get(e.direction)
-                if k is None or not math.isfinite(e.amount):  # Model.amounts raises the explanatory error
-                    return served.model.amounts({e.direction: e.amount for e in request.edits}, n, editor)
-                out[:, k] = e.amount
-            return out
-        if request.edits:
-            raise invalid("set either `edits` (applied to all items) or per-item `amounts`, not both")
-        given = codec.from_tensor(request.amounts.amounts, "amounts")
-        names = served.model.directions_of(editor)
-        columns = list(request.amounts.directions)
-        if not columns:
-            return served.model.amounts(given, n, editor)
-        unknown = [c for c in columns if c not in names]
-        if unknown or len(set(columns)) != len(columns):
-            raise invalid(f"amounts.directions {columns} must be distinct names among {names}")
-        if given.ndim != 2 or given.shape != (n, len(columns)):
-            raise invalid(f"amounts have shape {list(given.shape)}, expected [{n}, {len(columns)}] "
-                          f"(one row per latent, one column per amounts.directions entry)")
-        full = np.zeros((n, len(names)), dtype=np.float32)
-        full[:, [names.index(c) for c in columns]] = given
-        return served.model.amounts(full, n, editor)
+    async def _images(self, images: np.ndarray, fmt: int) -> pb.Images:
+        if fmt == pb.IMAGE_FORMAT_PNG and len(images) > HEAVY_ITEMS:
+            return await asyncio.get_running_loop().run_in_executor(self.helper, codec.to_images, images, fmt)
+        return codec.to_images(images, fmt)
 
     # -- the RPCs -------------------------------------------------------------------------------------------
     async def ListModels(self, request, context):
-        async def work(_request, _deadline, _method):
+        async def work(_request, _ticket, _method):
             return pb.ListModelsResponse(models=[m.info(self.max_items) for m in self.models.values()])
         return await self._unary("ListModels", work, request, context)
 
     async def GetModel(self, request, context):
-        async def work(req, _deadline, _method):
+        async def work(req, _ticket, _method):
             return self._model(req.name).info(self.max_items)
         return await self._unary("GetModel", work, request, context)
 
-    async def _edit(self, request: pb.EditRequest, deadline, method: str) -> pb.EditResponse:
+    async def _edit(self, request: pb.EditRequest, ticket: Ticket, method: str) -> pb.EditResponse:
         served = self._model(request.model)
-        editor = served.model.resolve_editor(request.editor)
-        z = self._latents(served, request)
-        amounts = self._amounts(served, editor, request, z.shape[0])
+        editor = requests.editor(served, request.editor)
+        fmt = requests.image_format(request.image_format)
+        n = item_count(request, "latents", served.latent_dim)
+        check_count(n, self.max_items)
         key = (served.name, editor, EDIT_IMAGES if request.return_images else EDIT)
-        outputs = await self._run(served, key, z, amounts, deadline, method)
+        ticket.reserve(key, n)
+        z = await self._latents(served, request, n)
+        amounts = requests.amounts(served, editor, request, z.shape[0])
+        outputs = await self._run(served, key, z, amounts, ticket, method)
+        requests.check_finite(outputs[0])
         response = pb.EditResponse(latents=codec.to_tensor(outputs[0]), model=served.name,
                                    model_version=served.version, id=request.id)
         if request.return_images:
-            response.images.CopyFrom(codec.to_images(outputs[1], request.image_format))
+            response.images.CopyFrom(await self._images(outputs[1], fmt))
         return response
 
     async def Edit(self, request, context):
         return await self._unary("Edit", self._edit, request, context)
 
     async def Generate(self, request, context):
-        async def work(req: pb.GenerateRequest, deadline, method):
+        async def work(req: pb.GenerateRequest, ticket, method):
             served = self._model(req.model)
-            z = self._latents(served, req)
-            (images,) = await self._run(served, (served.name, "", GENERATE), z, None, deadline, method)
-            return pb.GenerateResponse(images=codec.to_images(images, req.image_format), model=served.name,
+            fmt = requests.image_format(req.image_format)
+            n = item_count(req, "latents", served.latent_dim)
+            check_count(n, self.max_items)
+            key = (served.name, "", GENERATE)
+            ticket.reserve(key, n)
+            z = await self._latents(served, req, n)
+            (images,) = await self._run(served, key, z, None, ticket, method)
+            return pb.GenerateResponse(images=await self._images(images, fmt), model=served.name,
                                        model_version=served.version)
         return await self._unary("Generate", work, request, context)
 
     async def Traverse(self, request: pb.TraverseRequest, context) -> AsyncIterator[pb.TraverseFrame]:
-        async def work(req: pb.TraverseRequest, deadline, method):
+        async def work(req: pb.TraverseRequest, ticket, method):
             served = self._model(req.model)
-            editor = served.model.resolve_editor(req.editor)
-            if req.steps < 1:
-                raise invalid(f"steps must be >= 1, got {req.steps}")
-            if not (math.isfinite(req.start) and math.isfinite(req.stop)):
-                raise invalid(f"start and stop must be finite numbers, got {req.start} and {req.stop}")
-            self._check_count(req.steps)
-            z = self._latents(served, req, "latent")
-            if z.shape[0] != 1:
-                raise invalid(f"traverse takes one latent, got {z.shape[0]}; pass latent as [1, d]")
-            amounts = served.model.amounts({req.direction: 1.0}, req.steps, editor)
-            values = np.linspace(req.start, req.stop, req.steps, dtype=np.float32)
-            images = req.image_format != pb.IMAGE_FORMAT_UNSPECIFIED
-            outputs = await self._run(served, (served.name, editor, EDIT_IMAGES if images else EDIT),
-                                      np.repeat(z, req.steps, 0), amounts * values[:, None], deadline, method)
-            return served, values, outputs
+            editor = requests.editor(served, req.editor)
+            k = requests.direction(served, editor, req.direction)
+            values = requests.traverse_amounts(req, self.max_items)
+            fmt = requests.image_format(req.image_format)
+            if item_count(req, "latent", served.latent_dim) != 1:
+                raise invalid(f"traverse takes one latent, got shape {list(req.latent.shape)}; pass "
+                                       f"latent as [1, {served.latent_dim}]")
+            key = (served.name, editor, EDIT_IMAGES)
+            ticket.reserve(key, req.steps)
+            z = requests.latents(served, req)
+            amounts = np.zeros((req.steps, len(served.direction_index(editor))), np.float32)
+            amounts[:, k] = values
+            outputs = await self._run(served, key, np.repeat(z, req.steps, 0), amounts, ticket, method)
+            requests.check_finite(outputs[0], "traversal frame")
+            return served, values, outputs, fmt
 
         # Computed as one batch, then streamed, so the frames are consistent and come in order.
-        served, values, outputs = await self._unary("Traverse", work, request, context, "server_stream")
+        served, values, outputs, fmt = await self._unary("Traverse", work, request, context, "server_stream")
         for i, amount in enumerate(values):
             frame = pb.TraverseFrame(index=i, amount=float(amount), latent=codec.to_tensor(outputs[0][i : i + 1]),
                                      model_version=served.version)
-            if len(outputs) > 1:
-                frame.image.CopyFrom(codec.to_images(outputs[1][i : i + 1], request.image_format))
+            frame.image.CopyFrom(codec.to_images(outputs[1][i : i + 1], fmt))
             self.metrics.message("server_stream", "Traverse", sent=1)
             yield frame
 
@@ -232,26 +238,28 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         start, code, recorded = time.perf_counter(), grpc.StatusCode.OK, False
         out: asyncio.Queue = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
+        deadline = self._deadline(context)
 
-        async def one(req: pb.EditRequest) -> None:
+        def failed(req, exc: Exception) -> None:
+            c, message, pushback = to_status(exc)
+            self._count_failure(req, exc, c)
+            out.put_nowait(pb.EditStreamResponse(id=getattr(req, "id", ""), error=pb.Error(
+                code=c.value[0], message=message, retry_pushback_ms=pushback)))
+
+        async def one(req) -> None:
             try:
-                self._accept()
+                if isinstance(req, Corrupt):
+                    raise req.error
+                ticket = self.admission.enter(deadline)
             except Exception as exc:
-                c, message, pushback = to_status(exc)
-                self._count_failure(req, c)
-                out.put_nowait(pb.EditStreamResponse(id=req.id, error=pb.Error(code=c.value[0], message=message,
-                                                                                retry_pushback_ms=pushback)))
+                failed(req, exc)
                 return
             try:
-                result = await self._edit(req, self._deadline(context), method)
-                out.put_nowait(pb.EditStreamResponse(id=req.id, result=result))
+                out.put_nowait(pb.EditStreamResponse(id=req.id, result=await self._edit(req, ticket, method)))
             except Exception as exc:
-                c, message, pushback = to_status(exc)
-                self._count_failure(req, c)
-                out.put_nowait(pb.EditStreamResponse(id=req.id, error=pb.Error(code=c.value[0], message=message,
-                                                                                retry_pushback_ms=pushback)))
+                failed(req, exc)
             finally:
-                self.inflight -= 1
+                ticket.leave()
 
         async def read() -> None:
             async for req in request_iterator:
@@ -264,6 +272,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             out.put_nowait(None)
 
         reader = asyncio.create_task(read())
+        self.streams.add(out)
         try:
             if self.draining:
                 raise Draining()
@@ -271,6 +280,8 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
                 response = await out.get()
                 if response is None:
                     break
+                if response is _CLOSE:
+                    raise Draining()
                 self.metrics.message(kind, method, sent=1)
                 yield response
             await reader
@@ -279,9 +290,12 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             raise
         except Exception as exc:
             code, message, pushback = to_status(exc)
+            if isinstance(exc, Draining):
+                self.metrics.rejected(exc.reason)
             recorded = True
             await self._abort(context, code, message, pushback, kind, method, start)
         finally:
+            self.streams.discard(out)
             reader.cancel()
             for task in list(tasks):
                 task.cancel()

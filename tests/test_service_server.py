@@ -3,6 +3,7 @@
 import asyncio
 import concurrent.futures
 import threading
+import time
 import urllib.request
 from typing import ClassVar
 
@@ -89,10 +90,37 @@ def test_edit_with_images_and_generate(client, model):
 def test_traverse_streams_frames_in_order(client, model):
     frames = list(client.traverse("x", seed=5, start=-1, stop=1, steps=5, images="raw"))
     assert [f.index for f in frames] == list(range(5))
+    amounts = np.linspace(-1, 1, 5, dtype=np.float32)
+    np.testing.assert_array_equal([f.amount for f in frames], amounts)
     z = model.sample(1, seed=5)
-    for f in frames:
-        np.testing.assert_allclose(codec.from_tensor(f.latent), model.edit(z, {"x": f.amount}), atol=ATOL)
+    for f, amount in zip(frames, amounts, strict=True):
+        edited = model.edit(z, {"x": float(amount)})
+        np.testing.assert_allclose(codec.from_tensor(f.latent), edited, atol=ATOL)
+        np.testing.assert_array_equal(codec.from_images(f.image), model.generate(edited))
     assert codec.from_images(frames[0].image).shape == (1, 32, 32, 3)
+
+
+def test_traverse_with_only_seed_direction_and_steps_spans_the_default_range(client, model):
+    frames = list(client.stub.Traverse(pb.TraverseRequest(seed=5, direction="y", steps=4), timeout=10))
+    amounts = np.linspace(-1.5, 1.5, 4, dtype=np.float32)
+    np.testing.assert_array_equal([f.amount for f in frames], amounts)
+    latents = np.concatenate([codec.from_tensor(f.latent) for f in frames])
+    np.testing.assert_allclose(latents, model.edit(np.repeat(model.sample(1, seed=5), 4, 0),
+                                                   np.outer(amounts, [0, 1, 0, 0]).astype(np.float32)), atol=ATOL)
+    assert len({row.tobytes() for row in latents}) == 4  # no two frames alike
+    assert all(f.image.format == pb.IMAGE_FORMAT_RAW and list(f.image.shape) == [1, 32, 32, 3] for f in frames)
+
+
+def test_an_unspecified_image_format_means_raw_in_every_rpc(client):
+    unspecified = pb.IMAGE_FORMAT_UNSPECIFIED
+    edited = client.stub.Edit(pb.EditRequest(seeds=pb.Seeds(seeds=[0]), return_images=True,
+                                             image_format=unspecified), timeout=10)
+    generated = client.stub.Generate(pb.GenerateRequest(seeds=pb.Seeds(seeds=[0]), image_format=unspecified),
+                                     timeout=10)
+    (frame,) = client.stub.Traverse(pb.TraverseRequest(seed=0, direction="x", steps=1, image_format=unspecified),
+                                    timeout=10)
+    assert edited.images.format == generated.images.format == frame.image.format == pb.IMAGE_FORMAT_RAW
+    assert codec.from_images(edited.images).shape == codec.from_images(generated.images).shape == (1, 32, 32, 3)
 
 
 def test_edit_stream_answers_each_message_including_errors(client, model):
@@ -230,7 +258,9 @@ def test_health_says_serving_only_after_warm_up_ran_every_bucket(tiny_bundle):
     entering = threading.Thread(target=bg.__enter__)
     entering.start()
     try:
-        while bg.port == 0:
+        deadline = time.monotonic() + 120
+        while bg.port == 0:  # the server binds its port before warm-up starts
+            assert time.monotonic() < deadline and entering.is_alive(), "the server never bound its port"
             threading.Event().wait(0.01)
         channel = grpc.insecure_channel(f"127.0.0.1:{bg.port}")
         health = health_pb2_grpc.HealthStub(channel)

@@ -11,15 +11,17 @@ import time
 import grpc
 import numpy as np
 import pytest
+from service_util import metric, wait_until
 
 import curvedit
-from curvedit.client import Client
+from curvedit.client import Client, edit_request
+from curvedit.service import codec
 
-SERVE_LINE = re.compile(r"SERVING .* on 127\.0\.0\.1:(\d+);")
+SERVE_LINE = re.compile(r"SERVING .* on 127\.0\.0\.1:(\d+); metrics (?:http://[\d.]+:(\d+)/metrics|off)")
 
 
-def start_server(bundle, *flags) -> tuple[subprocess.Popen, int]:
-    """``curvedit serve`` on a free port; returns the process and its port once it says SERVING."""
+def start_server(bundle, *flags) -> tuple[subprocess.Popen, int, int | None]:
+    """``curvedit serve`` on a free port; returns the process, its port and metrics port once it says SERVING."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "curvedit.cli", "serve", "--model", str(bundle), "--port", "0",
                              "--metrics-port", "-1", *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -29,7 +31,7 @@ def start_server(bundle, *flags) -> tuple[subprocess.Popen, int]:
         match = SERVE_LINE.search(line)
         if match:
             threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
-            return proc, int(match.group(1))
+            return proc, int(match.group(1)), int(match.group(2)) if match.group(2) else None
         if time.monotonic() > deadline:
             break
     proc.kill()
@@ -39,42 +41,46 @@ def start_server(bundle, *flags) -> tuple[subprocess.Popen, int]:
 @pytest.mark.slow
 def test_sigterm_during_load_loses_no_accepted_request(tiny_bundle):
     model = curvedit.load(tiny_bundle)
-    proc, port = start_server(tiny_bundle, "--max-queue-delay-ms", "300", "--max-batch-size", "64",
-                              "--grace-s", "20")
+    # A burst waits in the batcher (1 s delay) when SIGTERM arrives; a steady loader keeps sending across it.
+    proc, port, metrics_port = start_server(tiny_bundle, "--max-queue-delay-ms", "1000", "--max-batch-size", "64",
+                                            "--grace-s", "20", "--metrics-port", "0")
     try:
         client = Client(f"127.0.0.1:{port}", timeout=30)
-        stub = client.stub
-        from curvedit.client import edit_request
-
-        # A burst that is sitting in the batcher (300 ms delay) when SIGTERM arrives: all must complete.
-        burst = [stub.Edit.future(edit_request(seeds=[i], edits={"x": 1.0}), timeout=30) for i in range(24)]
         outcomes: list[grpc.StatusCode] = []
-        stop = threading.Event()
+        mismatches: list[int] = []
+        first_ok = threading.Event()
 
-        def keep_sending():  # steady load across the signal: every answer is OK or UNAVAILABLE, nothing else
+        def keep_sending():  # every answer is OK (and right) or UNAVAILABLE, which ends the loader
             i = 1000
-            while not stop.is_set():
-                try:
-                    got = client.edit(seeds=[i], edits={"x": 1.0}).latents
-                    np.testing.assert_allclose(got, model.edit(model.sample(1, seed=i), {"x": 1.0}), atol=1e-5)
+            while True:
+                try:  # images: another batch key than the burst, so the burst's own 1 s timer holds it
+                    got = client.edit(seeds=[i], edits={"x": 1.0}, images="raw").latents
+                    if not np.allclose(got, model.edit(model.sample(1, seed=i), {"x": 1.0}), atol=1e-5):
+                        mismatches.append(i)
                     outcomes.append(grpc.StatusCode.OK)
+                    first_ok.set()
                 except grpc.RpcError as exc:
                     outcomes.append(exc.code())
-                    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    if exc.code() != grpc.StatusCode.OK:
                         return
                 i += 1
 
         loader = threading.Thread(target=keep_sending)
         loader.start()
-        time.sleep(0.15)
+        assert first_ok.wait(30), f"the loader got no answer: {outcomes}"
+        burst = [client.stub.Edit.future(edit_request(seeds=[i], edits={"x": 1.0}), timeout=30) for i in range(24)]
+        wait_until(lambda: metric(metrics_port, "nv_inference_pending_request_count") >= 24, timeout=10,
+                   what="the burst queued in the batcher")
         proc.send_signal(signal.SIGTERM)
         results = [f.result() for f in burst]  # raises if any accepted request was lost
         for i, r in enumerate(results):
-            z = np.frombuffer(r.latents.data, np.float32).reshape(1, 8)
-            np.testing.assert_allclose(z, model.edit(model.sample(1, seed=i), {"x": 1.0}), atol=1e-5)
-        loader.join(30)
-        stop.set()
-        assert set(outcomes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, outcomes
+            expected = model.edit(model.sample(1, seed=i), {"x": 1.0})
+            np.testing.assert_allclose(codec.from_tensor(r.latents), expected, atol=1e-5)
+        loader.join(60)
+        assert not loader.is_alive(), "the loader never saw the server go away"
+        assert mismatches == []
+        assert grpc.StatusCode.OK in outcomes and outcomes[-1] == grpc.StatusCode.UNAVAILABLE, outcomes
+        assert set(outcomes) == {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, outcomes
         assert proc.wait(30) == 0
         client.close()
     finally:

@@ -27,6 +27,12 @@ if _version_not_supported:
 
 class LatentEditServiceStub:
     """Edits latents with a model's editors and renders them with its generator.
+
+    Status codes: INVALID_ARGUMENT for a bad request (including one whose edit result would not be finite);
+    NOT_FOUND for an unknown model; RESOURCE_EXHAUSTED, with a `grpc-retry-pushback-ms` trailer, when the server
+    is at its concurrency or queue bound or cannot finish before the request's deadline (refused at once, before
+    any work); UNAVAILABLE while it drains for shutdown; UNAUTHENTICATED without a valid bearer token when the
+    server requires one (every RPC but grpc.health.v1.Health).
     """
 
     def __init__(self, channel):
@@ -69,6 +75,12 @@ class LatentEditServiceStub:
 
 class LatentEditServiceServicer:
     """Edits latents with a model's editors and renders them with its generator.
+
+    Status codes: INVALID_ARGUMENT for a bad request (including one whose edit result would not be finite);
+    NOT_FOUND for an unknown model; RESOURCE_EXHAUSTED, with a `grpc-retry-pushback-ms` trailer, when the server
+    is at its concurrency or queue bound or cannot finish before the request's deadline (refused at once, before
+    any work); UNAVAILABLE while it drains for shutdown; UNAUTHENTICATED without a valid bearer token when the
+    server requires one (every RPC but grpc.health.v1.Health).
     """
 
     def ListModels(self, request, context):
@@ -156,6 +168,12 @@ def add_LatentEditServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class LatentEditService:
     """Edits latents with a model's editors and renders them with its generator.
+
+    Status codes: INVALID_ARGUMENT for a bad request (including one whose edit result would not be finite);
+    NOT_FOUND for an unknown model; RESOURCE_EXHAUSTED, with a `grpc-retry-pushback-ms` trailer, when the server
+    is at its concurrency or queue bound or cannot finish before the request's deadline (refused at once, before
+    any work); UNAVAILABLE while it drains for shutdown; UNAUTHENTICATED without a valid bearer token when the
+    server requires one (every RPC but grpc.health.v1.Health).
     """
 
     @staticmethod
