@@ -133,7 +133,7 @@ def run_recipe(name: str, out: Path, run: Path, seed: int = 0, generator_steps: 
     start = time.time()
     had = (run / "regressor.safetensors").is_file()
     regressor = _regressor(recipe, run, regressor_steps, seed, log)
-    seconds["regressor"] = "reused" if had or regressor is None else round(time.time() - start)
+    seconds["regressor"] = "none" if regressor is None else "reused" if had else round(time.time() - start)
     train_config = replace(recipe.train_config, seed=seed,
                            **({"steps": generator_steps} if generator_steps is not None else {}))
     start, had = time.time(), (run / "generator" / "generator.safetensors").is_file()
