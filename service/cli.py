@@ -24,6 +24,7 @@ def _flags(args: argparse.Namespace) -> dict:
     """The serve flags the user actually gave (argparse defaults are None so env/file can fill the rest)."""
     flags = {name: getattr(args, name) for name in _SERVE_FLAGS}
     flags["models"] = tuple(args.model or ())
+    flags["expect_digests"] = tuple(args.expect_digest or ())
     if args.no_warmup:
         flags["warmup"] = False
     if args.no_reflection:
@@ -49,8 +50,12 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     add("--metrics-host", default=None, help=f"address of the /metrics HTTP server (default {d.metrics_host})")
     add("--metrics-port", type=int, default=None,
         help=f"/metrics port (default {d.metrics_port}; 0 = any free port, -1 = off)")
-    add("--model", action="append", default=None, metavar="PATH",
-        help="bundle directory, repeatable; the first is the default model (default: the shipped model)")
+    add("--model", action="append", default=None, metavar="NAME|PATH",
+        help="a shipped model's name or a bundle directory, repeatable; the first is the default model "
+             "(default: every shipped model, shapes32 first)")
+    add("--expect-digest", action="append", default=None, metavar="DIGEST",
+        help="repeatable, one per --model in the same order: refuse to start unless that bundle's digest "
+             "(`curvedit info` prints it; 12+ leading hex digits) matches (default: no pin)")
     add("--engine", default=None, help=f"auto, torch, onnxruntime or triton (default {d.engine})")
     add("--max-batch-size", type=int, default=None,
         help=f"most items in one batch (default {d.max_batch_size}; 1 = batching off)")
@@ -159,6 +164,8 @@ def cmd_client_edit(args) -> int:
     edits = dict(args.edit or [])
     if not edits:
         raise ValueError("give at least one --edit NAME=AMOUNT (see `curvedit client models` for directions)")
+    if args.image:
+        return _client_edit_images(args, edits)
     seeds = range(args.seed, args.seed + args.count)
     with _client(args) as client:
         result = client.edit(seeds=seeds, edits=edits, model=args.model or "", editor=args.editor or "",
@@ -170,6 +177,42 @@ def cmd_client_edit(args) -> int:
     save_png(image_grid(np.concatenate([before, result.images]), columns=args.count, zoom=3), out / "edit.png")
     print(f"edited seeds {args.seed}..{args.seed + args.count - 1} with {edits} on {result.model} "
           f"{result.model_version} → {out}/edited.npy, edit.png (top: input)")
+    return 0
+
+
+def _read_files(paths) -> list[bytes]:
+    try:
+        return [Path(p).read_bytes() for p in paths]
+    except OSError as exc:
+        raise ValueError(f"cannot read image {exc.filename}: {exc.strerror}") from None
+
+
+def _client_edit_images(args, edits: dict) -> int:
+    """``--image``: the server encodes, edits and decodes the files; writes NN_edited.png and edited.npy."""
+    from PIL import Image
+
+    from curvedit.models.files import save_npy, save_png
+
+    files = _read_files(args.image)
+    with _client(args) as client:
+        result = client.edit(input_images=files, edits=edits, model=args.model or "", editor=args.editor or "",
+                             images="raw")
+    out = Path(args.out)
+    save_npy(out / "edited.npy", result.latents)
+    for i, image in enumerate(result.images):
+        save_png(Image.fromarray(image), out / f"{i:02d}_edited.png")
+    print(f"edited {len(files)} image(s) with {edits} on {result.model} {result.model_version} → "
+          f"{out}/NN_edited.png, edited.npy")
+    return 0
+
+
+def cmd_client_encode(args) -> int:
+    from curvedit.models.files import save_npy
+
+    with _client(args) as client:
+        latents = client.encode(_read_files(args.image), model=args.model or "")
+    save_npy(args.out, latents)
+    print(f"encoded {len(latents)} image(s) → {args.out} (float32 {list(latents.shape)})")
     return 0
 
 
@@ -231,7 +274,15 @@ def register(subparsers) -> None:
     health = action("health", cmd_client_health, "grpc.health.v1 status (exit 0 iff SERVING)")
     health.add_argument("--service", default="",
                         help="service to ask about (default: empty, the whole server)")
-    for name, func, help in (("edit", cmd_client_edit, "edit seeds; write edited.npy and a before/after PNG"),
+    encode = action("encode", cmd_client_encode, "encode image files to latents (models that can encode)")
+    encode.add_argument("--model", default=None, metavar="NAME",
+                        help="served model name (default: the server's default model)")
+    encode.add_argument("--image", action="append", required=True, metavar="FILE",
+                        help="image file, repeatable (fitted to the model's size by the server)")
+    encode.add_argument("--out", default="out/latents.npy", metavar="NPY",
+                        help="where to write float32 [n, d] (default out/latents.npy)")
+    for name, func, help in (("edit", cmd_client_edit, "edit seeds (or --image files); write edited.npy and "
+                              "PNGs"),
                              ("traverse", cmd_client_traverse, "PNG strip along one direction")):
         p = action(name, func, help)
         p.add_argument("--model", default=None, metavar="NAME",
@@ -244,6 +295,9 @@ def register(subparsers) -> None:
                            help="direction and amount, repeatable, at least one (default: none)")
             p.add_argument("--out", default="out/client-edit", metavar="DIR",
                            help="output directory (default out/client-edit)")
+            p.add_argument("--image", action="append", default=None, metavar="FILE",
+                           help="repeatable: edit these image files instead of seeds (models that can encode; "
+                                "default: none)")
         else:
             p.add_argument("--direction", required=True, help="direction to move along (required)")
             p.add_argument("--range", type=float, default=1.5, metavar="T",

@@ -3,8 +3,13 @@
     from curvedit.client import Client, Security
     with Client("127.0.0.1:50051") as c:
         z2 = c.edit(seeds=range(4), edits={"scale": 1.0}).latents      # float32 [4, d]
+        z3 = c.encode(photos).latents                                     # real images → latents (VAEs)
+        edited = c.edit(input_images=photos, edits={"x": 1.0}, images="raw").images   # encode → edit → decode
     with Client("host:50051", security=Security(ca_file="ca.pem", token_file="token")) as c:  # TLS + token
         ...
+
+Real images (``input_images=``) are a uint8 array ``[n, H, W, 3]`` of the model's size (sent raw), or a list of
+image files' bytes (sent as PNG entries, fitted to the model's size by the server).
 
 Failures raise ``grpc.RpcError`` with the server's status code and message (the message says the fix).
 """
@@ -45,19 +50,34 @@ class StreamError:
     retry_pushback_ms: int = 0
 
 
+def images_message(images) -> pb.Images:
+    """Real images for a request: a uint8 array ``[n, H, W, C]`` → RAW; a list of files' bytes → PNG entries."""
+    if isinstance(images, np.ndarray):
+        if images.dtype != np.uint8:
+            raise ValueError(f"input_images must be uint8 0..255, got {images.dtype}")
+        return codec.to_images(images, pb.IMAGE_FORMAT_RAW)
+    files = list(images)
+    if not all(isinstance(f, bytes | bytearray) for f in files):
+        raise ValueError("input_images must be a uint8 array [n, H, W, 3] or a list of image files' bytes")
+    return pb.Images(format=pb.IMAGE_FORMAT_PNG, png=[bytes(f) for f in files])
+
+
 def edit_request(latents=None, seeds: Iterable[int] | None = None, edits: Mapping[str, float] | None = None,
                  amounts: np.ndarray | None = None, directions: Sequence[str] = (), model: str = "",
-                 editor: str = "", images: str = "none", id: str = "") -> pb.EditRequest:
-    """Build an ``EditRequest``: ``latents [n, d]`` or ``seeds``; ``edits`` for all or ``amounts [n, K]``."""
-    if (latents is None) == (seeds is None):
-        raise ValueError("pass exactly one of latents= (float32 [n, d]) or seeds=")
+                 editor: str = "", images: str = "none", id: str = "", input_images=None) -> pb.EditRequest:
+    """Build an ``EditRequest``: ``latents [n, d]``, ``seeds`` or real ``input_images``; ``edits`` for all or
+    ``amounts [n, K]``; ``images`` is the format the edited images come back in ("none", "raw", "png")."""
+    if sum(x is not None for x in (latents, seeds, input_images)) != 1:
+        raise ValueError("pass exactly one of latents= (float32 [n, d]), seeds= or input_images=")
     request = pb.EditRequest(model=model, editor=editor, id=id,
                              edits=[pb.DirectionAmount(direction=k, amount=float(v)) for k, v in
                                     (edits or {}).items()])
     if latents is not None:
         request.latents.CopyFrom(codec.to_tensor(np.asarray(latents, dtype=np.float32)))
-    else:
+    elif seeds is not None:
         request.seeds.seeds.extend(int(s) for s in seeds)
+    else:
+        request.images.CopyFrom(images_message(input_images))
     if amounts is not None:
         request.amounts.CopyFrom(pb.Amounts(directions=list(directions), amounts=codec.to_tensor(amounts)))
     if images != "none":
@@ -134,10 +154,17 @@ class Client:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def edit(self, latents=None, seeds=None, edits=None, amounts=None, directions=(), model="", editor="",
-             images="none", timeout: float | None = None) -> EditResult:
-        """Edited latents ``[n, d]`` (and images if ``images`` is ``"raw"`` or ``"png"``)."""
-        request = edit_request(latents, seeds, edits, amounts, directions, model, editor, images)
+             images="none", timeout: float | None = None, input_images=None) -> EditResult:
+        """Edited latents ``[n, d]`` (and images if ``images`` is ``"raw"`` or ``"png"``) of ``latents``,
+        ``seeds`` or real ``input_images``."""
+        request = edit_request(latents, seeds, edits, amounts, directions, model, editor, images,
+                               input_images=input_images)
         return _result(self.stub.Edit(request, timeout=timeout or self.timeout))
+
+    def encode(self, input_images, model: str = "") -> np.ndarray:
+        """Latents float32 ``[n, d]`` of real images (models that can encode)."""
+        request = pb.EncodeRequest(model=model, images=images_message(input_images))
+        return codec.from_tensor(self.stub.Encode(request, timeout=self.timeout).latents).copy()
 
     def edit_stream(self, requests: Iterable[pb.EditRequest], timeout: float | None = None
                     ) -> Iterator[EditResult | StreamError]:
@@ -189,9 +216,14 @@ class AsyncClient:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     async def edit(self, latents=None, seeds=None, edits=None, amounts=None, directions=(), model="", editor="",
-                   images="none", timeout: float | None = None) -> EditResult:
-        request = edit_request(latents, seeds, edits, amounts, directions, model, editor, images)
+                   images="none", timeout: float | None = None, input_images=None) -> EditResult:
+        request = edit_request(latents, seeds, edits, amounts, directions, model, editor, images,
+                               input_images=input_images)
         return _result(await self.stub.Edit(request, timeout=timeout or self.timeout))
+
+    async def encode(self, input_images, model: str = "") -> np.ndarray:
+        request = pb.EncodeRequest(model=model, images=images_message(input_images))
+        return codec.from_tensor((await self.stub.Encode(request, timeout=self.timeout)).latents).copy()
 
     async def edit_stream(self, requests, timeout: float | None = None) -> AsyncIterator[EditResult | StreamError]:
         """``requests``: an iterable or async iterable of ``EditRequest``."""

@@ -26,7 +26,8 @@ class ServeConfig:
     port: int = 50051  # 0 = any free port (tests)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 8002  # 0 = any free port; -1 = no metrics HTTP server
-    models: tuple[str, ...] = ()  # bundle paths; empty = the shipped default; the first is the default model
+    models: tuple[str, ...] = ()  # shipped names or bundle paths; empty = every shipped model; first = default
+    expect_digests: tuple[str, ...] = ()  # one per model, in order: refuse a bundle whose digest differs
     engine: str = "auto"
     max_batch_size: int = 256  # 1 = batching off
     max_queue_delay_ms: float = 5.0  # measured from the oldest queued item's arrival
@@ -68,6 +69,10 @@ class ServeConfig:
              "--tls-client-ca (mutual TLS) needs TLS itself: pass --tls-cert and --tls-key too")
         need(1 <= self.max_message_mb <= 2047, f"max_message_mb must be in 1..2047, got {self.max_message_mb}")
         object.__setattr__(self, "models", tuple(str(m) for m in self.models))
+        object.__setattr__(self, "expect_digests", tuple(str(d) for d in self.expect_digests))
+        need(not self.expect_digests or len(self.expect_digests) == len(self.models),
+             f"--expect-digest pins the --model given in the same position: got {len(self.expect_digests)} "
+             f"digest(s) for {len(self.models)} model(s); pass one per --model")
 
     @property
     def max_queue_delay_s(self) -> float:

@@ -18,6 +18,14 @@ from curvedit.service.batcher import Batch, bucket_sizes
 from curvedit.v1 import latent_edit_pb2 as pb
 
 EDIT, EDIT_IMAGES, GENERATE = "edit", "edit+images", "generate"
+# Work that starts from real images (uint8 [n, H, W, 3] in the batch instead of latents): encode only, or encode
+# then one of the kinds above.
+ENCODE = "encode"
+
+
+def from_images(kind: str) -> str:
+    """The batch kind of ``kind`` (EDIT or EDIT_IMAGES) for a request whose input is real images."""
+    return f"{ENCODE}+{kind}"
 
 
 @dataclass
@@ -45,10 +53,12 @@ class ServedModel:
         return pb.ModelInfo(name=self.name, version=self.version, latent_dim=self.latent_dim,
                             image_shape=list(self.model.image_shape), editors=editors,
                             default_editor=self.model.default_editor, engine=self.model.engine,
-                            max_items_per_request=max_items)
+                            max_items_per_request=max_items, can_encode=self.model.can_encode,
+                            family=self.model.family, digest=self.model.digest)
 
     def compute(self, batch: Batch) -> tuple[np.ndarray, ...]:
-        """Run one padded batch: ``model.edit`` on ``[bucket, d]`` (and/or ``model.generate``).
+        """Run one padded batch: ``model.edit`` on ``[bucket, d]`` (and/or ``model.generate``), after
+        ``model.encode`` for batches of real images (kinds ``encode…``, whose encoded latents come first).
 
         Called on the compute thread. Stage times go to ``batch.stages`` for the metrics. An edit whose
         result row is not finite (an amount too large for the flow) keeps its NaN/Inf row, which the servicer
@@ -57,6 +67,13 @@ class ServedModel:
         _, editor, kind = batch.key
         z, amounts = batch.inputs()
         stages = batch.stages = {}
+        if kind.startswith(ENCODE):
+            t = time.perf_counter()
+            z = self.model.encode(z)
+            stages["encoder"] = time.perf_counter() - t
+            if kind == ENCODE:
+                return (z,)
+            kind = kind[len(ENCODE) + 1 :]
         if kind == GENERATE:
             t = time.perf_counter()
             images = self.model.generate(z)
@@ -93,33 +110,47 @@ class ServedModel:
                 self.model.generate(z)
                 if timed:
                     seconds[("", GENERATE, b)] = time.perf_counter() - t
+                if self.model.can_encode:
+                    images = np.zeros((b, *self.model.image_shape), dtype=np.uint8)
+                    t = time.perf_counter()
+                    self.model.encode(images)
+                    if timed:
+                        seconds[("", ENCODE, b)] = time.perf_counter() - t
         return seconds
 
     def seed_costs(self, cost, timings: dict[tuple[str, str, int], float]) -> None:
         """Give ``cost`` (an ``admission.CostModel``) warm-up timings under this model's batch keys."""
         for (editor, kind, b), s in timings.items():
-            if kind == GENERATE:
-                cost.set((self.name, "", GENERATE), b, s)
-            else:
-                cost.set((self.name, editor, EDIT), b, s)
-                cost.set((self.name, editor, EDIT_IMAGES), b, s + timings.get(("", GENERATE, b), 0.0))
+            if kind in (GENERATE, ENCODE):
+                cost.set((self.name, "", kind), b, s)
+                continue
+            encode = timings.get(("", ENCODE, b))
+            for key, seconds in ((EDIT, s), (EDIT_IMAGES, s + timings.get(("", GENERATE, b), 0.0))):
+                cost.set((self.name, editor, key), b, seconds)
+                if encode is not None:
+                    cost.set((self.name, editor, from_images(key)), b, seconds + encode)
 
 
-def serving_model(path, engine: str = "auto") -> curvedit.Model:
+def serving_model(path, engine: str = "auto", expect_digest: str | None = None) -> curvedit.Model:
     """``curvedit.load`` as a server (and the load benchmark's in-process yardstick) runs it.
 
     ONNX Runtime runs with spinning off: its idle worker threads otherwise busy-wait between batches, taking
     the cores the gRPC event loop needs (on 2 cores this halved single-item throughput).
     """
     options = {"spinning": False} if resolve_engine(engine) == "onnxruntime" else None
-    return curvedit.load(path, engine=engine, engine_options=options)
+    return curvedit.load(path, engine=engine, engine_options=options, expect_digest=expect_digest)
 
 
-def load_models(paths: tuple[str, ...], engine: str) -> dict[str, ServedModel]:
-    """Load every bundle (none = the shipped default); refuse duplicate names. Insertion order = given order."""
+def load_models(paths: tuple[str, ...], engine: str,
+                expect_digests: tuple[str, ...] = ()) -> dict[str, ServedModel]:
+    """Load every model (a shipped model's name or a bundle path; none = every shipped model, the default
+    ``shapes32`` first), each pinned to ``expect_digests[i]`` when given; refuse duplicate names. Insertion
+    order = given order; the first is the default."""
     models: dict[str, ServedModel] = {}
-    for path in paths or (str(curvedit.default_bundle_path()),):
-        served = ServedModel(serving_model(path, engine))
+    paths = paths or tuple(curvedit.list_models())
+    digests = expect_digests or (None,) * len(paths)
+    for path, digest in zip(paths, digests, strict=True):
+        served = ServedModel(serving_model(path, engine, digest))
         if served.name in models:
             raise ValueError(f"two models are named {served.name!r} ({path} and an earlier --model); model names "
                              "come from the bundle manifest's 'name' and must be unique on one server")

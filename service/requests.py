@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from curvedit.images import decode_image_file
 from curvedit.service import codec
 from curvedit.service.errors import InvalidInput, invalid
 from curvedit.service.models import ServedModel
@@ -73,12 +74,41 @@ def item_count(request, field: str, latent_dim: int) -> int:
         return len(request.seeds.seeds)
     if which == "seed":
         return 1
+    if which == "images":
+        return image_count(request.images)
     shape = list(getattr(request, which).shape)
     if len(shape) != 2:
         raise invalid(f"{which} must have 2 dimensions [n, {latent_dim}], got shape {shape}; set Tensor.shape")
     if min(shape) < 0:
         raise invalid(f"{which} shape {shape} has a negative dimension; set Tensor.shape to [n, {latent_dim}]")
     return shape[0]
+
+
+def image_count(images: pb.Images) -> int:
+    """How many images an ``Images`` message carries, read without decoding them."""
+    if images.format == pb.IMAGE_FORMAT_PNG:
+        return len(images.png)
+    if images.format != pb.IMAGE_FORMAT_RAW:
+        raise invalid(f"images.format {images.format} is not PNG (1) or RAW (2); set Images.format")
+    shape = list(images.shape)
+    if len(shape) not in (3, 4) or min(shape) < 0:
+        raise invalid(f"raw images must have shape [n, H, W, 3] (or [n, H, W, 1] grayscale), got {shape}")
+    return shape[0]
+
+
+def images(served: ServedModel, message: pb.Images) -> np.ndarray:
+    """uint8 ``[n, H, W, 3]`` for the model: PNGs decoded and fitted to its size, raw arrays checked (the rules
+    of ``curvedit.images``); refused for a model that cannot encode."""
+    served.model.require_encoder()
+    shape = served.model.image_shape
+    if message.format == pb.IMAGE_FORMAT_PNG:
+        return np.stack([decode_image_file(data, shape, what=f"images.png[{i}]")
+                         for i, data in enumerate(message.png)])
+    dims = [int(s) for s in message.shape]
+    if math.prod(dims) != len(message.data):
+        raise invalid(f"raw images have shape {dims} (needs {math.prod(dims)} bytes of uint8) but carry "
+                      f"{len(message.data)} bytes; send prod(shape) bytes, row-major")
+    return served.model.check_images(np.frombuffer(message.data, dtype=np.uint8).reshape(dims))
 
 
 def check_count(n: int, max_items: int) -> None:

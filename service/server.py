@@ -194,7 +194,7 @@ class EditServer:
 def create_server(config: ServeConfig, models: dict[str, ServedModel] | None = None,
                   compute_wrapper: Callable | None = None) -> tuple[EditServer, int]:
     """Load models (unless given) and bind; returns ``(server, bound_port)``. Call inside the event loop."""
-    models = models if models is not None else load_models(config.models, config.engine)
+    models = models if models is not None else load_models(config.models, config.engine, config.expect_digests)
     server = EditServer(config, models, compute_wrapper)
     return server, server.port
 

@@ -29,7 +29,7 @@ from curvedit.service.errors import (
     to_status,
 )
 from curvedit.service.metrics import ServerMetrics
-from curvedit.service.models import EDIT, EDIT_IMAGES, GENERATE, ServedModel
+from curvedit.service.models import EDIT, EDIT_IMAGES, ENCODE, GENERATE, ServedModel, from_images
 from curvedit.service.requests import Corrupt, check_count, item_count
 from curvedit.v1 import latent_edit_pb2 as pb
 from curvedit.v1 import latent_edit_pb2_grpc as pb_grpc
@@ -152,6 +152,12 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             return await asyncio.get_running_loop().run_in_executor(self.helper, requests.latents, served, request)
         return requests.latents(served, request)
 
+    async def _real_images(self, served: ServedModel, message: pb.Images, n: int) -> np.ndarray:
+        """A request's real images as uint8 ``[n, H, W, 3]`` (PNG decoding leaves the loop when there is much)."""
+        if n > HEAVY_ITEMS // 8 and message.format == pb.IMAGE_FORMAT_PNG:
+            return await asyncio.get_running_loop().run_in_executor(self.helper, requests.images, served, message)
+        return requests.images(served, message)
+
     async def _images(self, images: np.ndarray, fmt: int) -> pb.Images:
         if fmt == pb.IMAGE_FORMAT_PNG and len(images) > HEAVY_ITEMS:
             return await asyncio.get_running_loop().run_in_executor(self.helper, codec.to_images, images, fmt)
@@ -174,11 +180,19 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         fmt = requests.image_format(request.image_format)
         n = item_count(request, "latents", served.latent_dim)
         check_count(n, self.max_items)
-        key = (served.name, editor, EDIT_IMAGES if request.return_images else EDIT)
+        kind = EDIT_IMAGES if request.return_images else EDIT
+        real = request.WhichOneof("input") == "images"
+        if real:
+            served.model.require_encoder()
+            kind = from_images(kind)
+        key = (served.name, editor, kind)
         ticket.reserve(key, n)
-        z = await self._latents(served, request, n)
-        amounts = requests.amounts(served, editor, request, z.shape[0])
-        outputs = await self._run(served, key, z, amounts, ticket, method)
+        amounts = requests.amounts(served, editor, request, n)
+        if real:
+            x = await self._real_images(served, request.images, n)
+        else:
+            x = await self._latents(served, request, n)
+        outputs = await self._run(served, key, x, amounts, ticket, method)
         requests.check_finite(outputs[0])
         response = pb.EditResponse(latents=codec.to_tensor(outputs[0]), model=served.name,
                                    model_version=served.version, id=request.id)
@@ -202,6 +216,19 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             return pb.GenerateResponse(images=await self._images(images, fmt), model=served.name,
                                        model_version=served.version)
         return await self._unary("Generate", work, request, context)
+
+    async def Encode(self, request, context):
+        async def work(req: pb.EncodeRequest, ticket, method):
+            served = self._model(req.model)
+            served.model.require_encoder()
+            n = requests.image_count(req.images)
+            check_count(n, self.max_items)
+            key = (served.name, "", ENCODE)
+            ticket.reserve(key, n)
+            (z,) = await self._run(served, key, await self._real_images(served, req.images, n), None, ticket,
+                                   method)
+            return pb.EncodeResponse(latents=codec.to_tensor(z), model=served.name, model_version=served.version)
+        return await self._unary("Encode", work, request, context)
 
     async def Traverse(self, request: pb.TraverseRequest, context) -> AsyncIterator[pb.TraverseFrame]:
         async def work(req: pb.TraverseRequest, ticket, method):

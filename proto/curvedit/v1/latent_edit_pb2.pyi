@@ -59,11 +59,12 @@ class Amounts(_message.Message):
     def __init__(self, directions: _Optional[_Iterable[str]] = ..., amounts: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class EditRequest(_message.Message):
-    __slots__ = ("model", "editor", "latents", "seeds", "edits", "amounts", "return_images", "image_format", "id")
+    __slots__ = ("model", "editor", "latents", "seeds", "images", "edits", "amounts", "return_images", "image_format", "id")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EDITOR_FIELD_NUMBER: _ClassVar[int]
     LATENTS_FIELD_NUMBER: _ClassVar[int]
     SEEDS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
     EDITS_FIELD_NUMBER: _ClassVar[int]
     AMOUNTS_FIELD_NUMBER: _ClassVar[int]
     RETURN_IMAGES_FIELD_NUMBER: _ClassVar[int]
@@ -73,12 +74,13 @@ class EditRequest(_message.Message):
     editor: str
     latents: Tensor
     seeds: Seeds
+    images: Images
     edits: _containers.RepeatedCompositeFieldContainer[DirectionAmount]
     amounts: Amounts
     return_images: bool
     image_format: ImageFormat
     id: str
-    def __init__(self, model: _Optional[str] = ..., editor: _Optional[str] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., seeds: _Optional[_Union[Seeds, _Mapping]] = ..., edits: _Optional[_Iterable[_Union[DirectionAmount, _Mapping]]] = ..., amounts: _Optional[_Union[Amounts, _Mapping]] = ..., return_images: _Optional[bool] = ..., image_format: _Optional[_Union[ImageFormat, str]] = ..., id: _Optional[str] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., editor: _Optional[str] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., seeds: _Optional[_Union[Seeds, _Mapping]] = ..., images: _Optional[_Union[Images, _Mapping]] = ..., edits: _Optional[_Iterable[_Union[DirectionAmount, _Mapping]]] = ..., amounts: _Optional[_Union[Amounts, _Mapping]] = ..., return_images: _Optional[bool] = ..., image_format: _Optional[_Union[ImageFormat, str]] = ..., id: _Optional[str] = ...) -> None: ...
 
 class EditResponse(_message.Message):
     __slots__ = ("latents", "images", "model", "model_version", "id")
@@ -150,6 +152,24 @@ class TraverseFrame(_message.Message):
     model_version: str
     def __init__(self, index: _Optional[int] = ..., amount: _Optional[float] = ..., latent: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[_Union[Images, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
+class EncodeRequest(_message.Message):
+    __slots__ = ("model", "images")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    images: Images
+    def __init__(self, model: _Optional[str] = ..., images: _Optional[_Union[Images, _Mapping]] = ...) -> None: ...
+
+class EncodeResponse(_message.Message):
+    __slots__ = ("latents", "model", "model_version")
+    LATENTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    latents: Tensor
+    model: str
+    model_version: str
+    def __init__(self, latents: _Optional[_Union[Tensor, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+
 class GenerateRequest(_message.Message):
     __slots__ = ("model", "latents", "seeds", "image_format")
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -209,7 +229,7 @@ class EditorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., directions: _Optional[_Iterable[_Union[Direction, _Mapping]]] = ..., commutative: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "latent_dim", "image_shape", "editors", "default_editor", "engine", "max_items_per_request")
+    __slots__ = ("name", "version", "latent_dim", "image_shape", "editors", "default_editor", "engine", "max_items_per_request", "can_encode", "family", "digest")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LATENT_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +238,9 @@ class ModelInfo(_message.Message):
     DEFAULT_EDITOR_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     MAX_ITEMS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    CAN_ENCODE_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     latent_dim: int
@@ -226,4 +249,7 @@ class ModelInfo(_message.Message):
     default_editor: str
     engine: str
     max_items_per_request: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., latent_dim: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., editors: _Optional[_Iterable[_Union[EditorInfo, _Mapping]]] = ..., default_editor: _Optional[str] = ..., engine: _Optional[str] = ..., max_items_per_request: _Optional[int] = ...) -> None: ...
+    can_encode: bool
+    family: str
+    digest: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., latent_dim: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., editors: _Optional[_Iterable[_Union[EditorInfo, _Mapping]]] = ..., default_editor: _Optional[str] = ..., engine: _Optional[str] = ..., max_items_per_request: _Optional[int] = ..., can_encode: _Optional[bool] = ..., family: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...

@@ -71,6 +71,11 @@ class LatentEditServiceStub:
                 request_serializer=curvedit_dot_v1_dot_latent__edit__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=curvedit_dot_v1_dot_latent__edit__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Encode = channel.unary_unary(
+                '/curvedit.v1.LatentEditService/Encode',
+                request_serializer=curvedit_dot_v1_dot_latent__edit__pb2.EncodeRequest.SerializeToString,
+                response_deserializer=curvedit_dot_v1_dot_latent__edit__pb2.EncodeResponse.FromString,
+                _registered_method=True)
 
 
 class LatentEditServiceServicer:
@@ -125,6 +130,13 @@ class LatentEditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Encode(self, request, context):
+        """Encodes real images to latents (models whose ModelInfo.can_encode is set; others: INVALID_ARGUMENT).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LatentEditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +169,11 @@ def add_LatentEditServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=curvedit_dot_v1_dot_latent__edit__pb2.GenerateRequest.FromString,
                     response_serializer=curvedit_dot_v1_dot_latent__edit__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Encode': grpc.unary_unary_rpc_method_handler(
+                    servicer.Encode,
+                    request_deserializer=curvedit_dot_v1_dot_latent__edit__pb2.EncodeRequest.FromString,
+                    response_serializer=curvedit_dot_v1_dot_latent__edit__pb2.EncodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -328,6 +345,33 @@ class LatentEditService:
             '/curvedit.v1.LatentEditService/Generate',
             curvedit_dot_v1_dot_latent__edit__pb2.GenerateRequest.SerializeToString,
             curvedit_dot_v1_dot_latent__edit__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Encode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curvedit.v1.LatentEditService/Encode',
+            curvedit_dot_v1_dot_latent__edit__pb2.EncodeRequest.SerializeToString,
+            curvedit_dot_v1_dot_latent__edit__pb2.EncodeResponse.FromString,
             options,
             channel_credentials,
             insecure,
