@@ -27,14 +27,34 @@ def test_compiling_backends_come_after_every_other_row(tmp_path):
     backends = [row["backend"] for row in result["rows"]]
     first_compiled = next(i for i, name in enumerate(backends) if name.startswith("torch.compile"))
     assert all(name.startswith("torch.compile") for name in backends[first_compiled:]), backends
-    assert set(result["phases_s"]) == {"main", "compile"}
+    assert set(result["phases_s"]) == {"main", "images", "compile"}
 
 
 def test_no_compile_leaves_the_compile_pass_out(tmp_path):
     code, result = run_bench(tmp_path, "--batch-sizes", "1", "--no-compile")
     assert code == 0
     assert not [row for row in result["rows"] if row["backend"].startswith("torch.compile")]
-    assert set(result["phases_s"]) == {"main"}
+    assert set(result["phases_s"]) == {"main", "images"}
+
+
+def test_the_image_path_times_torch_and_onnxruntime_side_by_side(tmp_path):
+    """encode → edit → decode per image on shapes-vae: both engines at each quick batch, same pixels (±1)."""
+    code, result = run_bench(tmp_path, "--batch-sizes", "1", "--no-compile")
+    rows = [r for r in result["rows"] if r["flow"] == "shapes-vae images"]
+    assert code == 0 and {(r["backend"], r["batch"]) for r in rows} == {
+        (engine, batch) for engine in ("torch", "onnxruntime") for batch in (1, 16)}
+    for r in rows:
+        assert r["ms"] > 0 and r["edits_per_s"] == pytest.approx(r["batch"] / (r["ms"] / 1e3))
+        assert r["max_err"] <= 1, "images agree within one grey level"
+    torch_ms = {r["batch"]: r["ms"] for r in rows if r["backend"] == "torch"}
+    for r in rows:
+        assert r["vs_eager"] == pytest.approx(torch_ms[r["batch"]] / r["ms"])
+
+
+def test_the_image_path_can_be_left_out(tmp_path):
+    code, result = run_bench(tmp_path, "--batch-sizes", "1", "--no-compile", "--image-model", "")
+    assert code == 0 and set(result["phases_s"]) == {"main"}
+    assert not [r for r in result["rows"] if r["flow"].endswith("images")]
 
 
 def test_compile_and_no_compile_together_are_refused(capsys):
@@ -81,6 +101,6 @@ def test_the_json_is_rewritten_after_every_row(tmp_path, monkeypatch):
             seen.append(len(json.loads(Path(self.json_path).read_text())["rows"]))
 
     monkeypatch.setattr(bench.Results, "save", save_and_count)
-    run_bench(tmp_path, "--batch-sizes", "1")
+    run_bench(tmp_path, "--batch-sizes", "1", "--image-model", "")
     assert seen[0] == 0 and max(seen) == 4  # torch, onnxruntime, triton (note), torch.compile (note)
     assert sorted(set(seen)) == [0, 1, 2, 3, 4]

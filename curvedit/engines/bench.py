@@ -14,6 +14,9 @@ b = d − a transformed) with MLP width h:
 elementwise work is not counted, nor a mixing layer's 4·d² — none in the synthetic flow, 256 of the shipped
 flow's 0.16 MFLOP). d = h = 512, L = 8: 21.0 MFLOP per edit.
 
+The image path (``bench_images``, after the main pass): ``Model.edit_images`` on a model that can encode, torch
+against onnxruntime, images per second.
+
 Two passes, so the rows that matter come back first on a machine lent for minutes: the main pass times every
 backend that does not compile (torch eager, onnxruntime, triton) at every flow and batch; the compile pass then
 times torch.compile (a cold compile per flow, recompiles as shapes change), bounded by ``--compile-time-limit-s``
@@ -40,6 +43,7 @@ import torch
 
 from curvedit.bundle import Bundle, load_bundle
 from curvedit.engines.bench_backends import as_tensor, make_backends
+from curvedit.engines.bench_images import image_pass
 from curvedit.engines.bench_results import Results, Row, interrupts_raise
 from curvedit.engines.bench_timing import measure_peaks, sampler, synchronize
 
@@ -220,6 +224,11 @@ def run(args: argparse.Namespace) -> dict:
                 for label, bundle in bundles:
                     bench_flow(label, bundle, device, args, results, compiled, deadline)
                 results.phases[name] = time.time() - began
+                if not compiled and args.image_model:
+                    began = time.time()
+                    print(f"-- image pass: {args.image_model} encode → edit → decode", flush=True)
+                    image_pass(args, results, device, deadline)
+                    results.phases["images"] = time.time() - began
             _peaks_again(results, device, args.quick)
             status = "complete"
         except KeyboardInterrupt as exc:
@@ -267,6 +276,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed samples per row (default 10; quick 3)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
     parser.add_argument("--flows", default=",".join(FLOWS), help="comma-separated: shipped,d512")
+    parser.add_argument("--image-model", default="shapes-vae", metavar="NAME|PATH",
+                        help="a model that can encode, for the image path (encode → edit → decode per image, "
+                             "torch vs onnxruntime, batches 1, 16, 256) after the main pass; '' skips it "
+                             "(default shapes-vae)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: small d=64 flow, batches 1 and 16, no torch.compile")
