@@ -96,7 +96,10 @@ def measure(model: curvedit.Model, direction: str = "x", amount: float = 1.0, n:
             "psnr_db_mean": float(psnr(decoded, images).mean()), "psnr_db_min": float(psnr(decoded, images).min())}
 
 
-def figure(model: curvedit.Model, edits: list[tuple[str, float]], n: int = 6, seed: int = 0):
+FIGURE_IMAGES = 6  # columns of the figure, and files written by --write-inputs
+
+
+def figure(model: curvedit.Model, edits: list[tuple[str, float]], n: int = FIGURE_IMAGES, seed: int = 0):
     """A labelled sheet: drawn images, their encode → decode, then one row per ``(direction, amount)`` edit."""
     images, _ = draw_shapes(n, seed, model.image_shape[0])
     z = model.encode(images)
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figure", default=None, metavar="PNG",
                         help="also write a sheet: drawn, decoded, then the x, y, scale, rotation and hue edits")
     parser.add_argument("--write-inputs", default=None, metavar="DIR",
-                        help="also write the drawn images as PNG files (inputs for `curvedit edit --image`)")
+                        help="also write the figure's drawn images as PNG files (for `curvedit edit --image`)")
     args = parser.parse_args(argv)
     model = curvedit.load(args.model, engine="torch")
     print(json.dumps(measure(model, args.direction, args.amount, args.images, args.seed, args.editor), indent=2))
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         edits = [(name, args.amount) for name in names]
         save_png(figure(model, edits, seed=args.seed), args.figure)
     if args.write_inputs:
-        images, _ = draw_shapes(args.images, args.seed, model.image_shape[0])
+        images, _ = draw_shapes(FIGURE_IMAGES, args.seed, model.image_shape[0])
         for i, image in enumerate(images):
             save_png(Image.fromarray(image), Path(args.write_inputs) / f"shape_{i:02d}.png")
     return 0
