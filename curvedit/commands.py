@@ -140,11 +140,12 @@ def register(subparsers) -> None:
     edit.add_argument("--latents", default=None, help=".npy of float32 [n, d] (default: sample from --seed)")
     edit.add_argument("--image", action="append", default=None, metavar="FILE",
                       help="repeatable: real image files to encode, edit and decode (models that can encode; "
-                           "fitted to the model's size: centre-cropped, resized)")
+                           "fitted to the model's size: centre-cropped, resized; default: none)")
     edit.add_argument("--seed", type=int, default=0, help="first seed of the sampled latents (default 0)")
     edit.add_argument("--count", type=int, default=8, help="latents sampled from --seed on (default 8)")
     edit.add_argument("--edit", type=parse_edit, action="append", metavar="NAME=AMOUNT",
-                      help="repeatable; amounts in standardised units for supervised editors")
+                      help="repeatable, at least one; amounts in standardised units for supervised editors "
+                           "(default: none)")
     edit.add_argument("--out", default="out/edit", help="output directory (default out/edit)")
     edit.add_argument("--zoom", type=int, default=3, help="pixel zoom of the PNG sheet (default 3)")
     edit.set_defaults(func=cmd_edit)
@@ -161,8 +162,9 @@ def register(subparsers) -> None:
 
     info = subparsers.add_parser("info", help="what a model holds, with its digest (checksums verified)")
     info.add_argument("name", nargs="?", default=None, metavar="NAME|PATH", help=MODEL_HELP)
-    info.add_argument("--model", default=None, metavar="NAME|PATH", help="the same, as every command takes it")
-    info.add_argument("--json", action="store_true", help="print the whole manifest")
+    info.add_argument("--model", default=None, metavar="NAME|PATH", help="the same, as every command takes it "
+                                                                         "(default: shapes32)")
+    info.add_argument("--json", action="store_true", help="print the whole manifest (default: a summary)")
     info.set_defaults(func=cmd_info)
 
     models = subparsers.add_parser("models", help="list the shipped models")

@@ -158,12 +158,15 @@ def _recipe_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="bundle directory to write (default: runs/NAME/bundle)")
     parser.add_argument("--run", default=None, help="where intermediate stages are kept (default: runs/NAME)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every stage (default 0)")
-    parser.add_argument("--generator-steps", type=int, default=None, help="override the recipe's generator steps")
-    parser.add_argument("--editor-steps", type=int, default=None, help="override every trained editor's steps")
+    parser.add_argument("--generator-steps", type=int, default=None, help="override the recipe's generator "
+                                                                          "steps (default: the recipe's)")
+    parser.add_argument("--editor-steps", type=int, default=None, help="override every trained editor's steps "
+                                                                       "(default: the recipe's)")
     parser.add_argument("--regressor-steps", type=int, default=RegressorTrainConfig.steps,
                         help="steps when the recipe trains its factor regressor "
                              f"(default {RegressorTrainConfig.steps})")
-    parser.add_argument("--no-export", action="store_true", help="skip writing the verified ONNX graphs")
+    parser.add_argument("--no-export", action="store_true", help="skip writing the verified ONNX graphs "
+                                                                 "(default: write them)")
 
 
 def register(subparsers) -> None:
@@ -175,7 +178,8 @@ def register(subparsers) -> None:
                      help="generator family (default dcgan)")
     gen.add_argument("--data", default="shapes", choices=["shapes", "digits"],
                      help="training images: the built-in shape renders (default) or scikit-learn's digits")
-    gen.add_argument("--out", default="runs/generator", help="run directory (resumes if it has a checkpoint)")
+    gen.add_argument("--out", default="runs/generator", help="run directory; resumes if it has a checkpoint "
+                                                             "(default runs/generator)")
     gen.add_argument("--latent-dim", type=int, default=8, help="latent dimension d (default 8)")
     gen.add_argument("--steps", type=int, default=None,
                      help=f"training steps (default: dcgan {GANTrainConfig.steps}, vae {VAETrainConfig.steps})")
@@ -184,7 +188,8 @@ def register(subparsers) -> None:
     gen.set_defaults(func=cmd_generator)
 
     reg = sub.add_parser("regressor", help="train the factor regressor on labelled renders")
-    reg.add_argument("--out", default="runs/regressor.safetensors", help="weights file to write")
+    reg.add_argument("--out", default="runs/regressor.safetensors",
+                     help="weights file to write (default runs/regressor.safetensors)")
     reg.add_argument("--steps", type=int, default=RegressorTrainConfig.steps,
                      help=f"default {RegressorTrainConfig.steps}")
     reg.add_argument("--seed", type=int, default=0, help="default 0")
@@ -194,14 +199,15 @@ def register(subparsers) -> None:
                         "generator and add it to the bundle, or on your own generator (--generator) into a new "
                         "bundle")
     ed.add_argument("--model", default=None, metavar="NAME|PATH",
-                    help="bundle to read the generator from and add the editor to (a path, or a shipped name)")
+                    help="bundle to read the generator from and add the editor to: a path, or a shipped name "
+                         "(required unless --generator)")
     ed.add_argument("--generator", default=None, metavar="PACKAGE.MODULE:FACTORY",
                     help="your generator: a factory returning a torch module z [n, d] → images [n, C, H, W] in "
                          "[-1, 1]; the editor and the generator go into a new bundle at --out "
-                         "(docs/BRING_YOUR_OWN.md)")
-    ed.add_argument("--out", default=None, help="with --generator: the bundle directory to write")
+                         "(docs/BRING_YOUR_OWN.md; default: none)")
+    ed.add_argument("--out", default=None, help="with --generator: the bundle directory to write (required there)")
     ed.add_argument("--latent-dim", type=int, default=None,
-                    help="with --generator: d, if the module has no latent_dim attribute")
+                    help="with --generator: d, if the module has no latent_dim attribute (default: the module's)")
     ed.add_argument("--device", default=None, help="with --generator: train on cpu or cuda (default cpu)")
     ed.add_argument("--method", default="decurved", choices=sorted(EDITOR_KINDS), help="default decurved")
     ed.add_argument("--mode", default=None, choices=["supervised", "unsupervised"],
@@ -226,11 +232,14 @@ def register(subparsers) -> None:
     ed.add_argument("--regulariser-weight", type=float, default=EditorTrainConfig.regulariser_weight,
                     help=f"weight of the editor's regulariser (default {EditorTrainConfig.regulariser_weight:g})")
     ed.add_argument("--seed", type=int, default=0, help="default 0")
-    ed.add_argument("--orthonormal", action="store_true", help="linear only: orthonormal direction matrix")
+    ed.add_argument("--orthonormal", action="store_true", help="linear only: orthonormal direction matrix "
+                                                               "(default: off)")
     ed.add_argument("--checkpoint", default=None,
-                    help="file to save training progress to; rerun the same command to resume from it")
+                    help="file to save training progress to; rerun the same command to resume from it "
+                         "(default: none, not resumable)")
     ed.add_argument("--no-mixing", action="store_true",
-                    help="decurved only: no linear mixing layer before the couplings (the paper's plain flow)")
+                    help="decurved only: no linear mixing layer before the couplings, the paper's plain flow "
+                         "(default: with the layer)")
     ed.add_argument("--measure-samples", type=int, default=512,
                     help="latents used to label and measure fitted editors (ganspace, sefa; default 512)")
     ed.add_argument("--make-default", action="store_true", help="make it the bundle's default editor")

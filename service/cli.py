@@ -278,7 +278,8 @@ def register(subparsers) -> None:
     encode.add_argument("--model", default=None, metavar="NAME",
                         help="served model name (default: the server's default model)")
     encode.add_argument("--image", action="append", required=True, metavar="FILE",
-                        help="image file, repeatable (fitted to the model's size by the server)")
+                        help="image file, repeatable, at least one (required; fitted to the model's size by "
+                             "the server)")
     encode.add_argument("--out", default="out/latents.npy", metavar="NPY",
                         help="where to write float32 [n, d] (default out/latents.npy)")
     for name, func, help in (("edit", cmd_client_edit, "edit seeds (or --image files); write edited.npy and "

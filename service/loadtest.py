@@ -279,17 +279,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", default="shipped,synthetic", help="comma list of shipped, synthetic, or paths")
-    p.add_argument("--concurrency", default="1,8,64,256", type=lambda s: [int(x) for x in s.split(",")])
-    p.add_argument("--duration", type=float, default=3.0, help="seconds measured per cell (after 0.5 s warm-up)")
-    p.add_argument("--max-batch-size", type=int, default=256)
-    p.add_argument("--max-queue-delay-ms", type=float, default=5.0)
-    p.add_argument("--chunk", type=int, default=256, help="items per stream message")
-    p.add_argument("--in-flight", type=int, default=4, help="stream messages in flight")
-    p.add_argument("--engine", default="auto")
-    p.add_argument("--engine-seconds", type=float, default=1.0)
-    p.add_argument("--json", action="store_true", help="print cells and target checks as JSON at the end")
-    p.add_argument("--csv", default=None, help="also write the cells to this CSV file")
+    p.add_argument("--models", default="shipped,synthetic",
+                   help="comma list of shipped, synthetic, or paths (default shipped,synthetic)")
+    p.add_argument("--concurrency", default="1,8,64,256", type=lambda s: [int(x) for x in s.split(",")],
+                   help="comma list of client concurrencies (default 1,8,64,256)")
+    p.add_argument("--duration", type=float, default=3.0,
+                   help="seconds measured per cell, after 0.5 s warm-up (default 3)")
+    p.add_argument("--max-batch-size", type=int, default=256, help="the batched server's (default 256)")
+    p.add_argument("--max-queue-delay-ms", type=float, default=5.0, help="the batched server's (default 5)")
+    p.add_argument("--chunk", type=int, default=256, help="items per stream message (default 256)")
+    p.add_argument("--in-flight", type=int, default=4, help="stream messages in flight (default 4)")
+    p.add_argument("--engine", default="auto", help="the servers' engine (default auto)")
+    p.add_argument("--engine-seconds", type=float, default=1.0,
+                   help="seconds the in-process engine is timed per batch size (default 1)")
+    p.add_argument("--json", action="store_true",
+                   help="print cells and target checks as JSON at the end (default: a table)")
+    p.add_argument("--csv", default=None, help="also write the cells to this CSV file (default: none)")
 
 
 def run(args) -> int:

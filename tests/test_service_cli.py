@@ -29,7 +29,7 @@ OPTIONS = [(command, action.dest) for command, parser in service_parsers().items
 
 def test_the_service_commands_are_all_checked():
     assert {c for c, _ in OPTIONS} == {"serve", "batch", "client models", "client health", "client edit",
-                                       "client traverse"}
+                                       "client encode", "client traverse"}
     assert len(OPTIONS) > 60
 
 

@@ -269,36 +269,39 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--json", default=None, help="also write the results here (default: none)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
                         help=f"default {' '.join(map(str, FULL_BATCHES))} ({' '.join(map(str, QUICK_BATCHES))} "
                              "with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="timed samples per row (default 10; quick 3)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
-    parser.add_argument("--flows", default=",".join(FLOWS), help="comma-separated: shipped,d512")
+    parser.add_argument("--flows", default=",".join(FLOWS), help="comma-separated: shipped,d512 (default both)")
     parser.add_argument("--image-model", default="shapes-vae", metavar="NAME|PATH",
                         help="a model that can encode, for the image path (encode → edit → decode per image, "
                              "torch vs onnxruntime, batches 1, 16, 256) after the main pass; '' skips it "
                              "(default shapes-vae)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke test: small d=64 flow, batches 1 and 16, no torch.compile")
-    parser.add_argument("--compile", action="store_true", help="time torch.compile even with --quick")
+                        help="smoke test: small d=64 flow, batches 1 and 16, no torch.compile (default: off)")
+    parser.add_argument("--compile", action="store_true", help="time torch.compile even with --quick "
+                                                               "(default: off)")
     parser.add_argument("--no-compile", action="store_true",
-                        help="leave out the torch.compile pass (every other backend is still timed)")
+                        help="leave out the torch.compile pass; every other backend is still timed (default: off)")
     parser.add_argument("--compile-mode", default=None,
                         help="torch.compile mode (default: reduce-overhead on CUDA, default on CPU)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch and ONNX Runtime alike (default: torch's and ORT's own)")
     parser.add_argument("--time-limit-s", type=float, default=None,
                         help="start no new row after this many seconds from the start, in either pass "
-                             "(finished rows are kept)")
+                             "(finished rows are kept; default: no limit)")
     parser.add_argument("--compile-time-limit-s", type=float, default=None,
-                        help="start no new row after this many seconds into the torch.compile pass")
+                        help="start no new row after this many seconds into the torch.compile pass "
+                             "(default: no limit)")
     parser.add_argument("--max-call-s", type=float, default=5.0,
                         help="skip a backend's larger batches once one call would exceed this (default 5 s)")
     parser.add_argument("--slow-call-s", type=float, default=0.3,
-                        help="rows whose call takes longer get 1 warm-up call and at most 3 samples")
+                        help="rows whose call takes longer (s) get 1 warm-up call and at most 3 samples "
+                             "(default 0.3)")
 
 
 def register(sub) -> None:

@@ -109,21 +109,25 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="measure every editor side by side (table, JSON, figures)")
     p.add_argument("--model", action="append", default=None, metavar="NAME|PATH",
                    help="repeatable: a shipped model's name or a bundle directory (default: every shipped model)")
-    p.add_argument("--no-default", action="store_true", help="do not add the shipped models")
+    p.add_argument("--no-default", action="store_true", help="do not add the shipped models (default: add them)")
     p.add_argument("--curvatures", type=float, nargs="*", default=[0.0, 0.5, 1.2],
-                   help="known-chart generators to add (none: --curvatures with no value)")
-    p.add_argument("--work", default="runs/eval", help="where known-chart bundles are built and kept")
-    p.add_argument("--prepare", action="store_true", help="rebuild the known-chart bundles")
-    p.add_argument("--train-steps", type=int, default=1500, help="supervised training steps on known charts")
+                   help="known-chart generators to add; none: --curvatures with no value (default 0 0.5 1.2)")
+    p.add_argument("--work", default="runs/eval", help="where known-chart bundles are built and kept (default "
+                                                       "runs/eval)")
+    p.add_argument("--prepare", action="store_true", help="rebuild the known-chart bundles (default: reuse them)")
+    p.add_argument("--train-steps", type=int, default=1500, help="supervised training steps on known charts "
+                                                                 "(default 1500)")
     p.add_argument("--unsupervised-steps", type=int, default=0,
-                   help="also train unsupervised decurved/linear/rbf on known charts (0: skip)")
+                   help="also train unsupervised decurved/linear/rbf on known charts; 0 skips (default 0)")
     p.add_argument("--regressor-from", default=None, metavar="NAME|PATH",
                    help="model whose factor regressor known charts carry (default: the first model that has one)")
     p.add_argument("--samples", type=int, default=None, help="held-out latents (default 512)")
-    p.add_argument("--out", default="docs", help="writes evaluation_results.{md,json} and figures/ here")
-    p.add_argument("--json", action="store_true", help="print the JSON instead of the table")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--tiny", action="store_true", help="CI settings: tiny sample counts and training budgets")
+    p.add_argument("--out", default="docs", help="writes evaluation_results.{md,json} and figures/ here "
+                                                 "(default docs)")
+    p.add_argument("--json", action="store_true", help="print the JSON instead of the table (default: the table)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    p.add_argument("--tiny", action="store_true", help="CI settings: tiny sample counts and training budgets "
+                                                       "(default: off)")
     p.set_defaults(func=_run)
 
 
