@@ -37,6 +37,9 @@ class Editor(nn.Module):
     kind: ClassVar[str] = ""
     needs_training: ClassVar[bool] = True
     commutative: ClassVar[bool] = True
+    # The family of approaches in the method's comparison table: "cartesian" (a generator's own axes),
+    # "oblique" (linear arithmetic), "local" (vector fields) or "curvilinear".
+    approach: ClassVar[str] = ""
 
     def __init__(self, latent_dim: int, directions: list[str]):
         super().__init__()
@@ -84,6 +87,7 @@ class DeCurvEd(Editor):
     """
 
     kind = "decurved"
+    approach = "curvilinear"
 
     def __init__(self, latent_dim: int, directions: list[str], hidden: int = 64, layers: int = 8,
                  clamp: float = 2.0, perm_seed: int = 0, mixing: bool = False):
