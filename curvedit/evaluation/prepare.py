@@ -18,7 +18,7 @@ from curvedit.models.known_chart import KnownChart, KnownChartConfig, linear_cei
 from curvedit.models.renderer import FACTOR_NAMES
 from curvedit.models.train_editor import EditorTrainConfig
 
-SUPERVISED_KINDS = ("chart", "decurved", "linear", "rbf", "ganspace", "sefa")
+SUPERVISED_KINDS = ("chart", "decurved", "linear", "rbf", "ganspace", "sefa", "attrdiff", "neuralode", "axes")
 UNSUPERVISED_KINDS = ("decurved", "linear", "rbf")
 
 
@@ -34,7 +34,7 @@ class PrepareConfig:
     def to_dict(self) -> dict:
         """The recipe a bundle is reused for; it names the editors' constructor defaults too, so bundles trained
         before a default changed (e.g. DeCurvEd's mixing layer) are retrained, not reused."""
-        return {**asdict(self), "editor_defaults": TRAINING_DEFAULTS}
+        return {**asdict(self), "editor_defaults": TRAINING_DEFAULTS, "kinds": list(SUPERVISED_KINDS)}
 
 
 def prepare_known_chart(path: str | Path, config: PrepareConfig, regressor=None, progress=print) -> Path:
