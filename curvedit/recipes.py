@@ -77,7 +77,7 @@ _DIGITS_EDITOR_TRAINING = EditorTrainConfig(mode="unsupervised", steps=3000, lr=
                                             regulariser_weight=0.1)
 BETA = 4.0
 BETAVAE_STEPS = 4000
-INFOGAN_STEPS = 5000
+INFOGAN_STEPS = 2000
 
 RECIPES: dict[str, Recipe] = {
     "shapes32": Recipe("shapes32", "dcgan", GeneratorConfig(latent_dim=8), GANTrainConfig(steps=10000),

@@ -7,7 +7,7 @@ from curvedit.bundle import load_bundle, write_bundle
 from curvedit.models.families import GENERATOR_FAMILIES, build_generator
 from curvedit.models.infogan import InfoDiscriminator, InfoGAN, InfoGANConfig, InfoGANTrainConfig, info_loss
 from curvedit.models.labelled_editors import AxesEditor
-from curvedit.models.train_infogan import train_infogan
+from curvedit.models.train_infogan import debias, train_infogan
 from curvedit.recipes import RECIPES
 
 TINY = InfoGANConfig(codes=3, noise=2, base_channels=8)
@@ -51,6 +51,20 @@ def test_infogan_run_resumes_to_the_same_weights(tmp_path):
         assert (tmp_path / "b" / name).is_file()
     z = torch.randn(3, TINY.latent_dim)
     torch.testing.assert_close(resumed(z), straight(z))
+
+
+@pytest.mark.parametrize("steps", [100, 700, 2000])
+def test_debiased_ema_of_constant_iterates_is_that_constant(steps):
+    """If every trained iterate is θ, the EMA is d^t·θ₀ + (1 − d^t)·θ; debiasing returns θ, not the blend."""
+    torch.manual_seed(0)
+    initial, trained = InfoGAN(TINY), InfoGAN(TINY)
+    ema, decay = InfoGAN(TINY), 0.999
+    with torch.no_grad():
+        for p_ema, p0, p in zip(ema.parameters(), initial.parameters(), trained.parameters(), strict=True):
+            p_ema.copy_(decay**steps * p0 + (1 - decay**steps) * p)
+    debias(ema, initial.state_dict(), decay, steps)
+    for p_ema, p in zip(ema.parameters(), trained.parameters(), strict=True):
+        torch.testing.assert_close(p_ema, p, rtol=1e-4, atol=1e-5)
 
 
 def test_a_run_can_be_finished_at_its_checkpoint_but_not_changed(tmp_path):
