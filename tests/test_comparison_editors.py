@@ -246,3 +246,24 @@ def test_the_neuralode_graph_is_unrolled_with_the_dynamo_exporter(comparison_bun
     path = shutil.copytree(comparison_bundle[0], tmp_path / "bundle")
     results = export_bundle(path, exporter="dynamo")
     assert [r.written for r in results if r.filename == "edit_neuralode.onnx"] == [True]
+
+
+@pytest.fixture(scope="module")
+def served(comparison_bundle):
+    from curvedit.client import Client
+    from curvedit.service.background import BackgroundServer
+    from curvedit.service.config import ServeConfig
+
+    config = ServeConfig(port=0, metrics_port=0, models=(str(comparison_bundle[0]),), max_batch_size=8,
+                         max_queue_delay_ms=5)
+    with BackgroundServer(config) as server, Client(f"127.0.0.1:{server.port}", timeout=30) as client:
+        yield client
+
+
+@pytest.mark.parametrize("kind", NEW_KINDS)
+def test_the_service_serves_each_kind_by_its_editor_field(served, comparison_bundle, kind):
+    model = curvedit.load(comparison_bundle[0], engine="torch")
+    z = model.sample(11, seed=4)  # more rows than one batch: the batcher splits them
+    result = served.edit(latents=z, edits={"x": 1.0, "rotation": -0.5}, editor=kind)
+    np.testing.assert_allclose(result.latents, model.edit(z, {"x": 1.0, "rotation": -0.5}, editor=kind),
+                               rtol=1e-4, atol=1e-5)
