@@ -33,6 +33,10 @@ def test_eval_tiny_end_to_end(tiny_bundle, tiny_vae_bundle, tmp_path, capsys):
     assert "frechet_to_real" in chart["quality"] and "reconstruction_psnr" not in chart["quality"]
     vae = next(r for r in results if r["label"] == "tinyvae")
     assert vae["quality"]["reconstruction_psnr"] > 0 and vae["quality"]["frechet_real_floor"] >= 0
+    prepared = json.loads((work / "known-chart-c0.5" / "manifest.json").read_text())["editors"]
+    assert prepared["decurved"]["config"]["layers"] == 16  # TRAINING_DEFAULTS
+    assert prepared["decurved"]["training"]["config"]["lr_schedule"] == "cosine"  # prepare.SCHEDULES
+    assert prepared["rbf"]["training"]["config"]["lr_schedule"] == "constant"
     figures = sorted(p.name for p in (out / "figures").iterdir())
     assert "purity_vs_curvature.png" in figures and "traversals_tiny.png" in figures
     assert "commutation_chart_c0.5.png" in figures
