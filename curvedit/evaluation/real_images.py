@@ -60,11 +60,11 @@ def draw_shapes(n: int, seed: int = 0, size: int = 32) -> tuple[np.ndarray, np.n
     return np.stack(images), np.asarray(centres)
 
 
-def foreground_weight(images: np.ndarray) -> np.ndarray:
+def foreground_weight(images: np.ndarray, low: float = 12.0, width: float = 48.0) -> np.ndarray:
     """``[n, H, W]`` in [0, 1]: how much each pixel of uint8 ``images [n, H, W, 3]`` is foreground, from its
-    largest channel distance to the background colour (0 below ~12 grey levels, 1 from ~60)."""
+    largest channel distance to the background colour (0 below ``low`` grey levels, 1 from ``low + width``)."""
     diff = np.abs(images.astype(np.float32) - np.asarray(BACKGROUND, np.float32)).max(axis=3)
-    return np.clip((diff - 12.0) / 48.0, 0.0, 1.0)
+    return np.clip((diff - low) / width, 0.0, 1.0)
 
 
 def pixel_stats(images: np.ndarray) -> np.ndarray:
