@@ -232,7 +232,9 @@ def evaluate_bundle(bundle: Bundle, label: str, config: EvalConfig, progress=pri
     z = torch.randn(config.samples, generator.latent_dim, generator=torch.Generator().manual_seed(config.seed))
     engine = TorchEngine(bundle)
     result = {"label": label, "path": str(bundle.path), "generator": bundle.manifest["generator"]["kind"],
-              "generator_config": bundle.manifest["generator"]["config"], "editors": {}}
+              "generator_config": bundle.manifest["generator"]["config"], "editors": {},
+              "factors_from": "true factors" if generator.true_factors() is not None else
+              "regressor" if regressor is not None else None}
     result.update(generator.evaluation_facts(config.ceiling_steps, bundle.manifest.get("training", {})))
     result["quality"] = generator_quality(bundle, regressor, config)
     # Pixel statistics read the built-in renders' shapes; other data (digits) has no such factors.
