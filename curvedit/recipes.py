@@ -20,6 +20,7 @@ from curvedit.models.editors import EDITOR_KINDS
 from curvedit.models.families import GENERATOR_FAMILIES, GeneratorFamily, build_generator
 from curvedit.models.files import write_json
 from curvedit.models.generator import GeneratorConfig
+from curvedit.models.infogan import InfoGANConfig, InfoGANTrainConfig
 from curvedit.models.regressor import FactorRegressor, RegressorTrainConfig, train_regressor
 from curvedit.models.renderer import FACTOR_NAMES
 from curvedit.models.train_editor import EditorTrainConfig
@@ -38,14 +39,21 @@ class EditorStage:
     options: dict = field(default_factory=dict)
 
 
-def _shapes_editors() -> tuple[EditorStage, ...]:
-    """Supervised DeCurvEd (the default) and the four baselines, as the shapes32 bundle has them."""
+def _shapes_editors(axes: bool = False) -> tuple[EditorStage, ...]:
+    """Supervised DeCurvEd (the default), the four baselines of the shapes32 bundle, the group-difference attribute
+    vectors (``attrdiff``) and the NeuralODE fields (``neuralode``, trained like DeCurvEd); with ``axes``, also the
+    generator's own latent axes named by the factor each moves most (for the families trained under constraints,
+    β-VAE and InfoGAN)."""
     baseline = EditorTrainConfig(mode="supervised", steps=400, lr=1e-2)
-    return (EditorStage("decurved", "decurved", DEFAULT_EDITOR_TRAINING),
-            EditorStage("sefa", "sefa", EditorTrainConfig(mode="supervised")),
-            EditorStage("ganspace", "ganspace", EditorTrainConfig(mode="supervised")),
-            EditorStage("linear", "linear", baseline),
-            EditorStage("rbf", "rbf", baseline))
+    fitted = EditorTrainConfig(mode="supervised")
+    stages = (EditorStage("decurved", "decurved", DEFAULT_EDITOR_TRAINING),
+              EditorStage("sefa", "sefa", fitted),
+              EditorStage("ganspace", "ganspace", fitted),
+              EditorStage("linear", "linear", baseline),
+              EditorStage("rbf", "rbf", baseline),
+              EditorStage("attrdiff", "attrdiff", fitted),
+              EditorStage("neuralode", "neuralode", DEFAULT_EDITOR_TRAINING))
+    return (*stages, EditorStage("axes", "axes", fitted)) if axes else stages
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,12 @@ class Recipe:
         return [f"d{k}" for k in range(self.config.latent_dim)]
 
 
+_DIGITS_EDITOR_TRAINING = EditorTrainConfig(mode="unsupervised", steps=3000, lr=1e-3, amount_max=3.0,
+                                            regulariser_weight=0.1)
+BETA = 4.0
+BETAVAE_STEPS = 4000
+INFOGAN_STEPS = 2000
+
 RECIPES: dict[str, Recipe] = {
     "shapes32": Recipe("shapes32", "dcgan", GeneratorConfig(latent_dim=8), GANTrainConfig(steps=10000),
                        _shapes_editors(), regressor="train"),
@@ -74,9 +88,18 @@ RECIPES: dict[str, Recipe] = {
     "digits-vae": Recipe(
         "digits-vae", "vae", VAEConfig(latent_dim=8, channels=1),
         VAETrainConfig(data="digits", steps=8000, sigma=0.35),
-        (EditorStage("decurved", "decurved", EditorTrainConfig(mode="unsupervised", steps=3000, lr=1e-3,
-                                                                amount_max=3.0, regulariser_weight=0.1)),),
+        (EditorStage("decurved", "decurved", _DIGITS_EDITOR_TRAINING),
+         EditorStage("neuralode", "neuralode", _DIGITS_EDITOR_TRAINING)),  # attrdiff needs labels: none here
         regressor=None),
+    # Training under constraints: the same VAE as shapes-vae with the KL term weighted by β = 4 (Higgins et al.'s
+    # value for dSprites-like data), and an InfoGAN whose six codes are meant to become the six factors.
+    "shapes-betavae": Recipe("shapes-betavae", "vae", VAEConfig(latent_dim=8),
+                             VAETrainConfig(data="shapes", steps=BETAVAE_STEPS, sigma=0.3, beta=BETA,
+                                            kl_warmup=1000),
+                             _shapes_editors(axes=True), regressor="shapes32"),
+    "shapes-infogan": Recipe("shapes-infogan", "infogan", InfoGANConfig(codes=6, noise=2),
+                             InfoGANTrainConfig(steps=INFOGAN_STEPS), _shapes_editors(axes=True),
+                             regressor="shapes32"),
 }
 
 

@@ -1,3 +1,10 @@
 """Imports every editor module so that each registers its kind with ``build_editor``."""
 
-from curvedit.models import editors, known_chart, linear_editors, rbf_editor  # noqa: F401
+from curvedit.models import (  # noqa: F401
+    editors,
+    known_chart,
+    labelled_editors,
+    linear_editors,
+    neuralode_editor,
+    rbf_editor,
+)

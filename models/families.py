@@ -16,6 +16,8 @@ Every family provides
 - its training recipe: ``train_recipe(run_dir, config, train_config, progress)`` (classmethod);
 some also provide
 - ``encode(images [n, 3, H, W] in [-1, 1]) → z [n, d]`` (``can_encode``; the posterior mean for VAEs);
+- ``code_axes()``: the latent coordinates the family was trained to make independent controls (InfoGAN's codes;
+  default: every coordinate of z), which the ``axes`` editor moves one at a time;
 - ``true_factors()``: a module ``z → [n, F]`` for a generator whose factors are known exactly (used instead of a
   regressor), and ``evaluation_facts`` for what ``curvedit eval`` reports about the generator itself;
 - ``attach(path, manifest)``: a hook to read more of its bundle once loaded (the ``external`` family runs its
@@ -111,6 +113,10 @@ class GeneratorFamily(nn.Module):
         """Images ``[n, 3, H, W]`` in [-1, 1] → latents ``[n, d]`` (families with ``can_encode``)."""
         raise ValueError(f"the {self.family!r} family has no encoder; families that can encode images: "
                          f"{families_that_encode()}")
+
+    def code_axes(self) -> list[int]:
+        """Indices of the latent coordinates that are the family's own controls; default: all ``d`` of them."""
+        return list(range(self.latent_dim))
 
     def true_factors(self) -> nn.Module | None:
         """A module ``z [n, d]`` → exact standardised factors ``[n, F]``, when the family knows them."""

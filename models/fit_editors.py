@@ -1,5 +1,9 @@
 """Make an editor of any kind for a frozen generator: train it, or fit it (kinds with ``needs_training`` false).
 
+Fitted kinds that read factors themselves: ``attrdiff`` (group-mean differences of latents, calibrated to gain +1
+like the labelled components below) and ``axes`` (the generator's own ``code_axes()``, each factor matched with
+the axis that moves it most purely; see ``models.labelled_editors``).
+
 Fitted linear kinds (GANSpace, SeFa) find unnamed components. In supervised mode they are then *labelled*,
 the way a user names PCA components: the signed factor response of every component is measured, each factor
 takes the component that moves it most purely (greedy, purest pair first), and the column is scaled so that
@@ -19,8 +23,9 @@ from torch import nn
 
 from curvedit.models.editors import EDITOR_KINDS, TRAINING_DEFAULTS, Editor, build_editor
 from curvedit.models.known_chart import chart_editor
+from curvedit.models.labelled_editors import AttributeVectorEditor, AxesEditor, group_difference, match_greedy
 from curvedit.models.linear_editors import GANSpaceEditor, SeFaEditor, _FittedLinear
-from curvedit.models.measure import factor_response, purity
+from curvedit.models.measure import factor_response, factor_responses, purity
 from curvedit.models.train_editor import EditorTrainConfig, factor_indices, factor_names, train_editor
 
 
@@ -54,30 +59,76 @@ def label_components(matrix: torch.Tensor, generator, regressor, directions: lis
     signed and scaled to gain +1 (measured on ``samples`` latents)."""
     targets = factor_indices(directions, factor_names(regressor))
     response = signed_response(generator, regressor, matrix, samples)
-    share = response.abs() / response.abs().sum(1, keepdim=True).clamp_min(1e-12)  # [C, F]
-    chosen: dict[int, int] = {}
-    free_components, free_factors = set(range(matrix.shape[1])), set(targets)
-    while free_factors:
-        c, j = max(((c, j) for c in free_components for j in free_factors), key=lambda cj: share[cj])
-        chosen[j] = c
-        free_components.discard(c)
-        free_factors.discard(j)
-    columns = []
-    for j in targets:
-        gain = response[chosen[j], j]
-        # A component that barely moves its factor keeps a bounded (but large) scale instead of dividing by ~0.
-        gain = torch.where(gain < 0, -1.0, 1.0) * gain.abs().clamp_min(1e-2)
-        columns.append(matrix[:, chosen[j]] / gain)
-    return torch.stack(columns, dim=1)
+    chosen = match_greedy(_shares(response), targets)
+    return torch.stack([matrix[:, chosen[j]] / _gain(response[chosen[j], j]) for j in targets], dim=1)
+
+
+def _shares(response: torch.Tensor) -> torch.Tensor:
+    """``[C, F]`` signed responses → each component's share of its total |response| per factor."""
+    return response.abs() / response.abs().sum(1, keepdim=True).clamp_min(1e-12)
+
+
+def _gain(gain: torch.Tensor) -> torch.Tensor:
+    """A component that barely moves its factor keeps a bounded (but large) scale instead of dividing by ~0."""
+    return torch.where(gain < 0, -1.0, 1.0) * gain.abs().clamp_min(1e-2)
+
+
+@torch.no_grad()
+def fit_attrdiff(generator, regressor, directions: list[str], samples: int = 4096, seed: int = 0,
+                 quantile: float = 0.25) -> AttributeVectorEditor:
+    """Group-difference attribute vectors for ``directions`` (factor names) from ``samples`` latents whose images
+    the reader labels, each scaled to gain +1 (measured by central differences on 512 other latents)."""
+    reader_generator, reader = factor_reader(generator, regressor)
+    targets = factor_indices(directions, factor_names(reader))
+    z = torch.randn(samples, generator.latent_dim, generator=torch.Generator().manual_seed(seed + 2))
+    factors = torch.cat([reader(reader_generator(chunk)) for chunk in z.split(512)])[:, targets]
+    matrix = group_difference(z, factors, quantile)
+    response = signed_response(reader_generator, reader, matrix)
+    columns = [matrix[:, k] / _gain(response[k, j]) for k, j in enumerate(targets)]
+    return AttributeVectorEditor.from_matrix(torch.stack(columns, dim=1), directions)
+
+
+@torch.no_grad()
+def fit_axes(generator, regressor, directions: list[str], mode: str, samples: int = 512) -> AxesEditor:
+    """The generator's own axes (``code_axes()``). Supervised: each factor of ``directions`` takes the axis that
+    moves it most purely — by the measure purity uses, mean |Δ factor| under ±1 on ``samples`` latents — and
+    ``fit_report`` records every candidate axis's response (absolute and signed) and the matching with its
+    purity. Unsupervised: the first K axes, named as given."""
+    candidates = generator.code_axes()
+    if mode == "unsupervised":
+        return AxesEditor(generator.latent_dim, directions, candidates[: len(directions)]).eval()
+    reader_generator, reader = factor_reader(generator, regressor)
+    targets = factor_indices(directions, factor_names(reader))
+    every_axis = AxesEditor(generator.latent_dim, [f"axis{c}" for c in candidates], candidates).eval()
+    z = torch.randn(samples, generator.latent_dim, generator=torch.Generator().manual_seed(1))
+    response, signed = factor_responses(reader_generator, every_axis, reader, z)  # [C, F] each
+    shares = _shares(response)
+    chosen = match_greedy(shares, targets)
+    editor = AxesEditor(generator.latent_dim, directions, [candidates[chosen[j]] for j in targets]).eval()
+    names = factor_names(reader)
+    editor.fit_report = {"matching": {
+        "candidates": candidates, "factors": list(names), "response": response.tolist(),
+        "signed_response": signed.tolist(), "axis_of": {names[j]: candidates[chosen[j]] for j in targets},
+        "purity": {names[j]: shares[chosen[j], j].item() for j in targets},
+        "signed_gain": {names[j]: signed[chosen[j], j].item() for j in targets}}}
+    return editor
 
 
 def fit_editor(method: str, generator, directions: list[str], mode: str, regressor=None, seed: int = 0,
                samples: int = 512) -> Editor:
-    """A fitted editor (``ganspace``, ``sefa``, ``chart``); supervised mode labels the components."""
+    """A fitted editor (``ganspace``, ``sefa``, ``attrdiff``, ``axes``, ``chart``); supervised mode labels the
+    components."""
     if method == "chart":
         return chart_editor(generator, directions)
+    if method == "axes":
+        return fit_axes(generator, regressor, directions, mode, samples)
+    if method == "attrdiff":
+        if mode != "supervised":
+            raise ValueError("attrdiff needs labels: fit it in supervised mode, with a factor regressor (or a "
+                             "generator that knows its factors)")
+        return fit_attrdiff(generator, regressor, directions, seed=seed)
     if method not in ("ganspace", "sefa"):
-        raise ValueError(f"{method!r} is not a fitted editor kind (ganspace, sefa, chart)")
+        raise ValueError(f"{method!r} is not a fitted editor kind (ganspace, sefa, attrdiff, axes, chart)")
     if mode == "unsupervised":
         return _fit_components(method, generator, directions, seed)
     full = _fit_components(method, generator, [f"c{k}" for k in range(generator.latent_dim)], seed)
@@ -109,7 +160,8 @@ def make_editor(method: str, generator, directions: list[str], config: EditorTra
     if not EDITOR_KINDS[method].needs_training:
         t0 = time.time()
         editor = fit_editor(method, generator, directions, config.mode, regressor, config.seed, measure_samples)
-        report = {"mode": config.mode, "fitted": True, "seconds": time.time() - t0}
+        report = {"mode": config.mode, "fitted": True, "seconds": time.time() - t0,
+                  **getattr(editor, "fit_report", {})}
         if config.mode == "supervised":
             report.update(_supervised_measure(editor, generator, regressor, config.seed, measure_samples))
         return editor, report

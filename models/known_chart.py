@@ -132,6 +132,7 @@ class ChartEditor(Editor):
 
     kind = "chart"
     needs_training = False
+    approach = "curvilinear"
 
     def __init__(self, latent_dim: int, directions: list[str], curvature: float = 0.0, layers: int = 3,
                  seed: int = 0):

@@ -33,6 +33,8 @@ def gram_schmidt(matrix: torch.Tensor) -> torch.Tensor:
 class _Linear(Editor):
     """Shared edit: ``z [batch, d] + amounts [batch, K] @ basis().T``."""
 
+    approach = "oblique"
+
     def basis(self) -> torch.Tensor:
         """The direction matrix ``[d, K]``."""
         return self.weight

@@ -15,16 +15,26 @@ def factor_response(
 
     Half of the latents are edited by ``+amount``, half by ``-amount``.
     """
+    return factor_responses(generator, editor, regressor, latents, amount)[0]
+
+
+@torch.no_grad()
+def factor_responses(
+    generator, editor: Editor, regressor, latents: torch.Tensor, amount: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(M, S)``, both ``[K, F]``, from one pass: ``M`` as ``factor_response``; ``S[k, j]`` the signed mean change
+    of factor j per unit amount (``Δ / ±amount``), so ``S[k, k]`` is direction k's gain (+1: calibrated)."""
     n = latents.shape[0]
     signs = torch.where(torch.arange(n, device=latents.device) % 2 == 0, 1.0, -1.0)
     before = regressor(generator(latents))
-    rows = []
+    rows, signed = [], []
     for k in range(editor.num_directions):
         amounts = torch.zeros(n, editor.num_directions, device=latents.device)
         amounts[:, k] = amount * signs
-        after = regressor(generator(editor.edit(latents, amounts)))
-        rows.append((after - before).abs().mean(0))
-    return torch.stack(rows).cpu()
+        delta = regressor(generator(editor.edit(latents, amounts))) - before
+        rows.append(delta.abs().mean(0))
+        signed.append((delta * signs[:, None]).mean(0) / amount)
+    return torch.stack(rows).cpu(), torch.stack(signed).cpu()
 
 
 def purity(response: torch.Tensor, matched: list[int] | None = None) -> torch.Tensor:

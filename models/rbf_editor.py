@@ -34,6 +34,7 @@ class RBFEditor(Editor):
 
     kind = "rbf"
     commutative = False
+    approach = "local"
 
     def __init__(self, latent_dim: int, directions: list[str], dipoles: int = 4, steps: int = 8,
                  radius: float = 1.0, gamma: float = 0.25, seed: int = 0):

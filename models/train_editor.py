@@ -30,6 +30,7 @@ from curvedit.models.reconstructor import Reconstructor
 from curvedit.models.renderer import FACTOR_NAMES
 
 MODES = ("unsupervised", "supervised")
+LR_SCHEDULES = ("constant", "cosine")
 WARM_START_SAMPLES = 4096  # latents whose factor readings start a supervised editor (``Editor.warm_start``)
 
 
@@ -44,11 +45,14 @@ class EditorTrainConfig:
     regulariser_weight: float = 1.0
     amount_loss_weight: float = 0.25
     off_target_weight: float = 1.0
+    lr_schedule: str = "constant"  # or "cosine": the learning rate decays to 0 over ``steps`` (cosine annealing)
     seed: int = 0
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not 0 <= self.amount_min <= self.amount_max:
             raise ValueError(f"need 0 <= amount_min <= amount_max, got {self.amount_min}, {self.amount_max}")
         if self.steps < 1 or self.batch_size < 2:
@@ -124,18 +128,23 @@ def train_editor(editor: Editor, generator, config: EditorTrainConfig, regressor
             z = torch.randn(WARM_START_SAMPLES, latent_dim, generator=warm_rng).to(device)
             editor.warm_start(z, regressor(generator(z))[:, targets])
     opt = torch.optim.Adam(params, lr=config.lr)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.steps) if config.lr_schedule == "cosine"
+             else None)
     losses, window, start, seconds_before = [], [], 0, 0.0
     if state is not None:
         editor.load_state_dict(state["editor"])
         if recon is not None:
             recon.load_state_dict(state["reconstructor"])
         opt.load_state_dict(state["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(state["scheduler"])
         rng.set_state(state["rng"])
         losses, window, start, seconds_before = state["losses"], state["window"], state["step"], state["seconds"]
 
     def save(step: int) -> None:
         save_checkpoint(checkpoint, {
             **identity, "step": step, "editor": editor.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict() if sched is not None else {},
             "reconstructor": recon.state_dict() if recon is not None else {}, "rng": rng.get_state(),
             "losses": losses, "window": window, "seconds": seconds_before + time.time() - t0,
         })
@@ -161,6 +170,8 @@ def train_editor(editor: Editor, generator, config: EditorTrainConfig, regressor
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
         window.append(loss.item())
         if len(window) == 50:
             losses.append(sum(window) / len(window))

@@ -127,6 +127,12 @@ class VAE(GeneratorFamily):
     def edit_features(self, z: torch.Tensor) -> torch.Tensor:
         return nn.functional.silu(self.fc(z))
 
+    def evaluation_facts(self, steps: int, known: dict) -> dict:
+        """A KL weight β ≠ 1 (``known["generator"]``, the recorded training config) is training under a
+        constraint: β-VAE."""
+        beta = float(known.get("generator", {}).get("beta", 1.0))
+        return {"constraint": f"β-VAE, KL weight β = {beta:g}"} if beta != 1.0 else {}
+
     @classmethod
     def train_recipe(cls, run_dir: Path, config: VAEConfig, train_config: VAETrainConfig,
                      progress: bool = True) -> VAE:

@@ -123,7 +123,7 @@ def test_train_default_writes_a_loadable_bundle_and_reuses_finished_stages(tmp_p
             "--regressor-steps", "2", "--generator-steps", "2", "--editor-steps", "2", "--no-export"]
     assert main(args) == 0
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
-    editors = ["decurved", "sefa", "ganspace", "linear", "rbf"]
+    editors = ["decurved", "sefa", "ganspace", "linear", "rbf", "attrdiff", "neuralode"]
     assert set(manifest["training"]["seconds"]) == {"regressor", "generator", *(f"editor {e}" for e in editors)}
     assert list(manifest["editors"]) == editors and manifest["default_editor"] == "decurved"
     assert manifest["name"] == "shapes32" and manifest["generator"]["kind"] == "dcgan"

@@ -23,7 +23,7 @@ def model(request):
 
 def test_every_shipped_model_has_a_name_and_the_default_comes_first():
     assert SHIPPED[0] == "shapes32"
-    assert {"shapes32", "shapes-vae", "digits-vae"} <= set(SHIPPED)
+    assert {"shapes32", "shapes-vae", "digits-vae", "shapes-betavae", "shapes-infogan"} <= set(SHIPPED)
     assert curvedit.load(engine="torch").name == "shapes32"
 
 
@@ -61,6 +61,28 @@ def test_each_direction_moves_its_own_factor_most(name):
     response = factor_response(bundle.generator, bundle.editors["decurved"], bundle.regressor, latents, 1.0)
     assert response.argmax(dim=1).tolist() == list(range(len(FACTOR_NAMES)))
     assert torch.all(response.diagonal() > 0.3)
+
+
+def test_every_editor_ships_a_verified_graph(model):
+    """The service's ``editor`` field may pick any editor of a bundle: each one has its own verified graph."""
+    graphs = {entry["editor"] for entry in model.bundle.manifest["onnx"].values() if entry["graph"] == "edit"}
+    assert graphs == set(model.bundle.editors)
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if "axes" in curvedit.load(n, engine="torch").bundle.editors])
+def test_axes_editors_move_the_axes_their_matching_chose(name):
+    """``axes``: each factor's axis is the one the recorded matching chose, among the family's own code axes,
+    and an edit adds its amount to that coordinate alone."""
+    bundle = curvedit.load(name, engine="torch").bundle
+    editor, matching = bundle.editors["axes"], bundle.manifest["editors"]["axes"]["training"]["matching"]
+    assert editor.axes == [matching["axis_of"][d] for d in editor.directions]
+    assert set(editor.axes) <= set(bundle.generator.code_axes())
+    z = torch.randn(8, bundle.generator.latent_dim)
+    amounts = torch.zeros(8, len(editor.directions))
+    amounts[:, 0] = 1.5
+    expected = z.clone()
+    expected[:, editor.axes[0]] += 1.5
+    assert torch.equal(editor.edit(z, amounts), expected)
 
 
 @pytest.mark.parametrize("name", [n for n in SHIPPED if curvedit.load(n, engine="torch").can_encode])

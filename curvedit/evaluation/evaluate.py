@@ -1,8 +1,12 @@
-"""Evaluate every editor of a bundle: commutation, loops, round trips, curvature, purity, probe, quality, cost.
+"""Evaluate every editor of a bundle: commutation, loops, round trips, curvature, purity (by the factor regressor
+and, held out, by pixel statistics), calibration, probe, quality, cost; and the generator itself: Fréchet distance
+of its samples to real images in the regressor's features, reconstruction PSNR when it can encode.
 
 Latents are held out from every training seed (``EvalConfig.seed``); the same latents serve every editor.
 Factors are the generator's own ``true_factors()`` where it has them (the known-chart family: ``ψ(z)``), and the
-bundle's factor regressor on renders otherwise.
+bundle's factor regressor on renders otherwise. Nothing here depends on the family: what a generator can do is
+asked through its contract (``can_encode``, ``true_factors``, ``evaluation_facts``), and its real images are those
+of the data its training recorded (``training.generator.data``; the built-in renders when none is recorded).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from torch.nn import functional as F
 from curvedit.bundle import Bundle
 from curvedit.engines.torch_engine import TorchEngine
 from curvedit.evaluation import metrics
-from curvedit.models.measure import factor_response, purity
+from curvedit.evaluation.pixel_factors import pixel_response, real_spread
+from curvedit.models.datasets import make_dataset
+from curvedit.models.measure import factor_responses, purity
 from curvedit.models.reconstructor import Reconstructor
 from curvedit.models.renderer import FACTOR_NAMES
 
@@ -33,6 +39,8 @@ class EvalConfig:
     probe_batch: int = 64
     timing_repeats: int = 20
     ceiling_steps: int = 300
+    quality_samples: int = 1024  # generated and real images for the generator's Fréchet distance and PSNR
+    pixel_spread_samples: int = 2048  # real renders whose spread sets the units of the pixel statistics
 
     def __post_init__(self):
         if self.samples < 8 or 1.0 not in self.amounts:
@@ -85,17 +93,68 @@ def _geometry(editor, generator, factors, z: torch.Tensor, config: EvalConfig) -
     return out
 
 
+def _matched(editor, response: torch.Tensor) -> tuple[str, list[int]]:
+    """Directions named by factors are matched by name; unnamed ones with the factor each moves most."""
+    if all(d in FACTOR_NAMES for d in editor.directions):
+        return "name", [FACTOR_NAMES.index(d) for d in editor.directions]
+    return "argmax", response.argmax(1).tolist()
+
+
 @torch.no_grad()
 def _disentanglement(editor, factors, z: torch.Tensor) -> dict:
-    response = factor_response(factors, editor, torch.nn.Identity(), z, amount=1.0)
-    supervised = all(d in FACTOR_NAMES for d in editor.directions)
-    matched = [FACTOR_NAMES.index(d) for d in editor.directions] if supervised else response.argmax(1).tolist()
+    response, signed = factor_responses(factors, editor, torch.nn.Identity(), z, amount=1.0)
+    matched_by, matched = _matched(editor, response)
     per_direction = purity(response, matched)
     disentanglement, completeness = metrics.dci(response)
-    return {"matched_by": "name" if supervised else "argmax", "purity": per_direction.tolist(),
+    gains = signed[torch.arange(len(matched)), matched]
+    # Calibration: how far +1 is from moving its factor by +1 standard deviation (unnamed directions have no
+    # sign convention, so their |gain| is compared).
+    gains_for_calibration = gains if matched_by == "name" else gains.abs()
+    return {"matched_by": matched_by, "purity": per_direction.tolist(),
             "mean_purity": per_direction.mean().item(), "pure_factors": metrics.pure_count(per_direction, matched),
             "dci_disentanglement": disentanglement, "dci_completeness": completeness,
-            "factor_response": response.tolist()}
+            "gain": gains.tolist(), "calibration_error": (gains_for_calibration - 1).abs().mean().item(),
+            "factor_response": response.tolist(), "signed_response": signed.tolist()}
+
+
+@torch.no_grad()
+def _pixel_disentanglement(editor, generator, z: torch.Tensor, spread) -> dict:
+    """Purity from pixel statistics (``pixel_factors``), never the regressor: the held-out instrument."""
+    response = pixel_response(generator, editor, z, spread)
+    matched_by, matched = _matched(editor, response)
+    per_direction = purity(response, matched)
+    return {"matched_by": matched_by, "purity": per_direction.tolist(), "mean_purity": per_direction.mean().item(),
+            "pure_factors": metrics.pure_count(per_direction, matched), "response": response.tolist()}
+
+
+def data_name(bundle: Bundle) -> str:
+    """The data the bundle's generator was trained on (recorded by its recipe), else the built-in renders."""
+    return bundle.manifest.get("training", {}).get("generator", {}).get("data", "shapes")
+
+
+@torch.no_grad()
+def generator_quality(bundle: Bundle, regressor, config: EvalConfig) -> dict:
+    """The generator itself: Fréchet distance in ``regressor.features`` between its samples (prior latents) and
+    real images (held out from training), with the distance between two real sets of the same size as the noise
+    floor; and, for a generator that can encode, the reconstruction PSNR (dB) of held-out real images."""
+    generator, n = bundle.generator.eval(), config.quality_samples
+    data = make_dataset(data_name(bundle), seed=0, size=generator.image_shape[0])
+    out: dict = {"data": data_name(bundle)}
+    if regressor is not None:
+        z = torch.randn(n, generator.latent_dim, generator=torch.Generator().manual_seed(config.seed + 3))
+        fake = torch.cat([regressor.features(generator(chunk)) for chunk in z.split(256)]).numpy()
+        real = make_dataset(data_name(bundle), seed=config.seed, size=generator.image_shape[0])
+        first, second = real.next_batch(n), real.next_batch(n)
+        first, second = (regressor.features(images.expand(-1, 3, -1, -1)).numpy() for images in (first, second))
+        out["frechet_to_real"] = metrics.frechet_distance(fake, first)
+        out["frechet_real_floor"] = metrics.frechet_distance(second, first)
+    if generator.can_encode:
+        held_out = data.held_out(n)
+        decoded = torch.cat([generator.decode(generator.encode(chunk)) for chunk in held_out.split(256)])
+        psnr = metrics.psnr(decoded, held_out.expand(-1, 3, -1, -1))
+        out["reconstruction_psnr"] = float(psnr.mean())
+        out["reconstruction_images"] = len(held_out)
+    return out
 
 
 def probe_accuracy(editor, generator, config: EvalConfig, amount_range=(0.5, 1.5)) -> float:
@@ -166,15 +225,21 @@ def _cost(engine: TorchEngine, name: str, editor, repeats: int) -> dict:
 
 
 def evaluate_bundle(bundle: Bundle, label: str, config: EvalConfig, progress=print) -> dict:
-    """Every editor of ``bundle``; returns a JSON-ready dict."""
+    """Every editor of ``bundle``, and its generator's quality; returns a JSON-ready dict."""
     generator = bundle.generator.eval()
     factors = factor_space(bundle)
     regressor = bundle.regressor.eval() if bundle.regressor is not None else None
     z = torch.randn(config.samples, generator.latent_dim, generator=torch.Generator().manual_seed(config.seed))
     engine = TorchEngine(bundle)
     result = {"label": label, "path": str(bundle.path), "generator": bundle.manifest["generator"]["kind"],
-              "generator_config": bundle.manifest["generator"]["config"], "editors": {}}
+              "generator_config": bundle.manifest["generator"]["config"], "editors": {},
+              "factors_from": "true factors" if generator.true_factors() is not None else
+              "regressor" if regressor is not None else None}
     result.update(generator.evaluation_facts(config.ceiling_steps, bundle.manifest.get("training", {})))
+    result["quality"] = generator_quality(bundle, regressor, config)
+    # Pixel statistics read the built-in renders' shapes; other data (digits) has no such factors.
+    spread = (real_spread(config.pixel_spread_samples, size=generator.image_shape[0])
+              if data_name(bundle) == "shapes" else None)
     for name, editor in bundle.editors.items():
         t0 = time.time()
         editor.eval()
@@ -184,6 +249,9 @@ def evaluate_bundle(bundle: Bundle, label: str, config: EvalConfig, progress=pri
         entry["geometry"] = _geometry(editor, generator, factors, z, config)
         if factors is not None:
             entry["factors"] = _disentanglement(editor, factors, z)
+        if spread is not None:
+            entry["pixels"] = _pixel_disentanglement(editor, generator, z, spread)
+        entry["approach"] = editor.approach
         entry["probe_accuracy"] = probe_accuracy(editor, generator, config)
         entry["quality"] = _quality(editor, generator, regressor, z, config.seed)
         entry["cost"] = _cost(engine, name, editor, config.timing_repeats)

@@ -1,4 +1,5 @@
-"""Evaluation figures drawn with PIL (no plotting library): traversals, A∘B vs B∘A, purity vs curvature."""
+"""Evaluation figures drawn with PIL (no plotting library): traversals, A∘B vs B∘A, purity vs curvature, samples of
+every generator, purity against image quality."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from curvedit.models.files import image_grid, save_png, to_uint8
 
 _FONT = ImageFont.load_default()
 _COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75),
-            (227, 119, 194), (23, 190, 207)]
+            (227, 119, 194), (23, 190, 207), (188, 189, 34), (127, 127, 127)]
 
 
 def _labelled(rows: list[tuple[str, Image.Image]], title: str, label_width: int = 150) -> Image.Image:
@@ -124,3 +125,59 @@ def purity_plot(results: list[dict], path: Path, size: tuple[int, int] = (560, 3
 
 def _lerp(p, q, s):
     return (p[0] + (q[0] - p[0]) * s, p[1] + (q[1] - p[1]) * s)
+
+
+@torch.no_grad()
+def samples(bundles: list[tuple[str, Bundle]], real: torch.Tensor, path: Path, count: int = 10,
+            seed: int = 5) -> Path:
+    """One row of samples from the prior per generator (the same seeds), real images on top."""
+    rows = [("real", image_grid(to_uint8(real[:count].expand(-1, 3, -1, -1)), columns=count, zoom=2))]
+    for label, bundle in bundles:
+        z = torch.randn(count, bundle.generator.latent_dim, generator=torch.Generator().manual_seed(seed))
+        rows.append((label, image_grid(to_uint8(bundle.generator.eval()(z)), columns=count, zoom=2)))
+    return save_png(_labelled(rows, "samples from each generator's prior (top: real images)"), path)
+
+
+def quality_purity(results: list[dict], path: Path, size: tuple[int, int] = (620, 380)) -> Path:
+    """Each editor's mean purity (y) against its generator's Fréchet distance to real images (x): what an
+    editor reaches, and at what image quality, one column of markers per learned generator (factors read by the
+    regressor; a known chart renders exactly, and its distance only reflects its factor distribution)."""
+    bundles = [b for b in results if "frechet_to_real" in b.get("quality", {})
+               and b.get("factors_from") == "regressor"]
+    w, h = size
+    left, right, top, bottom = 50, 130, 20, 56
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    if not bundles:
+        return save_png(image, path)
+    xs = [b["quality"]["frechet_to_real"] for b in bundles]
+    x_lo, x_hi = 0.0, max(xs) * 1.1 + 1e-6
+
+    def to_px(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - x_lo) / (x_hi - x_lo) * (w - left - right), top + (1 - y) * (h - top - bottom))
+
+    draw.line([to_px(x_lo, 0), to_px(x_hi, 0)], fill="black")
+    draw.line([to_px(x_lo, 0), to_px(x_lo, 1)], fill="black")
+    for y in np.linspace(0, 1, 6):
+        px = to_px(x_lo, float(y))
+        draw.text((px[0] - 34, px[1] - 6), f"{y:.1f}", fill="black", font=_FONT)
+    names = sorted({name for b in bundles for name, e in b["editors"].items() if "factors" in e})
+    for b, x in zip(bundles, xs, strict=True):
+        px = to_px(x, 0)
+        draw.line([px, (px[0], px[1] + 4)], fill="black")
+        draw.text((px[0] - 20, px[1] + 6 + 12 * (bundles.index(b) % 3)), f"{b['label']} {x:.0f}", fill="black",
+                  font=_FONT)
+        for name, e in b["editors"].items():
+            if "factors" in e:
+                colour = _COLOURS[names.index(name) % len(_COLOURS)]
+                cx, cy = to_px(x, e["factors"]["mean_purity"])
+                draw.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], fill=colour)
+    draw.text((left + 60, h - 14), "Frechet distance of the generator's samples to real images",
+              fill="black", font=_FONT)
+    draw.text((4, 2), "mean purity (regressor)", fill="black", font=_FONT)
+    for i, name in enumerate(names):
+        colour = _COLOURS[i % len(_COLOURS)]
+        ly = top + 14 * i
+        draw.ellipse([w - right + 14, ly + 2, w - right + 22, ly + 10], fill=colour)
+        draw.text((w - right + 28, ly), name, fill="black", font=_FONT)
+    return save_png(image, path)

@@ -128,3 +128,9 @@ def atypicality(z: torch.Tensor) -> float:
 def log_density_change(z: torch.Tensor, z_edited: torch.Tensor) -> float:
     """Mean change of the standard-normal log-density, ``mean(½‖z‖² − ½‖z'‖²)`` (negative: less typical)."""
     return (0.5 * (z.pow(2).sum(1) - z_edited.pow(2).sum(1))).mean().item()
+
+
+def psnr(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB ``[n]`` of images in [-1, 1], on the [0, 1] scale (peak 1)."""
+    mse = ((reconstructed - original) / 2).pow(2).flatten(1).mean(1)
+    return -10.0 * torch.log10(mse.clamp_min(1e-12))

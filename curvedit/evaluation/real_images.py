@@ -60,11 +60,17 @@ def draw_shapes(n: int, seed: int = 0, size: int = 32) -> tuple[np.ndarray, np.n
     return np.stack(images), np.asarray(centres)
 
 
+def foreground_weight(images: np.ndarray, low: float = 12.0, width: float = 48.0) -> np.ndarray:
+    """``[n, H, W]`` in [0, 1]: how much each pixel of uint8 ``images [n, H, W, 3]`` is foreground, from its
+    largest channel distance to the background colour (0 below ``low`` grey levels, 1 from ``low + width``)."""
+    diff = np.abs(images.astype(np.float32) - np.asarray(BACKGROUND, np.float32)).max(axis=3)
+    return np.clip((diff - low) / width, 0.0, 1.0)
+
+
 def pixel_stats(images: np.ndarray) -> np.ndarray:
     """``[n, 3]``: the foreground's centroid (x, y in pixels, 0 at the left/top edge) and its size (the square
-    root of its area in pixels); foreground = distance from the background colour, as a soft weight."""
-    diff = np.abs(images.astype(np.float32) - np.asarray(BACKGROUND, np.float32)).max(axis=3)
-    weight = np.clip((diff - 12.0) / 48.0, 0.0, 1.0)  # 0 below ~12 grey levels of the background, 1 from ~60
+    root of its area in pixels); foreground = ``foreground_weight``."""
+    weight = foreground_weight(images)
     mass = weight.sum(axis=(1, 2)) + 1e-6
     h, w = images.shape[1:3]
     ys, xs = np.arange(h) + 0.5, np.arange(w) + 0.5
