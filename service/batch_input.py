@@ -46,7 +46,7 @@ class LatentFile:
     that does not exist or does not hold ``[n, d]`` with ``n >= 1``."""
 
     def __init__(self, path: str | Path):
-        self.path = str(path)
+        self.path = str(Path(path).resolve())  # a Ray worker may run in another directory
         self._rows = None
         self.n, self.width = self._open().shape
 

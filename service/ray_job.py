@@ -86,13 +86,13 @@ class _ShardWorker:
         return {"shard": batch["shard"], "items": items}
 
 
-def _absolute(job: BatchJob) -> BatchJob:
-    """Workers do not share the driver's working directory: every path they are given is absolute."""
+def _for_workers(job: BatchJob) -> BatchJob:
+    """Workers do not share the driver's working directory: the paths they get are absolute (``LatentFile``
+    resolves the input's). ``job.json`` records the arguments as given, as the in-process job does."""
     model = job.model
     if model is not None and Path(model).is_dir():
         model = str(Path(model).resolve())
-    latents = str(Path(job.latents_path).resolve()) if job.latents_path is not None else None
-    return dataclasses.replace(job, out=Path(job.out).resolve(), model=model, latents_path=latents)
+    return dataclasses.replace(job, out=Path(job.out).resolve(), model=model)
 
 
 def _check(job: BatchJob):
@@ -152,7 +152,6 @@ def run_ray_job(job: BatchJob, options: RayOptions | None = None) -> dict:
     """Run (or resume) ``job`` on Ray; the same summary as ``run_batch_job``, plus ``workers``."""
     options = options or RayOptions()
     ray = import_ray()
-    job = _absolute(job)
     source, identity = _check(job)
     started_here = _connect(ray, options)
     try:
@@ -164,7 +163,7 @@ def run_ray_job(job: BatchJob, options: RayOptions | None = None) -> dict:
         with tqdm(total=jobdir.n, initial=items_before, unit="item", disable=not job.progress,
                   desc="curvedit batch (ray)") as bar:
             if jobdir.pending:
-                for i, items in _stream(ray, job, source, jobdir, workers, cpus, gpus):
+                for i, items in _stream(ray, _for_workers(job), source, jobdir, workers, cpus, gpus):
                     if i not in jobdir.done:  # a retried task can bring a shard back twice
                         jobdir.record(i)
                         bar.update(items)

@@ -148,3 +148,15 @@ def test_an_unreachable_address_is_named_at_once(tiny_bundle, tmp_path):
                              "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and f"no Ray cluster at 127.0.0.1:{port}" in result.stderr
     assert not out.exists()
+
+
+def test_the_command_line_with_relative_paths_matches_in_process(cluster, tiny_bundle, model, tmp_path):
+    """Ray workers run in other directories: relative input and --out still land where the user meant."""
+    np.save(tmp_path / "in.npy", model.sample(300, seed=5))
+    base = [sys.executable, "-m", "curvedit.cli", "batch", "in.npy", "--edit", "y=-1", "--model", str(tiny_bundle),
+            "--shard-size", "64", "--quiet"]
+    for extra in (["--out", "local"], ["--out", "ray", "--ray", "--ray-address", cluster]):
+        result = subprocess.run(base + extra, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+    assert "on 2 Ray workers" in result.stdout
+    assert_same_bytes(tmp_path / "local", tmp_path / "ray")
