@@ -1,22 +1,11 @@
 """``curvedit batch``: edit many latents into sharded ``.npy`` files, in-process or through a server; resumable.
 
-Output directory::
-
-    job.json                 what the job is (its fingerprint, size, shard layout)
-    manifest.json            the shards finished so far (rewritten atomically after each shard)
-    shards/edited-00000.npy  float32 [shard_size, d]: rows [i*S, (i+1)*S) of the input, edited
-    images/00000012.png      optional, one PNG per item (global row index)
-
-Every file is written with ``atomic_write``, and a shard enters the manifest only after its file (and PNGs) are
-in place; so a job killed at any moment and rerun with the same arguments skips finished shards, redoes the
-rest, and ends with every output exactly once. A rerun with different arguments into the same directory is
-refused (the fingerprint differs).
+The output directory, its resume rules and the shard writing live in ``shards``; the input in ``batch_input``;
+``ray_job`` runs the same job on Ray. This module holds the job's arguments and the in-process and server runs.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import queue
 import time
 from collections import deque
@@ -27,8 +16,9 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
-from curvedit.models.files import read_latents, save_npy, save_png, sha256_file, write_json
+from curvedit.service.batch_input import open_input
 from curvedit.service.channels import Security
+from curvedit.service.shards import JobDir, edit_shard, write_shard
 
 RETRYABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
 
@@ -76,6 +66,7 @@ class _Backend:
 
             self.model = curvedit.load(job.model, engine=job.engine)
             self.identity = {"model": self.model.name, "version": self.model.version}
+            self.latent_dim = self.model.latent_dim
             self.client = None
             self.model.amounts(job.edits, 1, job.editor)  # an unknown editor or direction fails before job.json
         else:
@@ -84,6 +75,7 @@ class _Backend:
             self.client = Client(job.server, security=job.security)
             info = self.client.get_model(job.model or "")
             self.identity = {"model": info.name, "version": info.version}
+            self.latent_dim = info.latent_dim
             self.model = None
             _check_edits_against(info, job)
 
@@ -99,90 +91,39 @@ def _check_edits_against(info, job: BatchJob) -> None:
         raise ValueError(f"unknown direction {unknown[0]!r}; known directions: {editors[name]}")
 
 
-def _fingerprint(job: BatchJob, identity: dict, n: int) -> str:
-    source = ({"seeds": list(job.seeds)} if job.seeds is not None
-              else {"sha256": sha256_file(job.latents_path)})
-    spec = {"input": source, "n": n, "edits": sorted(job.edits.items()), "editor": job.editor,
-            "shard_size": job.shard_size, "png": job.png, **identity}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _shard_path(out: Path, i: int) -> Path:
-    return out / "shards" / f"edited-{i:05d}.npy"
-
-
 def run_batch_job(job: BatchJob) -> dict:
     """Run (or resume) ``job``; returns a summary (items, shards, seconds, items/s)."""
-    out = Path(job.out)
-    latents = read_latents(job.latents_path) if job.latents_path is not None else None
-    n = latents.shape[0] if latents is not None else job.seeds[1] - job.seeds[0]
+    source = open_input(job)
     backend = _Backend(job)
-    fingerprint = _fingerprint(job, backend.identity, n)
-    shards = -(-n // job.shard_size)
-    job_file, manifest_file = out / "job.json", out / "manifest.json"
-    if job_file.exists():
-        recorded = json.loads(job_file.read_text())
-        if recorded.get("fingerprint") != fingerprint:
-            raise ValueError(f"{out} holds a different job (fingerprint {recorded.get('fingerprint')}, "
-                             f"arguments {recorded.get('spec')}); rerun with the same arguments to resume it, or "
-                             "choose a new --out")
-    else:
-        spec = {"seeds": job.seeds, "latents": job.latents_path, "edits": job.edits, "editor": job.editor,
-                "shard_size": job.shard_size, "png": job.png, **backend.identity}
-        write_json(job_file, {"fingerprint": fingerprint, "n": n, "shards": shards, "spec": spec})
-    done = set(json.loads(manifest_file.read_text())["done"]) if manifest_file.exists() else set()
-    for stale in [*out.glob("shards/.*.tmp"), *out.glob("images/.*.tmp")]:
-        stale.unlink(missing_ok=True)  # half-written files of a killed run (atomic_write's temporaries)
-    pending = [i for i in range(shards) if i not in done]
+    try:
+        source.check(backend.latent_dim)  # the whole input, before anything is written
+        return _run(job, backend, source, JobDir.open(job, backend.identity, source))
+    finally:
+        if backend.client is not None:
+            backend.client.close()
 
-    def rows(i: int) -> tuple[int, int]:
-        return i * job.shard_size, min(n, (i + 1) * job.shard_size)
 
+def _run(job: BatchJob, backend: _Backend, source, jobdir: JobDir) -> dict:
     def finish(i: int, edited: np.ndarray, images: np.ndarray | None) -> None:
-        lo, _ = rows(i)
-        if images is not None:
-            from PIL import Image
-
-            for j, image in enumerate(images):
-                save_png(Image.fromarray(image), out / "images" / f"{lo + j:08d}.png")
-        save_npy(_shard_path(out, i), edited)
-        done.add(i)
-        write_json(manifest_file, {"fingerprint": fingerprint, "done": sorted(done)})
+        write_shard(jobdir.out, i, jobdir.rows(i)[0], edited, images)
+        jobdir.record(i)
         bar.update(edited.shape[0])
         if job.pace_s:
             time.sleep(job.pace_s)
 
     start = time.perf_counter()
-    items_before = sum(rows(i)[1] - rows(i)[0] for i in done)
-    with tqdm(total=n, initial=items_before, unit="item", disable=not job.progress, desc="curvedit batch") as bar:
+    items_before = jobdir.items(jobdir.done)
+    with tqdm(total=jobdir.n, initial=items_before, unit="item", disable=not job.progress,
+              desc="curvedit batch") as bar:
         if backend.client is None:
-            _run_local(job, backend.model, latents, pending, rows, finish)
+            for i in jobdir.pending:
+                finish(i, *edit_shard(backend.model, job, source, *jobdir.rows(i)))
         else:
-            try:
-                _run_remote(job, backend.client, latents, pending, rows, finish)
-            finally:
-                backend.client.close()
-    seconds = time.perf_counter() - start
-    computed = n - items_before
-    return {"items": n, "computed": computed, "shards": shards, "skipped_shards": shards - len(pending),
-            "seconds": seconds, "items_per_s": computed / seconds if seconds > 0 else 0.0, "out": str(out)}
+            _run_remote(job, backend.client, source, jobdir.pending, jobdir.rows, finish)
+    return jobdir.summary(jobdir.n - items_before, time.perf_counter() - start)
 
 
-def _run_local(job, model, latents, pending, rows, finish) -> None:
-    for i in pending:
-        lo, hi = rows(i)
-        parts, images = [], []
-        for a in range(lo, hi, job.chunk_size):
-            b = min(hi, a + job.chunk_size)
-            z = (np.asarray(latents[a:b], dtype=np.float32) if latents is not None
-                 else model.sample_seeds(range(job.seeds[0] + a, job.seeds[0] + b)))
-            parts.append(model.edit(z, job.edits, editor=job.editor or None))
-            if job.png:
-                images.append(model.generate(parts[-1]))
-        finish(i, np.concatenate(parts), np.concatenate(images) if job.png else None)
-
-
-def _run_remote(job, client, latents, pending, rows, finish) -> None:
+def _run_remote(job, client, source, pending, rows, finish) -> None:
     """One EditStream; at most ``max_in_flight`` chunks outstanding; retry chunks the server pushed back."""
     from curvedit.service.client import StreamError, edit_request
 
@@ -200,8 +141,8 @@ def _run_remote(job, client, latents, pending, rows, finish) -> None:
     in_flight = 0
 
     def request(i: int, a: int, b: int):
-        kwargs = ({"latents": np.asarray(latents[a:b], dtype=np.float32)} if latents is not None
-                  else {"seeds": range(job.seeds[0] + a, job.seeds[0] + b)})
+        seeds = source.seeds(a, b)
+        kwargs = {"seeds": seeds} if seeds is not None else {"latents": source.latents(None, a, b)}
         return edit_request(**kwargs, edits=job.edits, model=job.model or "", editor=job.editor,
                             images="raw" if job.png else "none", id=f"{i}:{a}:{b}")
 

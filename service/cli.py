@@ -239,17 +239,46 @@ def cmd_batch(args) -> int:
         if not sep or not start.isdigit() or not stop.isdigit():
             raise ValueError(f"--seeds must be START:STOP (e.g. 0:10000), got {args.seeds!r}")
         seeds = (int(start), int(stop))
+    ray_flags = [f"--{name.replace('_', '-')}" for name in _RAY_FLAGS if getattr(args, name) is not None]
+    if ray_flags and not args.ray:
+        raise ValueError(f"{ray_flags[0]} is an option of --ray: add --ray, or drop it to run in-process")
     job = BatchJob(out=Path(args.out), edits=dict(args.edit or []), latents_path=args.input, seeds=seeds,
                    editor=args.editor or "", model=args.model, engine=args.engine, server=args.server,
                    shard_size=args.shard_size, chunk_size=args.chunk_size, max_in_flight=args.max_in_flight,
                    png=args.png, pace_s=args.pace_s, progress=not args.quiet,
                    security=_security(args) if args.server else None)
-    summary = run_batch_job(job)
+    if args.ray:
+        from curvedit.service.ray_job import RayOptions, run_ray_job
+
+        summary = run_ray_job(job, RayOptions(address=args.ray_address, workers=args.ray_workers,
+                                              cpus_per_worker=args.ray_cpus_per_worker or 1.0,
+                                              gpus_per_worker=args.ray_gpus_per_worker))
+    else:
+        summary = run_batch_job(job)
+    on = f" on {summary['workers']} Ray workers" if "workers" in summary else ""
     print(json.dumps(summary) if args.json else
           f"{summary['items']} items in {summary['shards']} shards → {summary['out']} "
-          f"({summary['computed']} computed now, {summary['skipped_shards']} shards already done; "
+          f"({summary['computed']} computed now{on}, {summary['skipped_shards']} shards already done; "
           f"{summary['items_per_s']:.0f} items/s)")
     return 0
+
+
+_RAY_FLAGS = ("ray_address", "ray_workers", "ray_cpus_per_worker", "ray_gpus_per_worker")
+
+
+def add_ray_options(add) -> None:
+    add("--ray", action="store_true",
+        help="run the job as a Ray Data pipeline, an actor pool holding the model (needs curvedit[ray]; "
+             "default: off, in-process)")
+    add("--ray-address", default=None, metavar="HOST:PORT",
+        help="an existing Ray cluster's GCS address, or auto (default: start a local Ray on this machine's CPUs)")
+    add("--ray-workers", type=int, default=None, metavar="N",
+        help="actors, each holding the model (default: one per GPU where the cluster has GPUs, else one per "
+             "--ray-cpus-per-worker CPUs)")
+    add("--ray-cpus-per-worker", type=float, default=None, metavar="CPUS",
+        help="CPUs each actor reserves and computes on (default 1)")
+    add("--ray-gpus-per-worker", type=float, default=None, metavar="GPUS",
+        help="GPUs each actor reserves (default: 1 where the cluster has GPUs, else 0)")
 
 
 def register(subparsers) -> None:
@@ -317,16 +346,19 @@ def register(subparsers) -> None:
         help="output directory; rerun with the same one to resume (required)")
     add("--server", default=None, metavar="HOST:PORT",
         help="a `curvedit serve` to compute on (default: in-process)")
-    add("--model", default=None, help="bundle path (in-process) or served model name (with --server) (default: "
-        "the shipped model / the server's default)")
-    add("--engine", default="auto", help="in-process engine: auto, torch, onnxruntime or triton (default auto)")
+    add("--model", default=None, help="shipped model name or bundle path (in-process, --ray) or served model name "
+        "(with --server) (default: the shipped model / the server's default)")
+    add("--engine", default="auto",
+        help="engine in-process or in the Ray workers: auto, torch, onnxruntime or triton (default auto)")
     add("--editor", default=None, help="editor name (default: the model's default editor)")
     add("--shard-size", type=int, default=1024, metavar="ITEMS", help="items per output .npy (default 1024)")
-    add("--chunk-size", type=int, default=256, metavar="ITEMS", help="items per request (default 256)")
+    add("--chunk-size", type=int, default=256, metavar="ITEMS",
+        help="items per request, or per engine call in-process and on Ray (default 256)")
     add("--max-in-flight", type=int, default=4, metavar="N", help="request messages in flight (default 4)")
     add("--png", action="store_true", help="also write images/NNNNNNNN.png per item (default: off)")
     add("--json", action="store_true", help="print the summary as JSON (default: one line of text)")
     add("--quiet", action="store_true", help="no progress bar (default: a progress bar on stderr)")
     add("--pace-s", type=float, default=0.0, help=argparse.SUPPRESS)  # kill tests and demos
+    add_ray_options(add)
     add_security_options(batch)
     batch.set_defaults(func=_friendly(cmd_batch))

@@ -128,3 +128,42 @@ def test_a_typo_in_the_edits_writes_nothing_so_the_corrected_rerun_starts(tiny_b
     assert main([*base, "--edit", "sclae=1"]) == 2
     assert "unknown direction 'sclae'" in capsys.readouterr().err and not out.exists()
     assert main([*base, "--edit", "scale=1"]) == 0
+
+
+def test_parquet_input_gives_the_same_shards_as_npy(tmp_path, tiny_bundle, model):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    z = model.sample(50, seed=4)
+    np.save(tmp_path / "in.npy", z)
+    rows = pa.array(list(z.astype(np.float64)), type=pa.list_(pa.float64()))  # variable-length lists, float64
+    pq.write_table(pa.table({"id": pa.array(range(50)), "latents": rows}), tmp_path / "in.parquet",
+                   row_group_size=7)
+    for name in ("in.npy", "in.parquet"):
+        run_batch_job(BatchJob(out=tmp_path / f"out-{name}", edits={"y": 1.0}, latents_path=str(tmp_path / name),
+                               model=str(tiny_bundle), shard_size=16, chunk_size=5, progress=False))
+    for i in range(4):
+        shard = f"shards/edited-{i:05d}.npy"
+        assert (tmp_path / "out-in.npy" / shard).read_bytes() == (tmp_path / "out-in.parquet" / shard).read_bytes()
+
+
+@pytest.mark.parametrize(("latents", "message"), [
+    (np.full((6, 5), 0.5, dtype=np.float32), "width 5, but the model's latent dim is 8"),
+    (np.where(np.arange(48).reshape(6, 8) == 42, np.inf, 0.0).astype(np.float32), "row 5 contains NaN or Inf"),
+])
+def test_bad_latents_are_refused_before_anything_is_written(tmp_path, tiny_bundle, latents, message):
+    np.save(tmp_path / "in.npy", latents)
+    with pytest.raises(ValueError, match=message):
+        run_batch_job(BatchJob(out=tmp_path / "out", edits={"y": 1.0}, latents_path=str(tmp_path / "in.npy"),
+                               model=str(tiny_bundle), shard_size=2, progress=False))
+    assert not (tmp_path / "out").exists()
+
+
+def test_ray_options_need_ray_and_say_how_to_get_it(tiny_bundle, tmp_path, capsys, monkeypatch):
+    from curvedit.cli import main
+
+    base = ["batch", "--model", str(tiny_bundle), "--seeds", "0:4", "--edit", "x=1", "--out", str(tmp_path / "o")]
+    assert main([*base, "--ray-workers", "2"]) == 2
+    assert "--ray-workers is an option of --ray" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    assert main([*base, "--ray"]) == 2
+    assert "pip install 'curvedit[ray]'" in capsys.readouterr().err and not (tmp_path / "o").exists()
