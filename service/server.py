@@ -25,11 +25,13 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from curvedit.service import security, wire
 from curvedit.service.admission import Admission, CostModel
-from curvedit.service.batcher import Batch, BatchQueue, BatchRunner, Entry, bucket_sizes
+from curvedit.service.batcher import Batch, BatchQueue, Entry, bucket_sizes
 from curvedit.service.config import ServeConfig
 from curvedit.service.errors import ShutDown
 from curvedit.service.metrics import SERVICE, ServerMetrics
 from curvedit.service.models import ServedModel, load_models
+from curvedit.service.rpc_metrics import RpcMetrics
+from curvedit.service.runner import BatchRunner
 from curvedit.service.servicer import LatentEditServicer
 from curvedit.v1 import latent_edit_pb2_grpc as pb_grpc
 
@@ -39,8 +41,6 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # instead (RESOURCE_EXHAUSTED with pushback, counted), so core's own limit is set out of the way.
 CORE_PENDING_LIMIT = 1 << 20
 HOLD_S = 0.1  # how long the last refusals of a drain are held so gRPC core can stop without cancelling calls
-_GRPC_TYPE = {"unary_unary": "unary", "unary_stream": "server_stream", "stream_unary": "client_stream",
-              "stream_stream": "bidi_stream"}
 
 
 class _BatchMetrics:
@@ -56,7 +56,8 @@ class _BatchMetrics:
     def executed(self, batch: Batch, compute_s: float, error: BaseException | None) -> None:
         served = self.models[batch.key[0]]
         if error is None:
-            self.metrics.batch(served.name, served.version, batch.size, batch.bucket, batch.reason, batch.stages)
+            padded = served.padded_rows(batch.size)
+            self.metrics.batch(served.name, served.version, batch.size, padded, batch.reason, batch.stages)
 
 
 class EditServer:
@@ -79,7 +80,7 @@ class EditServer:
                                            config.max_items_per_request)
         self.health = HealthServicer()
         credentials = security.server_credentials(config)  # read before binding: a bad file fails here
-        interceptors = []
+        interceptors = [RpcMetrics(self.metrics)]  # first: it also counts what the token check refuses
         if config.auth_token_file:
             interceptors.append(security.TokenAuth(security.read_tokens(config.auth_token_file), self._refused))
         limit = config.max_message_mb * 1024 * 1024
@@ -109,11 +110,7 @@ class EditServer:
         return self.models[batch.key[0]].compute(batch)
 
     def _refused(self, method: str, kind: str) -> None:
-        """An RPC refused for want of a valid token: counted like every other refusal (known methods only)."""
-        if method in self.methods:
-            name, grpc_type = method.rsplit("/", 1)[1], _GRPC_TYPE[kind]
-            self.metrics.rpc_started(grpc_type, name)
-            self.metrics.rpc_handled(grpc_type, name, "UNAUTHENTICATED", 0.0)
+        """An RPC refused for want of a valid token: a rejection (the interceptor counts the RPC itself)."""
         self.metrics.rejected("unauthenticated")
 
     async def _set_health(self, status) -> None:
@@ -136,12 +133,14 @@ class EditServer:
             loop = asyncio.get_running_loop()
             start = time.perf_counter()
             for served in self.models.values():
-                timings = await loop.run_in_executor(self.runner.executor, served.warm_up,
+                timings = await loop.run_in_executor(self.runner.executor_for(served.name), served.warm_up,
                                                      self.config.max_batch_size)
                 if timings:
                     served.seed_costs(self.cost, timings)
             log.info("warm-up of %d model(s) x %d buckets took %.2f s", len(self.models),
                      len(bucket_sizes(self.config.max_batch_size)), time.perf_counter() - start)
+        for served in self.models.values():
+            self.metrics.engine(served.name, served.version, served.fallbacks(), served.routes())
         if not self.servicer.draining:
             await self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
@@ -184,8 +183,7 @@ class EditServer:
             self._runner_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner_task
-        self.runner.executor.shutdown(wait=False, cancel_futures=True)
-        self.servicer.helper.shutdown(wait=False, cancel_futures=True)
+        self.runner.shutdown()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()

@@ -6,17 +6,21 @@ import numpy as np
 import torch
 
 from curvedit.bundle import Bundle
-from curvedit.engines.base import to_tensor
+from curvedit.engines.base import ANY_SHAPE, to_tensor
 from curvedit.models.files import from_uint8, to_uint8
 
 
 class TorchEngine:
     name = "torch"
+    shape_policy = ANY_SHAPE
 
     def __init__(self, bundle: Bundle, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
         self.generator = bundle.generator.to(self.device).eval()
         self.editors = {name: editor.to(self.device).eval() for name, editor in bundle.editors.items()}
+
+    def fallbacks(self) -> dict[str, str]:
+        return {}  # this is the reference path itself
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return to_tensor(array, self.device)
