@@ -177,6 +177,7 @@ def engine_items_per_s(model, latents: np.ndarray, edits: dict, batch: int, seco
 
 def _serve_argv(bundle: Path, max_batch: int, delay_ms: float, engine: str) -> list[str]:
     return [sys.executable, "-m", "curvedit.cli", "serve", "--model", str(bundle), "--port", "0",
+            "--http-port", "-1",
             "--metrics-port", "0", "--max-batch-size", str(max_batch), "--max-queue-delay-ms", str(delay_ms),
             "--engine", engine]
 

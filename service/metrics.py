@@ -137,6 +137,10 @@ class ServerMetrics:
         self.route = Gauge("curvedit_engine_route_seconds", "Auto engine: the backend that won each operation and "
                            "batch bucket at warm-up, and its measured seconds per call.",
                            (*model, "operation", "bucket", "backend"), registry=registry)
+        self.http_requests = Counter("curvedit_http_requests_total", "Open Inference Protocol HTTP requests, by "
+                                     "route and HTTP status.", ("route", "code"), registry=registry)
+        self.http_seconds = Histogram("curvedit_http_request_seconds", "Open Inference Protocol HTTP request "
+                                      "time.", ("route",), buckets=LATENCY_BUCKETS, registry=registry)
         self._children: dict[tuple, object] = {}
 
     def _child(self, metric, *labels):
@@ -163,6 +167,12 @@ class ServerMetrics:
             self._child(self.msg_received, grpc_type, service, method).inc(received)
         if sent:
             self._child(self.msg_sent, grpc_type, service, method).inc(sent)
+
+    @_safe
+    def http_request(self, route: str, status: int, seconds: float) -> None:
+        """One HTTP request; ``route`` is a template (``/v2/models/{name}/infer``), never a raw path."""
+        self._child(self.http_requests, route, str(status)).inc()
+        self._child(self.http_seconds, route).observe(seconds)
 
     # -- per model: what its engine runs on ----------------------------------------------------------------------
     @_safe

@@ -1,8 +1,10 @@
 """Building, running and draining the gRPC server.
 
 ``create_server(config)`` loads the models and binds the port (TLS when configured) but serves nothing yet;
-``await server.start()`` starts gRPC, the batcher and ``/metrics``, warms every batch bucket up (timing it, for
-admission control's estimates) and only then sets health to SERVING. ``await server.drain()`` (what
+the port carries the native ``curvedit.v1`` API and the Open Inference Protocol (``inference`` package).
+``await server.start()`` starts gRPC, the OIP's HTTP/REST side (``--http-port``), the batcher and ``/metrics``,
+warms every batch bucket up (timing it, for admission control's estimates) and only then sets health to SERVING
+(and OIP readiness to true). ``await server.drain()`` (what
 SIGTERM/SIGINT trigger under ``serve``) sets NOT_SERVING and answers new requests with UNAVAILABLE, waits up to
 ``grace_s`` for accepted work, fails what is left with UNAVAILABLE if the grace runs out, ends open streams with
 UNAVAILABLE, then stops: no client sees CANCELLED that it did not cause.
@@ -23,13 +25,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from curvedit.inference import grpc_service_pb2_grpc as oip_grpc
 from curvedit.service import security, wire
 from curvedit.service.admission import Admission, CostModel
 from curvedit.service.batcher import Batch, BatchQueue, Entry, bucket_sizes
 from curvedit.service.config import ServeConfig
 from curvedit.service.errors import ShutDown
-from curvedit.service.metrics import SERVICE, ServerMetrics
+from curvedit.service.metrics import INFERENCE_SERVICE, SERVICE, ServerMetrics
 from curvedit.service.models import ServedModel, load_models
+from curvedit.service.oip import Inference
+from curvedit.service.oip_grpc import InferenceServicer
+from curvedit.service.oip_http import HttpFront
 from curvedit.service.rpc_metrics import RpcMetrics
 from curvedit.service.runner import BatchRunner
 from curvedit.service.servicer import LatentEditServicer
@@ -78,11 +84,14 @@ class EditServer:
             self.metrics.track_pending(name, served.version, lambda n=name: queue.items_where(lambda k: k[0] == n))
         self.servicer = LatentEditServicer(models, self.runner, self.admission, self.metrics,
                                            config.max_items_per_request)
+        self.ready = False  # warm-up done and not draining: OIP readiness (health says SERVING then too)
+        self.inference = Inference(self.servicer, lambda: self.ready)
         self.health = HealthServicer()
         credentials = security.server_credentials(config)  # read before binding: a bad file fails here
         interceptors = [RpcMetrics(self.metrics)]  # first: it also counts what the token check refuses
-        if config.auth_token_file:
-            interceptors.append(security.TokenAuth(security.read_tokens(config.auth_token_file), self._refused))
+        tokens = security.read_tokens(config.auth_token_file) if config.auth_token_file else None
+        if tokens is not None:
+            interceptors.append(security.TokenAuth(tokens, self._refused))
         limit = config.max_message_mb * 1024 * 1024
         self.grpc = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
@@ -90,9 +99,11 @@ class EditServer:
             ("grpc.server.max_pending_requests_hard_limit", CORE_PENDING_LIMIT)])
         self.methods = set(wire.register(self.grpc, pb_grpc.add_LatentEditServiceServicer_to_server,
                                          self.servicer, own=True))
+        self.methods |= set(wire.register(self.grpc, oip_grpc.add_GRPCInferenceServiceServicer_to_server,
+                                          InferenceServicer(self.inference), own=True))
         wire.register(self.grpc, health_pb2_grpc.add_HealthServicer_to_server, self.health, own=False)
         if config.reflection:
-            names = (SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
+            names = (SERVICE, INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
             wire.register(self.grpc, reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
                           reflection.aio.ReflectionServicer(names), own=False)
         address = f"{config.host}:{config.port}"
@@ -102,6 +113,8 @@ class EditServer:
         except RuntimeError as exc:
             raise ValueError(f"cannot bind {address} ({exc}); is another server on that port? pass --port "
                              "with a free port (0 = any)") from None
+        self.http = HttpFront(self.inference, self.metrics, limit, tokens, security.http_ssl_context(config))
+        self.http_port: int | None = None
         self.metrics_port: int | None = None
         self._httpd = None
         self._runner_task: asyncio.Task | None = None
@@ -127,6 +140,12 @@ class EditServer:
             except OSError as exc:
                 raise ValueError(f"cannot serve /metrics on {self.config.metrics_host}:{self.config.metrics_port} "
                                  f"({exc}); pass --metrics-port with a free port (0 = any, -1 = off)") from None
+        if self.config.http_port >= 0:
+            try:
+                self.http_port = await self.http.start(self.config.host, self.config.http_port)
+            except OSError as exc:
+                raise ValueError(f"cannot serve HTTP/REST on {self.config.host}:{self.config.http_port} ({exc}); "
+                                 "pass --http-port with a free port (0 = any, -1 = off)") from None
         await self.grpc.start()
         self._runner_task = asyncio.create_task(self.runner.run())
         if self.config.warmup:
@@ -142,12 +161,14 @@ class EditServer:
         for served in self.models.values():
             self.metrics.engine(served.name, served.version, served.fallbacks(), served.routes())
         if not self.servicer.draining:
+            self.ready = True
             await self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
     async def drain(self, grace_s: float | None = None) -> bool:
         """NOT_SERVING, refuse new work, wait for accepted work (≤ grace), stop. True if nothing was cut off."""
         grace_s = self.config.grace_s if grace_s is None else grace_s
         self.servicer.draining = True
+        self.ready = False
         await self.health.enter_graceful_shutdown()
         deadline = time.monotonic() + grace_s
         while (self.servicer.inflight > 0 or not self.runner.idle) and time.monotonic() < deadline:
@@ -184,6 +205,7 @@ class EditServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner_task
         self.runner.shutdown()
+        await self.http.stop()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -210,9 +232,10 @@ async def serve_until_signal(config: ServeConfig, announce=print) -> int:
     await server.start()
     names = ", ".join(f"{m.name} {m.version} ({m.model.engine})" for m in server.models.values())
     metrics = f"http://{config.metrics_host}:{server.metrics_port}/metrics" if server.metrics_port else "off"
+    http = f"http://{config.host}:{server.http_port}/v2" if server.http_port else "off"
     secured = [word for word, on in (("TLS", config.tls_cert), ("mutual TLS", config.tls_client_ca),
                                      ("tokens", config.auth_token_file)) if on]
-    announce(f"curvedit serve: SERVING {names} on {config.host}:{port}; metrics {metrics}; "
+    announce(f"curvedit serve: SERVING {names} on {config.host}:{port}; metrics {metrics}; OIP HTTP {http}; "
              f"max_batch_size={config.max_batch_size} max_queue_delay_ms={config.max_queue_delay_ms:g}"
              + (f"; {', '.join(secured)}" if secured else ""))
     sys.stdout.flush()

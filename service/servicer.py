@@ -116,7 +116,9 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
 
     def _count_failure(self, request, exc: BaseException, code: grpc.StatusCode) -> None:
         if not isinstance(request, Corrupt) and code != grpc.StatusCode.NOT_FOUND:
-            served = self.models.get(getattr(request, "model", "") or self.default)
+            name = getattr(request, "model", None)  # native requests; OIP's are `model_name`
+            name = getattr(request, "model_name", "") if name is None else name
+            served = self.models.get(name or self.default)
             if served is not None:
                 self.metrics.request_failed(served.name, served.version, failure_reason(code))
         reason = reject_reason(exc, code)
@@ -127,12 +129,15 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         remaining = context.time_remaining()
         return None if remaining is None else self.runner.clock() + remaining
 
-    async def _unary(self, method: str, work, request, context: grpc.aio.ServicerContext):
+    async def _unary(self, method: str, work, request, context: grpc.aio.ServicerContext, admit: bool = True):
+        """Run ``work(request, ticket, method)`` with an admission ticket (``admit``: metadata and health
+        answers need none) and turn whatever it raises into the RPC's status."""
         ticket, rid = None, request_id()
         try:
             if isinstance(request, Corrupt):
                 raise request.error
-            ticket = self.admission.enter(self._deadline(context))
+            if admit:
+                ticket = self.admission.enter(self._deadline(context))
             return await work(request, ticket, method)
         except BaseException as exc:
             code, message, pushback = to_status(exc, rid)

@@ -27,9 +27,9 @@ def model(tiny_bundle):
 
 
 def serve(tiny_bundle, gate: Gate, **settings):
-    config = ServeConfig(**{"port": 0, "metrics_port": 0, "models": (str(tiny_bundle),), "max_batch_size": 4,
-                            "max_queue_delay_ms": 0, "max_queue_size": 8, "max_items_per_request": 4,
-                            "warmup": False, **settings})
+    config = ServeConfig(**{"port": 0, "http_port": 0, "metrics_port": 0, "models": (str(tiny_bundle),),
+                            "max_batch_size": 4, "max_queue_delay_ms": 0, "max_queue_size": 8,
+                            "max_items_per_request": 4, "warmup": False, **settings})
     return BackgroundServer(config, compute_wrapper=gate.wrap)
 
 

@@ -24,8 +24,8 @@ def start_server(bundle, *flags) -> tuple[subprocess.Popen, int, int | None]:
     """``curvedit serve`` on a free port; returns the process, its port and metrics port once it says SERVING."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "curvedit.cli", "serve", "--model", str(bundle), "--port", "0",
-                             "--metrics-port", "-1", *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
+                             "--http-port", "0", "--metrics-port", "-1", *flags], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 120
     for line in proc.stdout:
         match = SERVE_LINE.search(line)
