@@ -113,11 +113,15 @@ class ServedModel:
         return edited, images
 
     def warm_up(self, max_batch_size: int) -> dict[tuple[str, str, int], float]:
-        """Run every bucket once per editor, and the generator, so no request pays a first-shape cost.
+        """Run every bucket once per editor, and the generator, so no request pays a first-shape cost (the auto
+        engine first measures its backends at every bucket and routes each to the fastest).
 
         Then time each once more: ``{(editor, EDIT or GENERATE, bucket): seconds}`` (editor "" for GENERATE),
         the admission control's first cost estimates.
         """
+        calibrate = getattr(self.model.runtime, "calibrate", None)
+        if calibrate is not None:  # the auto engine: measure its backends at these buckets, route each
+            calibrate(bucket_sizes(max_batch_size))
         seconds: dict[tuple[str, str, int], float] = {}
         for timed in (False, True):
             for b in bucket_sizes(max_batch_size):

@@ -47,7 +47,7 @@ def session(tiny_bundle, tiny_vae_bundle, models, tmp_path_factory):
     vae = models["tinyvae"]
     np.save(tmp / "images.npy", vae.generate(vae.sample(2, seed=1)))
     config = ServeConfig(port=0, http_port=0, metrics_port=0, models=(str(tiny_bundle), str(tiny_vae_bundle)),
-                         max_batch_size=16, max_items_per_request=64, max_queue_size=256)
+                         max_batch_size=16, max_items_per_request=64, max_queue_size=256, engine="onnxruntime")
     with BackgroundServer(config) as bg:
         results = drive(bg, "tiny", tmp, image_model="tinyvae")
         yield {"results": results, "tmp": tmp, "z": z, "t": t, "bg": bg}
