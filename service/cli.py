@@ -15,7 +15,8 @@ import numpy as np
 from curvedit.commands import parse_edit
 from curvedit.service.config import ServeConfig
 
-_SERVE_FLAGS = ("host", "port", "http_port", "metrics_host", "metrics_port", "engine", "max_batch_size",
+_SERVE_FLAGS = ("host", "port", "http_port", "metrics_host", "metrics_port", "engine", "ort_threads",
+                "max_batch_size",
                 "max_queue_delay_ms",
                 "max_queue_size", "max_items_per_request", "max_concurrent_requests", "grace_s", "max_message_mb",
                 "tls_cert", "tls_key", "tls_client_ca", "auth_token_file")
@@ -61,6 +62,8 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         help="repeatable, one per --model in the same order: refuse to start unless that bundle's digest "
              "(`curvedit info` prints it; 12+ leading hex digits) matches (default: no pin)")
     add("--engine", default=None, help=f"auto, torch, onnxruntime or triton (default {d.engine})")
+    add("--ort-threads", type=int, default=None, metavar="N",
+        help="ONNX Runtime intra-op threads per model (default 0 = every core this process may use)")
     add("--max-batch-size", type=int, default=None,
         help=f"most items in one batch (default {d.max_batch_size}; 1 = batching off)")
     add("--max-queue-delay-ms", type=float, default=None, metavar="MS",

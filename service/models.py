@@ -157,18 +157,22 @@ class ServedModel:
                     cost.set((self.name, editor, from_images(key)), b, seconds + encode)
 
 
-def serving_model(path, engine: str = "auto", expect_digest: str | None = None) -> curvedit.Model:
+def serving_model(path, engine: str = "auto", expect_digest: str | None = None,
+                  ort_threads: int = 0) -> curvedit.Model:
     """``curvedit.load`` as a server (and the load benchmark's in-process yardstick) runs it.
 
     ONNX Runtime runs with spinning off: its idle worker threads otherwise busy-wait between batches, taking
-    the cores the gRPC event loop needs (on 2 cores this halved single-item throughput).
+    the cores the gRPC event loop needs (on 2 cores this halved single-item throughput); ``ort_threads`` > 0
+    sets its intra-op threads.
     """
-    options = {"spinning": False} if resolve_engine(engine) == "onnxruntime" else None
+    options = None
+    if resolve_engine(engine) == "onnxruntime":
+        options = {"spinning": False, **({"threads": ort_threads} if ort_threads else {})}
     return curvedit.load(path, engine=engine, engine_options=options, expect_digest=expect_digest)
 
 
-def load_models(paths: tuple[str, ...], engine: str,
-                expect_digests: tuple[str, ...] = ()) -> dict[str, ServedModel]:
+def load_models(paths: tuple[str, ...], engine: str, expect_digests: tuple[str, ...] = (),
+                ort_threads: int = 0) -> dict[str, ServedModel]:
     """Load every model (a shipped model's name or a bundle path; none = every shipped model, the default
     ``shapes32`` first), each pinned to ``expect_digests[i]`` when given; refuse duplicate names. Insertion
     order = given order; the first is the default."""
@@ -176,7 +180,7 @@ def load_models(paths: tuple[str, ...], engine: str,
     paths = paths or tuple(curvedit.list_models())
     digests = expect_digests or (None,) * len(paths)
     for path, digest in zip(paths, digests, strict=True):
-        served = ServedModel(serving_model(path, engine, digest))
+        served = ServedModel(serving_model(path, engine, digest, ort_threads))
         if served.name in models:
             raise ValueError(f"two models are named {served.name!r} ({path} and an earlier --model); model names "
                              "come from the bundle manifest's 'name' and must be unique on one server")

@@ -214,7 +214,8 @@ class EditServer:
 def create_server(config: ServeConfig, models: dict[str, ServedModel] | None = None,
                   compute_wrapper: Callable | None = None) -> tuple[EditServer, int]:
     """Load models (unless given) and bind; returns ``(server, bound_port)``. Call inside the event loop."""
-    models = models if models is not None else load_models(config.models, config.engine, config.expect_digests)
+    models = models if models is not None else load_models(config.models, config.engine, config.expect_digests,
+                                                          config.ort_threads)
     server = EditServer(config, models, compute_wrapper)
     return server, server.port
 
