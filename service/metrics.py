@@ -121,9 +121,9 @@ class ServerMetrics:
                                     model, buckets=BATCH_BUCKETS, registry=registry)
         self.padded_size = Histogram("curvedit_batch_padded_size", "Rows in each executed batch after padding "
                                      "to its bucket.", model, buckets=BATCH_BUCKETS, registry=registry)
-        self.batch_release = Counter("curvedit_batch_release_total", "Why batches were released: full or "
-                                     "delay (max_queue_delay since the oldest item).", (*model, "reason"),
-                                     registry=registry)
+        self.batch_release = Counter("curvedit_batch_release_total", "Why batches were released: idle (the "
+                                     "model's compute was free), full, or delay (a batch that filled while "
+                                     "another ran, after max_queue_delay).", (*model, "reason"), registry=registry)
         self.rejections = Counter("curvedit_rejections_total", "Requests or items refused before compute, by "
                                   "reason.", ("reason",), registry=registry)
         for reason in REJECT_REASONS:  # every reason exported from the start, at 0

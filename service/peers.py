@@ -9,12 +9,15 @@ Protocol's JSON where the server speaks it). Peers, each at its documented defau
 * LitServe: ``max_batch_size=1`` (batching off) by default; tuned: batches of up to 64, 2 ms timeout.
 * Ray Serve: ``@serve.batch(max_batch_size=10, batch_wait_timeout_s=0.01)``, ``max_ongoing_requests=5`` by
   default; tuned: 64, 2 ms, 256.
-* KServe's Python model server (Open Inference Protocol, v2 REST): no batching of its own, so defaults only.
+* KServe's Python model server (Open Inference Protocol, v2 REST): no batching of its own; tuned: its per-request
+  latency and access logs and its unused gRPC server off.
 * curvedit: ``curvedit serve``'s Open Inference Protocol over HTTP, at its defaults (and, with
   ``--curvedit-delay-ms``, another queue delay); its engine picks its batch-major graph below 16 rows.
 
-A peer whose package is not importable by ``--peer-python`` is skipped with the reason. Peers are the optional
-``peers`` dependency group (``pip install 'curvedit[peers]'``), never a runtime requirement.
+A peer whose package is not importable by its ``--peer-python`` is skipped with the reason. LitServe and Ray
+Serve are the optional ``peers`` dependency group (``pip install 'curvedit[peers]'``), never a runtime
+requirement; KServe (0.21) pins protobuf < 7, which curvedit's stubs cannot use, so it goes into an environment
+of its own: ``--peer-python kserve=ENV/bin/python``.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ PEERS = {  # name: (module to import, script, path, body format, {settings name:
     "ray-serve": ("ray.serve", "ray_app.py", "/", "plain",
                   {"defaults": [], "tuned": ["--max-batch-size", "64", "--batch-wait-timeout-s", "0.002",
                                              "--max-ongoing-requests", "256"]}),
-    "kserve": ("kserve", "kserve_app.py", "/v2/models/edit/infer", "oip", {"defaults": []}),
+    "kserve": ("kserve", "kserve_app.py", "/v2/models/edit/infer", "oip",
+               {"defaults": [], "tuned": ["--quiet", "1"]}),
 }
 
 
@@ -206,6 +210,10 @@ def run(args) -> int:
     z, t = rng.standard_normal((1, model.latent_dim)).astype(np.float32), np.zeros((1, len(model.directions)),
                                                                                   np.float32)
     t[0, 0] = 1.0
+    pythons = {"": sys.executable}
+    for entry in args.peer_python:
+        name, _, python = entry.rpartition("=")
+        pythons[name] = python
     print(f"load average {os.getloadavg()}; ORT threads {args.ort_threads}; {args.duration:g} s per cell")
     print(HEADER, flush=True)
     cells: list[PeerCell] = []
@@ -220,18 +228,18 @@ def run(args) -> int:
                          args, marker="SERVING")
     for name in args.peers:
         module, script, path, fmt, configs = PEERS[name]
+        python = pythons.get(name, pythons[""])
         try:
-            check = subprocess.run([args.peer_python, "-c", f"import {module}, onnxruntime"], capture_output=True,
-                                   text=True)
+            check = subprocess.run([python, "-c", f"import {module}, onnxruntime"], capture_output=True, text=True)
             failed, said = check.returncode != 0, check.stderr.strip()
         except OSError as exc:
-            failed, said = True, f"cannot run {args.peer_python}: {exc.strerror}"
+            failed, said = True, f"cannot run {python}: {exc.strerror}"
         if failed:
             reason = said.splitlines()[-1] if said else "import failed"
             print(f"{name:<22} skipped: {reason} (pip install 'curvedit[peers]', or pass --peer-python)")
             continue
         for settings, flags in configs.items():
-            argv = [args.peer_python, str(SERVERS / script), "--onnx", str(onnx), "--threads",
+            argv = [python, str(SERVERS / script), "--onnx", str(onnx), "--threads",
                     str(args.ort_threads), "--port", "{port}", *flags]
             try:
                 cells += measure(name, settings, argv, path, body(fmt, z, t), args)
@@ -251,8 +259,9 @@ def register(sub) -> None:
     p = sub.add_parser("peers", help="curvedit beside LitServe, Ray Serve and KServe on the same graph and load")
     p.add_argument("--peers", default=list(PEERS), type=lambda s: s.split(","),
                    help=f"comma list among {','.join(PEERS)} (default: all)")
-    p.add_argument("--peer-python", default=sys.executable, metavar="PYTHON",
-                   help="the python that has the peers installed (default: this one)")
+    p.add_argument("--peer-python", action="append", default=[], metavar="[PEER=]PYTHON",
+                   help="the python that has the peers installed, or PEER=PYTHON for one peer (repeatable; KServe "
+                        "pins protobuf < 7 and needs an environment of its own) (default: this one)")
     p.add_argument("--concurrency", default=[1, 8, 64], type=lambda s: [int(x) for x in s.split(",")],
                    help="comma list of client concurrencies (default 1,8,64)")
     p.add_argument("--duration", type=float, default=5.0,

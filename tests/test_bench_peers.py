@@ -16,8 +16,8 @@ from curvedit.service.peers import _exchange, http_load
 def test_curvedit_is_measured_and_a_missing_peer_is_skipped(tmp_path):
     out = tmp_path / "peers.json"
     done = subprocess.run([sys.executable, "-m", "curvedit.cli", "bench", "peers", "--peers", "litserve",
-                           "--peer-python", sys.executable + "-missing", "--concurrency", "1,4", "--duration",
-                           "0.5", "--json", str(out)], capture_output=True, text=True, timeout=300)
+                           "--peer-python", f"litserve={sys.executable}-missing", "--concurrency", "1,4",
+                           "--duration", "0.5", "--json", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "litserve" in done.stdout and "skipped" in done.stdout and "curvedit[peers]" in done.stdout
     cells = json.loads(out.read_text())["cells"]
