@@ -28,7 +28,7 @@ bench: setup
 
 proto: setup
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto --grpc_python_out=proto \
-		proto/curvedit/v1/latent_edit.proto
+		proto/curvedit/v1/latent_edit.proto proto/curvedit/inference/grpc_service.proto
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

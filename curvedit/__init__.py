@@ -9,6 +9,8 @@
 
 from curvedit.api import Model, default_bundle_path, list_models, load, resolve_model
 from curvedit.bundle import BundleError
+from curvedit.errors import InputError
 
 __version__ = "0.2.0"
-__all__ = ["BundleError", "Model", "__version__", "default_bundle_path", "list_models", "load", "resolve_model"]
+__all__ = ["BundleError", "InputError", "Model", "__version__", "default_bundle_path", "list_models", "load",
+           "resolve_model"]

@@ -5,7 +5,9 @@ the path of a bundle directory: ``resolve_model`` gives every command the same m
 
 Arrays in and out are NumPy: latents float32 ``[n, d]``, amounts float32 ``[n, K]``, images uint8
 ``[n, H, W, 3]``. Every input is checked here, and a bad one raises ``ValueError`` saying what is wrong and
-what is expected, so services and command lines built on ``Model`` can pass the message straight on.
+what is expected, so services and command lines built on ``Model`` can pass the message straight on. It is a
+``curvedit.InputError`` (a ``ValueError``): the service answers it with INVALID_ARGUMENT, and anything else that
+goes wrong below ``Model`` with INTERNAL.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from curvedit.bundle import MANIFEST, Bundle, load_bundle
 from curvedit.engines import make_engine
+from curvedit.errors import InputError
 from curvedit.images import check_images
 from curvedit.models.families import families_that_encode
 
@@ -53,7 +56,7 @@ def resolve_model(model: str | Path | None) -> Path:
         return path
     if str(model) in list_models():
         return shipped_models_dir() / str(model)
-    raise ValueError(f"no model {str(model)!r}: not a bundle directory, and the shipped models are "
+    raise InputError(f"no model {str(model)!r}: not a bundle directory, and the shipped models are "
                      f"{list_models()}")
 
 
@@ -71,12 +74,12 @@ def _finite_float32(array, what: str, hint: str) -> np.ndarray:
     try:
         out = np.asarray(array, dtype=np.float32)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} must be numeric ({hint}), got {type(array).__name__}: {exc}") from exc
+        raise InputError(f"{what} must be numeric ({hint}), got {type(array).__name__}: {exc}") from exc
     if out.ndim != 2:
-        raise ValueError(f"{what} must be 2-D {hint}, got shape {list(out.shape)}")
+        raise InputError(f"{what} must be 2-D {hint}, got shape {list(out.shape)}")
     if not np.isfinite(out).all():
         bad = np.argwhere(~np.isfinite(out))[0].tolist()
-        raise ValueError(f"{what} contains NaN or Inf (first at index {bad}); pass finite values")
+        raise InputError(f"{what} contains NaN or Inf (first at index {bad}); pass finite values")
     return np.ascontiguousarray(out)
 
 
@@ -90,6 +93,15 @@ class Model:
                  engine_options: dict | None = None):
         self.bundle = bundle
         self._engine = make_engine(bundle, engine, device, engine_options)
+
+    @property
+    def runtime(self):
+        """The engine below this facade, for callers that validated their inputs already (the service's compute
+        stage): it takes CHECKED arrays only — contiguous float32 latents ``[n, d]``, amounts ``[n, K]`` of a
+        resolved editor name, uint8 images ``[n, H, W, 3]`` of the model's size — and checks nothing again.
+        ``runtime.shape_policy`` says which batch sizes it runs; ``runtime.fallbacks()`` what runs on a
+        slower path than the engine's own."""
+        return self._engine
 
     # -- what the bundle holds ------------------------------------------------------------------------------
     @property
@@ -147,7 +159,7 @@ class Model:
         if not editor:
             return self.bundle.default_editor
         if editor not in self.bundle.editors:
-            raise ValueError(f"unknown editor {editor!r}; this model has {self.editors}")
+            raise InputError(f"unknown editor {editor!r}; this model has {self.editors}")
         return editor
 
     # -- checking inputs ------------------------------------------------------------------------------------
@@ -156,9 +168,9 @@ class Model:
         d = self.latent_dim
         z = _finite_float32(z, "latents", f"[n, {d}]")
         if z.shape[1] != d:
-            raise ValueError(f"latents have width {z.shape[1]}, but this model's latent dim is {d}: pass [n, {d}]")
+            raise InputError(f"latents have width {z.shape[1]}, but this model's latent dim is {d}: pass [n, {d}]")
         if z.shape[0] == 0:
-            raise ValueError("empty batch: pass at least one latent")
+            raise InputError("empty batch: pass at least one latent")
         return z
 
     def amounts(self, edits: Edits, n: int, editor: str | None = None) -> np.ndarray:
@@ -169,21 +181,21 @@ class Model:
             out = np.zeros((n, k), dtype=np.float32)
             for name, amount in edits.items():
                 if name not in names:
-                    raise ValueError(f"unknown direction {name!r}; known directions: {names}")
+                    raise InputError(f"unknown direction {name!r}; known directions: {names}")
                 try:
                     value = float(amount)
                 except (TypeError, ValueError):
-                    raise ValueError(
+                    raise InputError(
                         f"amount for direction {name!r} must be one number, got {amount!r}; for per-item amounts "
                         f"pass an [n, K] array instead of a mapping"
                     ) from None
                 if not np.isfinite(value):
-                    raise ValueError(f"amount for direction {name!r} is {value}; pass a finite number")
+                    raise InputError(f"amount for direction {name!r} is {value}; pass a finite number")
                 out[:, names.index(name)] = value
             return out
         out = _finite_float32(edits, "amounts", f"[n, K] = [{n}, {k}]")
         if out.shape != (n, k):
-            raise ValueError(
+            raise InputError(
                 f"amounts have shape {list(out.shape)}, expected [n, K] = [{n}, {k}] "
                 f"(one row per latent, one column per direction: {names})"
             )
@@ -196,7 +208,7 @@ class Model:
         So ``sample(n, seed=s)`` equals ``sample_seeds(range(s, s + n))``; ``seed=None`` draws a fresh seed.
         """
         if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+            raise InputError(f"n must be >= 1, got {n}")
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
         return self.sample_seeds(range(seed, seed + n))
@@ -205,9 +217,9 @@ class Model:
         """One latent per seed: float32 ``[len(seeds), d]``, row i from ``numpy.random.default_rng(seeds[i])``."""
         seeds = [int(s) for s in seeds]
         if not seeds:
-            raise ValueError("empty batch: pass at least one seed")
+            raise InputError("empty batch: pass at least one seed")
         if any(s < 0 for s in seeds):
-            raise ValueError(f"seeds must be >= 0, got {min(seeds)}")
+            raise InputError(f"seeds must be >= 0, got {min(seeds)}")
         return self.bundle.generator.sample_latents(seeds)
 
     def edit(self, z, edits: Edits, editor: str | None = None) -> np.ndarray:
@@ -223,7 +235,7 @@ class Model:
     def require_encoder(self) -> None:
         """Raise ``ValueError`` naming the families that can encode, unless this model can."""
         if not self.can_encode:
-            raise ValueError(f"model {self.name!r} ({self.family}) has no encoder, so it cannot take real images; "
+            raise InputError(f"model {self.name!r} ({self.family}) has no encoder, so it cannot take real images; "
                              f"families that can: {families_that_encode()} (e.g. the shipped shapes-vae)")
 
     def check_images(self, images) -> np.ndarray:

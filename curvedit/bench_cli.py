@@ -1,10 +1,11 @@
-"""``curvedit bench engine | serve | reliability``: each benchmark registers its own options."""
+"""``curvedit bench engine | serve | reliability | peers``: each benchmark registers its own options."""
 
 from __future__ import annotations
 
 import importlib
 
-BENCH_MODULES = ("curvedit.engines.bench", "curvedit.service.loadtest", "curvedit.service.reliability")
+BENCH_MODULES = ("curvedit.engines.bench", "curvedit.service.loadtest", "curvedit.service.reliability",
+                 "curvedit.service.peers")
 
 
 def register(subparsers) -> None:

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from curvedit.errors import InputError
+
 MAX_PIXELS = 4096 * 4096  # larger inputs are refused before decoding (decompression bombs included)
 MAX_FILE_BYTES = 32 * 1024 * 1024
 
@@ -31,25 +33,25 @@ def check_images(images, image_shape: tuple[int, int, int]) -> np.ndarray:
     h, w, _ = image_shape
     array = np.asarray(images)
     if array.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 0..255, got {array.dtype}; convert with "
+        raise InputError(f"images must be uint8 0..255, got {array.dtype}; convert with "
                          "(x * 255).round().clip(0, 255).astype(np.uint8) for floats in [0, 1]")
     if array.ndim == 3:
         array = array[..., None]
     if array.ndim != 4:
-        raise ValueError(f"images must be [n, H, W, 3] (or [n, H, W] / [n, H, W, 1] grayscale), got shape "
+        raise InputError(f"images must be [n, H, W, 3] (or [n, H, W] / [n, H, W, 1] grayscale), got shape "
                          f"{list(array.shape)}; add the batch axis for a single image")
     n, rows, cols, channels = array.shape
     if n == 0:
-        raise ValueError("empty batch: pass at least one image")
+        raise InputError("empty batch: pass at least one image")
     if rows == 0 or cols == 0:
-        raise ValueError(f"images are {rows}×{cols}: an image needs at least one pixel")
+        raise InputError(f"images are {rows}×{cols}: an image needs at least one pixel")
     if channels == 4:
-        raise ValueError("images have 4 channels (RGBA); drop the alpha channel (images[..., :3]) or composite "
+        raise InputError("images have 4 channels (RGBA); drop the alpha channel (images[..., :3]) or composite "
                          "it onto a background first")
     if channels not in (1, 3):
-        raise ValueError(f"images have {channels} channels; pass RGB (3) or grayscale (1)")
+        raise InputError(f"images have {channels} channels; pass RGB (3) or grayscale (1)")
     if (rows, cols) != (h, w):
-        raise ValueError(f"images are {rows}×{cols}, this model takes {h}×{w}: resize them first "
+        raise InputError(f"images are {rows}×{cols}, this model takes {h}×{w}: resize them first "
                          "(curvedit.images.decode_image_file fits an image file to a model)")
     if channels == 1:
         array = np.repeat(array, 3, axis=3)
@@ -59,25 +61,25 @@ def check_images(images, image_shape: tuple[int, int, int]) -> np.ndarray:
 def decode_image_file(data: bytes, image_shape: tuple[int, int, int], what: str = "image") -> np.ndarray:
     """Bytes of an image file → uint8 ``[H, W, 3]`` fitted to ``image_shape`` (rules in the module docstring)."""
     if len(data) == 0:
-        raise ValueError(f"{what} is empty: pass the bytes of a PNG or JPEG file")
+        raise InputError(f"{what} is empty: pass the bytes of a PNG or JPEG file")
     if len(data) > MAX_FILE_BYTES:
-        raise ValueError(f"{what} is {len(data):,} bytes, over the {MAX_FILE_BYTES:,}-byte limit; send a smaller "
+        raise InputError(f"{what} is {len(data):,} bytes, over the {MAX_FILE_BYTES:,}-byte limit; send a smaller "
                          "file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             if image.width * image.height > MAX_PIXELS:
-                raise ValueError(f"{what} is {image.width}×{image.height} pixels, over the limit of {MAX_PIXELS:,}"
+                raise InputError(f"{what} is {image.width}×{image.height} pixels, over the limit of {MAX_PIXELS:,}"
                                  " pixels; downscale it first")
             image.load()
-    except ValueError:
+    except InputError:
         raise
     except Exception as exc:  # Pillow raises many types for broken files: one message for all
-        raise ValueError(f"{what} is not a readable image ({type(exc).__name__}: {exc}); pass a complete PNG "
+        raise InputError(f"{what} is not a readable image ({type(exc).__name__}: {exc}); pass a complete PNG "
                          "or JPEG file") from None
     if image.width == 0 or image.height == 0:
-        raise ValueError(f"{what} is {image.width}×{image.height}: an image needs at least one pixel")
+        raise InputError(f"{what} is {image.width}×{image.height}: an image needs at least one pixel")
     return fit_image(image, image_shape)
 
 
@@ -105,8 +107,8 @@ def read_image_files(paths, image_shape: tuple[int, int, int]) -> np.ndarray:
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
-            raise ValueError(f"cannot read image {path}: {exc.strerror or exc}") from None
+            raise InputError(f"cannot read image {path}: {exc.strerror or exc}") from None
         out.append(decode_image_file(data, image_shape, what=f"image {path}"))
     if not out:
-        raise ValueError("no images given: pass at least one --image FILE")
+        raise InputError("no images given: pass at least one --image FILE")
     return np.stack(out)

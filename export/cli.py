@@ -1,4 +1,5 @@
-"""``curvedit export [--model NAME|PATH] [--out DIR]``: write verified ONNX graphs into a bundle (or a copy)."""
+"""``curvedit export [--model NAME|PATH] [--out DIR]``: write verified ONNX graphs into a bundle (or a copy);
+``--triton-repo DIR`` writes a Triton Inference Server model repository instead (``triton_repo``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     bundle = resolve_model(args.model)
     read_manifest(bundle)  # a clear BundleError (a ValueError) before anything is copied
+    if args.triton_repo is not None:
+        from curvedit.export.triton_repo import write_triton_repo
+
+        for folder in write_triton_repo(bundle, args.triton_repo, args.max_batch_size, args.exporter):
+            print(f"wrote   {folder}/config.pbtxt" + ("" if (folder / "1" / "model.onnx").exists()
+                                                      else " (ensemble)"))
+        print(f"Triton model repository in {args.triton_repo}: tritonserver --model-repository "
+              f"{Path(args.triton_repo).resolve()}")
+        return 0
     logging.getLogger("curvedit.export").setLevel(logging.ERROR)  # skips are printed below instead
     results = export_bundle(bundle, out=args.out, exporter=args.exporter)
     target = Path(args.out) if args.out is not None else bundle
@@ -43,4 +53,9 @@ def register(subparsers) -> None:
                         help="copy the bundle to this new directory and export there (default: in place)")
     export.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
                         help="torch.export-based 'dynamo' (default) or the legacy, faster 'torchscript'")
+    export.add_argument("--triton-repo", default=None, metavar="DIR",
+                        help="write a Triton Inference Server model repository (ONNX models with dynamic "
+                             "batching, an ensemble z, t → z_edited, images) into DIR instead (default: none)")
+    export.add_argument("--max-batch-size", type=int, default=256,
+                        help="max_batch_size of the --triton-repo models (default 256)")
     export.set_defaults(func=cmd_export)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable
 
-from curvedit.service.batcher import BatchRunner, bucket_for
+from curvedit.service.batcher import bucket_for
 from curvedit.service.errors import DeadlineUnmeetable, Draining, Overloaded, QueueFull
+from curvedit.service.runner import BatchRunner
 
 MIN_PUSHBACK_MS, MAX_PUSHBACK_MS = 10, 5000
 
@@ -77,10 +78,9 @@ class Admission:
     def backlog_seconds(self) -> float:
         """Estimated time until everything queued (and the batch computing now) is done."""
         seconds = sum(self.cost.drain_seconds(key, n) for key, n in self.queue.items_by_key())
-        current = self.runner.current
-        if current is not None:
-            elapsed = self.clock() - self.runner.current_started
-            seconds += max(0.0, self.cost.batch_seconds(current.key, current.bucket) - elapsed)
+        now = self.clock()
+        for batch, since in self.runner.running.values():
+            seconds += max(0.0, self.cost.batch_seconds(batch.key, batch.bucket) - (now - since))
         return seconds
 
     def pushback_ms(self) -> int:

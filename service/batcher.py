@@ -1,37 +1,33 @@
-"""The dynamic batcher: merges items of many requests into batches per key (model, editor, kind).
+"""The dynamic batcher's policy: per-key queues (model, editor, kind) and when a batch leaves.
 
-Two parts, neither knows gRPC:
+``BatchQueue`` is pure and synchronous; every method takes ``now`` from an injectable clock, and the set of
+compute stages that are busy, so its policy is unit-tested with a fake clock. Latency first:
 
-* ``BatchQueue`` — pure and synchronous, every method takes ``now`` from an injectable clock, so its policy is
-  unit-tested with a fake clock: a batch is released when its key has ``max_batch_size`` items queued, or when
-  the OLDEST queued item of the key has waited ``max_queue_delay`` (Triton's rule; measuring from the poll
-  instead makes latency depend on traffic). The queue is bounded in items; stale entries (deadline passed,
-  future already done because the client cancelled) are dropped before they can reach compute.
-* ``BatchRunner`` — the asyncio loop around it: futures for callers, compute on a worker thread so the event
-  loop keeps serving, one failing batch fails only its own entries (and a batch failing with ``ValueError``,
-  an input error, is rerun request by request, so one poisoned request cannot fail the others merged with it),
-  and the loop never dies.
+* a key whose model's compute stage is **idle** releases its batch at once (reason ``"idle"``): a lone client
+  waits for nobody, whatever ``max_queue_delay`` is;
+* items that arrive while their stage is busy (a batch is running) are **filling** the next batch. When the stage
+  frees, that batch leaves once it is full (``"full"``) or its OLDEST item has waited ``max_queue_delay``
+  (``"delay"``; Triton's rule: measuring from the poll instead makes latency depend on traffic). With the default
+  delay of 0 it leaves the moment the stage frees, as Triton's default dynamic batcher does: batches form from
+  whatever queued while the previous one ran. A delay > 0 trades latency under load for larger batches.
 
-Batches are padded to power-of-two buckets (``bucket_sizes``) so an engine sees a handful of shapes only
-(captured CUDA graphs, warmed-up kernels); ``Batch.inputs()`` pads, ``Batch.split()`` drops the padding.
+The queue is bounded in items; stale entries (deadline passed, future already done because the client went
+away) are dropped before they can reach compute. ``BatchRunner`` (``runner``) is the asyncio loop around it.
+
+Batches are NOT padded here: the engine states its own batch-shape policy and is the only one to pad (see
+``curvedit.engines.base.ShapePolicy``). ``bucket_for`` survives as the granularity of admission's cost model.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from curvedit.service.errors import Cancelled, DeadlineExpired, QueueFull
-
-log = logging.getLogger(__name__)
+from curvedit.service.errors import QueueFull
 
 
 def bucket_sizes(max_batch_size: int) -> list[int]:
@@ -51,33 +47,47 @@ def bucket_for(n: int, max_batch_size: int) -> int:
     raise ValueError(f"{n} items exceed max_batch_size {max_batch_size}")
 
 
+def stage_of(key: Hashable) -> Hashable:
+    """The compute stage a batch key runs on: its model (a key's first element), or the key itself."""
+    return key[0] if isinstance(key, tuple) else key
+
+
+def as_array(inputs) -> np.ndarray:
+    """An entry's input as an array: arrays as they are; lazy inputs (seeds to sample, PNGs to decode) made now."""
+    return inputs if isinstance(inputs, np.ndarray) else inputs.array()
+
+
 @dataclass(eq=False)
 class Entry:
-    """Queued work: ``z`` float32 ``[n, d]``, ``amounts`` float32 ``[n, K]`` or ``None``, times on the clock."""
+    """Queued work: ``z`` float32 ``[n, d]`` (or uint8 images, or a lazy input with ``len`` / slicing /
+    ``array()``), ``amounts`` float32 ``[n, K]`` or ``None``; times on the batcher's clock."""
 
     key: Hashable
-    z: np.ndarray
+    z: Any
     amounts: np.ndarray | None
     arrival: float
     deadline: float | None = None  # absolute time on the batcher's clock
     future: Any = None  # anything with done(); done before compute = cancelled, so dropped
     started: float | None = None  # when its batch began computing (queue wait = started - arrival)
     siblings: tuple[Entry, ...] = ()  # the other chunks of the same request (cancelled if this one fails)
+    filling: bool = False  # arrived while its stage was busy: waits up to max_queue_delay once the stage frees
+    start: int = 0  # its first row within its request
+    finish: Callable[[tuple[np.ndarray, ...], int], Any] | None = None  # (rows, start), on the compute thread
 
     @property
     def n(self) -> int:
-        return int(self.z.shape[0])
+        return len(self.z)
 
 
 @dataclass(eq=False)
 class Batch:
-    """Entries of one key, at most ``max_batch_size`` items, to be run padded to ``bucket`` rows."""
+    """Entries of one key, at most ``max_batch_size`` items; ``bucket`` is its cost-model bucket."""
 
     key: Hashable
     entries: list[Entry]
     bucket: int
     released: float = 0.0
-    reason: str = ""  # "full" or "delay": why the batch was released
+    reason: str = ""  # "idle", "full" or "delay": why the batch was released
     stages: dict[str, float] = field(default_factory=dict)  # compute seconds per stage, set by compute
 
     @property
@@ -85,18 +95,17 @@ class Batch:
         return sum(e.n for e in self.entries)
 
     def inputs(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """``z [bucket, d]`` and ``amounts [bucket, K]`` (or None), zero rows after the real items."""
-        def padded(parts: list[np.ndarray]) -> np.ndarray:
-            out = np.zeros((self.bucket, *parts[0].shape[1:]), dtype=parts[0].dtype)
-            np.concatenate(parts, out=out[: self.size])
-            return out
+        """``z [size, ...]`` and ``amounts [size, K]`` (or None): the entries' rows, in order, unpadded (a lone
+        entry's arrays are passed through without a copy)."""
+        def joined(parts: list[np.ndarray]) -> np.ndarray:
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-        z = padded([e.z for e in self.entries])
+        z = joined([as_array(e.z) for e in self.entries])
         has_amounts = self.entries[0].amounts is not None
-        return z, padded([e.amounts for e in self.entries]) if has_amounts else None
+        return z, joined([e.amounts for e in self.entries]) if has_amounts else None
 
     def split(self, outputs: tuple[np.ndarray, ...]) -> list[tuple[np.ndarray, ...]]:
-        """Per entry, the rows of each output array (padding dropped)."""
+        """Per entry, its rows of each output array."""
         results, start = [], 0
         for e in self.entries:
             results.append(tuple(out[start : start + e.n] for out in outputs))
@@ -161,20 +170,31 @@ class BatchQueue:
         else:
             del self._queues[key], self._items[key]
 
-    def pop_ready(self, now: float, dropped: list[tuple[Entry, str]] | None = None) -> Batch | None:
-        """The next batch to run, or ``None`` while no key is full and no oldest item has waited long enough.
+    def _release_reason(self, key: Hashable, now: float) -> str | None:
+        """Why ``key``'s batch may leave now (its stage being free), or ``None`` while it should wait."""
+        if self._items[key] >= self.max_batch_size:
+            return "full"
+        oldest = self._queues[key][0]
+        if not oldest.filling:
+            return "idle"
+        return "delay" if now - oldest.arrival >= self.max_queue_delay_s else None
 
-        Among releasable keys the one whose oldest item arrived first goes first, so no key starves. Stale
-        entries met while forming the batch (deadline passed, future done) are not run: they are appended to
-        ``dropped`` as ``(entry, reason)``; so nothing stale reaches compute, without scanning the whole queue
-        on every wake-up. (``drop_stale`` sweeps everything; ``put`` uses it before refusing a request.)
+    def pop_ready(self, now: float, dropped: list[tuple[Entry, str]] | None = None,
+                  busy: Collection[Hashable] = ()) -> Batch | None:
+        """The next batch to run on a free stage, or ``None`` while nothing may leave yet.
+
+        ``busy``: the stages (``stage_of(key)``) computing now; their keys wait. Among releasable keys the one
+        whose oldest item arrived first goes first, so no key starves. Stale entries met while forming the batch
+        (deadline passed, future done) are not run: they are appended to ``dropped`` as ``(entry, reason)``; so
+        nothing stale reaches compute, without scanning the whole queue on every wake-up.
         """
         best = None
         for key, queue in self._queues.items():
-            full = self._items[key] >= self.max_batch_size
-            late = now - queue[0].arrival >= self.max_queue_delay_s
-            if (full or late) and (best is None or queue[0].arrival < best[1]):
-                best = (key, queue[0].arrival, "full" if full else "delay")
+            if stage_of(key) in busy:
+                continue
+            reason = self._release_reason(key, now)
+            if reason is not None and (best is None or queue[0].arrival < best[1]):
+                best = (key, queue[0].arrival, reason)
         if best is None:
             return None
         key, _, reason = best
@@ -200,12 +220,17 @@ class BatchQueue:
             return "cancelled"
         return None
 
-    def next_wakeup(self, now: float) -> float | None:
-        """Seconds until the oldest queued item's delay runs out (0 if it has), ``None`` if nothing is queued."""
-        if not self._queues:
-            return None
-        oldest = min(q[0].arrival for q in self._queues.values())
-        return max(0.0, oldest + self.max_queue_delay_s - now)
+    def next_wakeup(self, now: float, busy: Collection[Hashable] = ()) -> float | None:
+        """Seconds until some key on a free stage may leave (0 = now), ``None`` if none will without an event
+        (nothing queued, or only keys whose stage is busy: the end of that batch wakes the runner)."""
+        waits = []
+        for key, queue in self._queues.items():
+            if stage_of(key) in busy:
+                continue
+            if self._release_reason(key, now) is not None:
+                return 0.0
+            waits.append(queue[0].arrival + self.max_queue_delay_s - now)
+        return max(0.0, min(waits)) if waits else None
 
     def items_by_key(self) -> list[tuple[Hashable, int]]:
         """``(key, queued items)`` for every key with something queued."""
@@ -225,170 +250,3 @@ class BatchQueue:
 
     def __len__(self) -> int:
         return self.queued_items
-
-
-class Observer(Protocol):
-    """What the runner reports (metrics). Implementations must not raise; the runner guards them anyway."""
-
-    def dropped(self, entry: Entry, reason: str) -> None: ...
-
-    def executed(self, batch: Batch, compute_s: float, error: BaseException | None) -> None: ...
-
-
-class Cost(Protocol):
-    """What learns from executed batches (``admission.CostModel``)."""
-
-    def observe(self, key: Hashable, bucket: int, seconds: float) -> None: ...
-
-
-@dataclass
-class BatchRunner:
-    """Runs ``compute(batch) -> tuple of arrays [bucket, ...]`` on a worker thread for each released batch."""
-
-    queue: BatchQueue
-    compute: Callable[[Batch], tuple[np.ndarray, ...]]
-    observer: Observer | None = None
-    clock: Callable[[], float] = time.monotonic
-    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "curvedit-compute"))
-    cost: Cost | None = None
-    busy: bool = False
-    current: Batch | None = None  # the batch computing now, and since when (for admission's estimates)
-    current_started: float = 0.0
-    _waiter: asyncio.Future | None = None
-    _stopped: bool = False
-
-    def submit(self, key: Hashable, z: np.ndarray, amounts: np.ndarray | None,
-               deadline: float | None = None) -> list[Entry]:
-        """Queue ``z [n, d]`` (split into chunks of at most max_batch_size); one entry (with a future) per chunk.
-
-        Raises ``QueueFull`` (nothing queued) when the items do not fit.
-        """
-        loop = asyncio.get_running_loop()
-        now, m = self.clock(), self.queue.max_batch_size
-        entries = [Entry(key, z[i : i + m], None if amounts is None else amounts[i : i + m], now, deadline,
-                         loop.create_future()) for i in range(0, z.shape[0], m)]
-        if len(entries) > 1:
-            for e in entries:
-                e.siblings = tuple(entries)
-        try:
-            self.queue.put(entries)
-        except QueueFull:
-            self.make_room()  # stale entries give their space back, then try once more
-            self.queue.put(entries)
-        if not self.busy:  # while a batch computes, the loop looks at the queue anyway when it finishes
-            self._wake_up()
-        return entries
-
-    def _wake_up(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    @property
-    def idle(self) -> bool:
-        return not self.busy and len(self.queue) == 0
-
-    def make_room(self) -> None:
-        """Drop stale queued entries now (deadline passed, client gone), failing their futures."""
-        self._fail_dropped(self.queue.drop_stale(self.clock()))
-
-    def fail_all(self, error: Exception) -> int:
-        """Fail every queued entry and the batch computing now with ``error`` (shutdown); returns how many."""
-        entries = self.queue.drain_all() + (list(self.current.entries) if self.current is not None else [])
-        failed = 0
-        for e in entries:
-            if not e.future.done():
-                e.future.set_exception(error)
-                e.future.exception()
-                failed += 1
-        return failed
-
-    def stop(self) -> None:
-        self._stopped = True
-        self._wake_up()
-
-    def _guard(self, name: str, *args) -> None:
-        if self.observer is None:
-            return
-        try:
-            getattr(self.observer, name)(*args)
-        except Exception:  # metrics must never break serving
-            log.exception("batch observer %s failed", name)
-
-    async def run(self) -> None:
-        """Serve batches until ``stop()``. Exceptions of a batch go to its futures; the loop goes on."""
-        loop = asyncio.get_running_loop()
-        while not self._stopped:
-            try:
-                batch = self._next(self.clock())
-                if batch is None:
-                    wait = self.queue.next_wakeup(self.clock())
-                    if wait is None or wait > 0:
-                        # A future plus a timer, not wait_for(Event): this runs once per request under load.
-                        self._waiter = loop.create_future()
-                        timer = None if wait is None else loop.call_later(wait, self._wake_up)
-                        try:
-                            await self._waiter
-                        finally:
-                            self._waiter = None
-                            if timer is not None:
-                                timer.cancel()
-                    continue
-                await self._execute(loop, batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug here must not stop serving: log, back off a little, continue
-                log.exception("batcher loop error")
-                await asyncio.sleep(0.01)
-
-    def _next(self, now: float) -> Batch | None:
-        dropped: list[tuple[Entry, str]] = []
-        batch = self.queue.pop_ready(now, dropped)
-        self._fail_dropped(dropped)
-        return batch
-
-    def _fail_dropped(self, dropped: list[tuple[Entry, str]]) -> None:
-        for entry, reason in dropped:
-            if not entry.future.done():
-                entry.future.set_exception(DeadlineExpired("queued") if reason == "deadline" else Cancelled())
-                entry.future.exception()  # mark retrieved: the caller may be gone
-            self._guard("dropped", entry, reason)
-
-    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: Batch, isolate: bool = True) -> None:
-        self.busy, self.current = True, batch
-        start, error, outputs = self.clock(), None, None
-        self.current_started = start
-        for entry in batch.entries:
-            entry.started = start
-        try:
-            outputs = await loop.run_in_executor(self.executor, self.compute, batch)
-        except Exception as exc:
-            error = exc
-        finally:
-            self.busy, self.current = False, None
-        seconds = self.clock() - start
-        if error is None:
-            self.queue.item_seconds = 0.8 * self.queue.item_seconds + 0.2 * seconds / max(1, batch.size)
-            if self.cost is not None:
-                self.cost.observe(batch.key, batch.bucket, seconds)
-            for entry, result in zip(batch.entries, batch.split(outputs), strict=True):
-                if not entry.future.done():
-                    entry.future.set_result(result)
-        elif isolate and isinstance(error, ValueError) and len(batch.entries) > 1:
-            # A ValueError is about the inputs: one request's items may have poisoned the merged batch. Run
-            # each request alone, so only the requests whose own items fail get the error.
-            self._guard("executed", batch, seconds, error)
-            for entry in batch.entries:
-                if not entry.future.done():
-                    alone = Batch(batch.key, [entry], bucket_for(entry.n, self.queue.max_batch_size),
-                                  released=batch.released, reason=batch.reason)
-                    await self._execute(loop, alone, isolate=False)
-            return
-        else:
-            for entry in batch.entries:
-                if not entry.future.done():
-                    entry.future.set_exception(error)
-                    entry.future.exception()
-                for other in entry.siblings:  # the request has failed: its queued chunks must not run
-                    if not other.future.done():
-                        other.future.cancel()
-        self._guard("executed", batch, seconds, error)

@@ -15,7 +15,9 @@ import numpy as np
 from curvedit.commands import parse_edit
 from curvedit.service.config import ServeConfig
 
-_SERVE_FLAGS = ("host", "port", "metrics_host", "metrics_port", "engine", "max_batch_size", "max_queue_delay_ms",
+_SERVE_FLAGS = ("host", "port", "http_port", "metrics_host", "metrics_port", "engine", "ort_threads",
+                "max_batch_size",
+                "max_queue_delay_ms",
                 "max_queue_size", "max_items_per_request", "max_concurrent_requests", "grace_s", "max_message_mb",
                 "tls_cert", "tls_key", "tls_client_ca", "auth_token_file")
 
@@ -47,6 +49,9 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     add("--host", default=None, help=f"address to bind (default {d.host}; a non-loopback address without TLS or "
         "tokens prints a warning)")
     add("--port", type=int, default=None, help=f"gRPC port (default {d.port}; 0 = any free port)")
+    add("--http-port", type=int, default=None,
+        help=f"the Open Inference Protocol over HTTP/REST on --host (default {d.http_port}, as Triton; 0 = any "
+             "free port, -1 = off); its gRPC side is always on --port")
     add("--metrics-host", default=None, help=f"address of the /metrics HTTP server (default {d.metrics_host})")
     add("--metrics-port", type=int, default=None,
         help=f"/metrics port (default {d.metrics_port}; 0 = any free port, -1 = off)")
@@ -57,10 +62,13 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         help="repeatable, one per --model in the same order: refuse to start unless that bundle's digest "
              "(`curvedit info` prints it; 12+ leading hex digits) matches (default: no pin)")
     add("--engine", default=None, help=f"auto, torch, onnxruntime or triton (default {d.engine})")
+    add("--ort-threads", type=int, default=None, metavar="N",
+        help="ONNX Runtime intra-op threads per model (default 0 = every core this process may use)")
     add("--max-batch-size", type=int, default=None,
         help=f"most items in one batch (default {d.max_batch_size}; 1 = batching off)")
     add("--max-queue-delay-ms", type=float, default=None, metavar="MS",
-        help="longest wait of the oldest queued item before its batch runs, in ms "
+        help="a batch leaves at once when its model's compute is idle; items queued while it computes wait for "
+             "it to finish, then at most this long (from the oldest) for company, in ms "
              f"(default {d.max_queue_delay_ms:g})")
     add("--max-queue-size", type=int, default=None, metavar="ITEMS",
         help=f"items waiting for a batch before new requests get RESOURCE_EXHAUSTED (default {d.max_queue_size})")

@@ -1,6 +1,6 @@
 """NumPy ↔ protobuf: ``Tensor`` (float32 LE row-major) and ``Images`` (PNG or raw uint8 [n, H, W, 3]).
 
-Decoding checks the shape against the byte length and raises ``ValueError`` naming both, so a bad message
+Decoding checks the shape against the byte length and raises ``curvedit.InputError`` naming both, so a bad message
 becomes INVALID_ARGUMENT (see ``errors.to_status``).
 """
 
@@ -12,6 +12,7 @@ import math
 import numpy as np
 from PIL import Image
 
+from curvedit.errors import InputError
 from curvedit.v1 import latent_edit_pb2 as pb
 
 _F32 = np.dtype("<f4")
@@ -28,15 +29,15 @@ def from_tensor(tensor: pb.Tensor, what: str = "tensor", ndim: int | None = 2) -
     """``Tensor`` → float32 array (a read-only view of the message bytes)."""
     shape = list(tensor.shape)
     if ndim is not None and len(shape) != ndim:
-        raise ValueError(f"{what} must have {ndim} dimensions, got shape {shape}; set Tensor.shape")
+        raise InputError(f"{what} must have {ndim} dimensions, got shape {shape}; set Tensor.shape")
     if min(shape, default=0) < 0:
-        raise ValueError(f"{what} shape {shape} has a negative dimension")
+        raise InputError(f"{what} shape {shape} has a negative dimension")
     if max(shape, default=0) > MAX_DIM:
-        raise ValueError(f"{what} shape {shape} has a dimension above {MAX_DIM}; no tensor this server accepts is "
+        raise InputError(f"{what} shape {shape} has a dimension above {MAX_DIM}; no tensor this server accepts is "
                          "that large — set Tensor.shape to the array's real shape")
     expected = math.prod(shape) * 4
     if len(tensor.data) != expected:
-        raise ValueError(f"{what} has shape {shape} (needs {expected} bytes of float32) but carries "
+        raise InputError(f"{what} has shape {shape} (needs {expected} bytes of float32) but carries "
                          f"{len(tensor.data)} bytes; send prod(shape)*4 little-endian float32 bytes")
     return np.frombuffer(tensor.data, dtype=_F32).reshape(shape)
 
@@ -68,5 +69,5 @@ def image_format(name: str) -> int:
     """``"png"`` / ``"raw"`` / ``"none"`` → the ``ImageFormat`` enum value."""
     formats = {"png": pb.IMAGE_FORMAT_PNG, "raw": pb.IMAGE_FORMAT_RAW, "none": pb.IMAGE_FORMAT_UNSPECIFIED}
     if name not in formats:
-        raise ValueError(f"unknown image format {name!r}; choose one of {list(formats)}")
+        raise InputError(f"unknown image format {name!r}; choose one of {list(formats)}")
     return formats[name]

@@ -26,11 +26,13 @@ class ServeConfig:
     port: int = 50051  # 0 = any free port (tests)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 8002  # 0 = any free port; -1 = no metrics HTTP server
+    http_port: int = 8000  # the Open Inference Protocol over HTTP/REST, on `host`; 0 = any free port; -1 = off
     models: tuple[str, ...] = ()  # shipped names or bundle paths; empty = every shipped model; first = default
     expect_digests: tuple[str, ...] = ()  # one per model, in order: refuse a bundle whose digest differs
     engine: str = "auto"
+    ort_threads: int = 0  # ONNX Runtime intra-op threads per model; 0 = every core this process may use
     max_batch_size: int = 256  # 1 = batching off
-    max_queue_delay_ms: float = 5.0  # measured from the oldest queued item's arrival
+    max_queue_delay_ms: float = 5.0  # how long a batch filling while its model computes may wait (see batcher)
     max_queue_size: int = 8192  # items (not requests) waiting; beyond it RESOURCE_EXHAUSTED
     max_items_per_request: int = 4096
     max_concurrent_requests: int = 1024  # unary RPCs + stream messages in progress; beyond it RESOURCE_EXHAUSTED
@@ -49,8 +51,11 @@ class ServeConfig:
                 raise ValueError(message)
 
         need(0 <= self.port <= 65535, f"port must be in 0..65535 (0 = any free port), got {self.port}")
+        need(-1 <= self.http_port <= 65535,
+             f"http_port must be in 0..65535, or -1 to switch HTTP/REST off, got {self.http_port}")
         need(-1 <= self.metrics_port <= 65535,
              f"metrics_port must be in 0..65535, or -1 to switch metrics off, got {self.metrics_port}")
+        need(self.ort_threads >= 0, f"ort_threads must be >= 0 (0 = every core), got {self.ort_threads}")
         need(self.max_batch_size >= 1,
              f"max_batch_size must be at least 1 (1 switches batching off), got {self.max_batch_size}")
         need(self.max_queue_delay_ms >= 0, f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")

@@ -1,8 +1,10 @@
 """Every exception a request can raise becomes a gRPC status here, in one function.
 
-Handlers raise ``ServiceError`` (or let ``ValueError`` from ``curvedit.api.Model`` through, whose messages
-already name the problem and the fix); ``to_status`` turns any exception into ``(code, message, pushback_ms)``.
-Anything else is a bug: INTERNAL, logged once with its traceback.
+Handlers raise ``ServiceError`` (or let ``curvedit.InputError`` from validation through, whose messages already
+name the problem and the fix); ``to_status`` turns any exception into ``(code, message, pushback_ms)``. The
+taxonomy is by kind, not by class name: an ``InputError`` is the client's (INVALID_ARGUMENT); anything else — a
+``ValueError`` from deep inside an engine included — is the server's: INTERNAL, logged once with the request's
+id (which the client's message carries too, so the two can be matched), and counted as a failure.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 
 import grpc
 
-from curvedit.bundle import BundleError
+from curvedit.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,9 @@ class Cancelled(ServiceError):
         super().__init__(grpc.StatusCode.CANCELLED, "the client cancelled the request")
 
 
-class InvalidInput(ServiceError):
+class InvalidInput(ServiceError, InputError):
+    """A request the service itself refuses as malformed (it is an ``InputError`` too)."""
+
     reason = "invalid"
 
     def __init__(self, message: str):
@@ -124,18 +128,24 @@ def unauthenticated(message: str) -> ServiceError:
     return error
 
 
-def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, int]:
-    """``(code, message, pushback_ms)`` for any exception raised while serving a request."""
+def to_status(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCode, str, int]:
+    """``(code, message, pushback_ms)`` for any exception raised while serving a request.
+
+    Anything unexpected is logged here, once, with ``request_id`` (and its traceback); the client's message
+    names the same id.
+    """
     if isinstance(exc, ServiceError):
         return exc.code, exc.message, exc.pushback_ms
-    if isinstance(exc, ValueError | BundleError):
+    if isinstance(exc, InputError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc), 0
     if isinstance(exc, asyncio.CancelledError):
         return grpc.StatusCode.CANCELLED, "the client cancelled the request", 0
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded", 0
-    log.error("internal error while serving a request", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log", 0
+    where = f" (request {request_id})" if request_id else ""
+    log.error("internal error while serving a request%s", where, exc_info=exc)
+    return (grpc.StatusCode.INTERNAL,
+            f"internal error ({type(exc).__name__}){where}; see the server log", 0)
 
 
 def reject_reason(exc: BaseException, code: grpc.StatusCode) -> str | None:

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 log = logging.getLogger(__name__)
 
 SERVICE = "curvedit.v1.LatentEditService"
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
 LATENCY_BUCKETS = (.0005, .001, .002, .004, .006, .008, .01, .015, .02, .03, .05, .075, .1, .25, .5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 REJECT_REASONS = ("queue_full", "overloaded", "deadline_unmeetable", "draining", "invalid", "not_found",
@@ -120,9 +121,9 @@ class ServerMetrics:
                                     model, buckets=BATCH_BUCKETS, registry=registry)
         self.padded_size = Histogram("curvedit_batch_padded_size", "Rows in each executed batch after padding "
                                      "to its bucket.", model, buckets=BATCH_BUCKETS, registry=registry)
-        self.batch_release = Counter("curvedit_batch_release_total", "Why batches were released: full or "
-                                     "delay (max_queue_delay since the oldest item).", (*model, "reason"),
-                                     registry=registry)
+        self.batch_release = Counter("curvedit_batch_release_total", "Why batches were released: idle (the "
+                                     "model's compute was free), full, or delay (a batch that filled while "
+                                     "another ran, after max_queue_delay).", (*model, "reason"), registry=registry)
         self.rejections = Counter("curvedit_rejections_total", "Requests or items refused before compute, by "
                                   "reason.", ("reason",), registry=registry)
         for reason in REJECT_REASONS:  # every reason exported from the start, at 0
@@ -130,6 +131,16 @@ class ServerMetrics:
         self.dropped_items = Counter("curvedit_dropped_items_total", "Queued items dropped before compute "
                                      "(deadline passed or client cancelled).", (*model, "reason"),
                                      registry=registry)
+        self.fallback = Gauge("curvedit_engine_fallback", "1 for each engine part (graph, kernel) running on a "
+                              "fallback path; `path` is what it runs on instead (ModelInfo.fallbacks says why).",
+                              (*model, "part", "path"), registry=registry)
+        self.route = Gauge("curvedit_engine_route_seconds", "Auto engine: the backend that won each operation and "
+                           "batch bucket at warm-up, and its measured seconds per call.",
+                           (*model, "operation", "bucket", "backend"), registry=registry)
+        self.http_requests = Counter("curvedit_http_requests_total", "Open Inference Protocol HTTP requests, by "
+                                     "route and HTTP status.", ("route", "code"), registry=registry)
+        self.http_seconds = Histogram("curvedit_http_request_seconds", "Open Inference Protocol HTTP request "
+                                      "time.", ("route",), buckets=LATENCY_BUCKETS, registry=registry)
         self._children: dict[tuple, object] = {}
 
     def _child(self, metric, *labels):
@@ -140,22 +151,37 @@ class ServerMetrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    # -- per RPC ----------------------------------------------------------------------------------------------
+    # -- per RPC (recorded by ``rpc_metrics.RpcMetrics``, the server interceptor) ------------------------------
     @_safe
-    def rpc_started(self, grpc_type: str, method: str) -> None:
-        self._child(self.started, grpc_type, SERVICE, method).inc()
+    def rpc_started(self, grpc_type: str, service: str, method: str) -> None:
+        self._child(self.started, grpc_type, service, method).inc()
 
     @_safe
-    def rpc_handled(self, grpc_type: str, method: str, code_name: str, seconds: float) -> None:
-        self._child(self.handled, grpc_type, SERVICE, method, code_name).inc()
-        self._child(self.handling, grpc_type, SERVICE, method).observe(seconds)
+    def rpc_handled(self, grpc_type: str, service: str, method: str, code_name: str, seconds: float) -> None:
+        self._child(self.handled, grpc_type, service, method, code_name).inc()
+        self._child(self.handling, grpc_type, service, method).observe(seconds)
 
     @_safe
-    def message(self, grpc_type: str, method: str, received: int = 0, sent: int = 0) -> None:
+    def message(self, grpc_type: str, service: str, method: str, received: int = 0, sent: int = 0) -> None:
         if received:
-            self._child(self.msg_received, grpc_type, SERVICE, method).inc(received)
+            self._child(self.msg_received, grpc_type, service, method).inc(received)
         if sent:
-            self._child(self.msg_sent, grpc_type, SERVICE, method).inc(sent)
+            self._child(self.msg_sent, grpc_type, service, method).inc(sent)
+
+    @_safe
+    def http_request(self, route: str, status: int, seconds: float) -> None:
+        """One HTTP request; ``route`` is a template (``/v2/models/{name}/infer``), never a raw path."""
+        self._child(self.http_requests, route, str(status)).inc()
+        self._child(self.http_seconds, route).observe(seconds)
+
+    # -- per model: what its engine runs on ----------------------------------------------------------------------
+    @_safe
+    def engine(self, model: str, version: str, fallbacks: dict[str, str], routes: list) -> None:
+        """The engine's fallbacks (``part`` → what it runs on) and, for the auto engine, each route's winner."""
+        for part, reason in fallbacks.items():
+            self.fallback.labels(model, version, part, reason.split(":")[0]).set(1)
+        for r in routes:
+            self.route.labels(model, version, r.operation, str(r.bucket), r.backend).set(r.seconds)
 
     # -- per model request --------------------------------------------------------------------------------------
     @_safe

@@ -1,5 +1,9 @@
 """The models a server holds, how a batch is computed on one, and what ``GetModel`` says about it.
 
+A batch is computed on the model's RUNTIME (``Model.runtime``, the engine below the validating facade) with the
+checked arrays the request reading produced: nothing is validated twice, and only the engine pads (its
+``shape_policy``).
+
 A served model's NAME is its bundle manifest's ``name`` (``Model.name``, which falls back to the bundle's
 directory name); its VERSION is the manifest's ``version``. Two bundles with the same name are refused at
 start-up. The first model is the default one (requests with an empty ``model`` field).
@@ -54,48 +58,70 @@ class ServedModel:
                             image_shape=list(self.model.image_shape), editors=editors,
                             default_editor=self.model.default_editor, engine=self.model.engine,
                             max_items_per_request=max_items, can_encode=self.model.can_encode,
-                            family=self.model.family, digest=self.model.digest)
+                            family=self.model.family, digest=self.model.digest,
+                            fallbacks=[pb.EngineFallback(part=k, reason=v) for k, v in self.fallbacks().items()],
+                            routes=[pb.EngineRoute(operation=r.operation, bucket=r.bucket, backend=r.backend,
+                                                   seconds=r.seconds) for r in self.routes()])
+
+    def fallbacks(self) -> dict[str, str]:
+        """``{part: reason}`` of the engine parts on a fallback path (``Engine.fallbacks``)."""
+        return dict(self.model.runtime.fallbacks())
+
+    def routes(self) -> list:
+        """The auto engine's measured routes (``AutoEngine.routes``); empty for a fixed engine."""
+        routes = getattr(self.model.runtime, "routes", None)
+        return list(routes()) if routes is not None else []
+
+    def padded_rows(self, n: int) -> int:
+        """The rows the engine really computes for a batch of ``n`` (its shape policy's padding)."""
+        return self.model.runtime.shape_policy.rows(n)
 
     def compute(self, batch: Batch) -> tuple[np.ndarray, ...]:
-        """Run one padded batch: ``model.edit`` on ``[bucket, d]`` (and/or ``model.generate``), after
-        ``model.encode`` for batches of real images (kinds ``encode…``, whose encoded latents come first).
+        """Run one batch on the runtime: ``edit`` on ``[n, d]`` (and/or ``generate``), after ``encode`` for
+        batches of real images (kinds ``encode…``, whose encoded latents come first).
 
-        Called on the compute thread. Stage times go to ``batch.stages`` for the metrics. An edit whose
-        result row is not finite (an amount too large for the flow) keeps its NaN/Inf row, which the servicer
-        refuses for that request alone; the generator gets zeros in its place, so the other rows still render.
+        Called on the model's compute thread with checked inputs. Stage times go to ``batch.stages`` for the
+        metrics. An edit whose result row is not finite (an amount too large for the flow) keeps its NaN/Inf
+        row, which the request's own finish refuses for that request alone; the generator gets zeros in its
+        place, so the other rows still render.
         """
         _, editor, kind = batch.key
         z, amounts = batch.inputs()
+        runtime = self.model.runtime
         stages = batch.stages = {}
         if kind.startswith(ENCODE):
             t = time.perf_counter()
-            z = self.model.encode(z)
+            z = runtime.encode(z)
             stages["encoder"] = time.perf_counter() - t
             if kind == ENCODE:
                 return (z,)
             kind = kind[len(ENCODE) + 1 :]
         if kind == GENERATE:
             t = time.perf_counter()
-            images = self.model.generate(z)
+            images = runtime.generate(z)
             stages["generator"] = time.perf_counter() - t
             return (images,)
         t = time.perf_counter()
-        edited = self.model.edit(z, amounts, editor)
+        edited = runtime.edit(editor, z, amounts)
         stages["flow"] = time.perf_counter() - t
         if kind == EDIT:
             return (edited,)
         t = time.perf_counter()
         finite = np.isfinite(edited).all(axis=1)
-        images = self.model.generate(edited if finite.all() else np.where(finite[:, None], edited, 0))
+        images = runtime.generate(edited if finite.all() else np.where(finite[:, None], edited, 0))
         stages["generator"] = time.perf_counter() - t
         return edited, images
 
     def warm_up(self, max_batch_size: int) -> dict[tuple[str, str, int], float]:
-        """Run every bucket once per editor, and the generator, so no request pays a first-shape cost.
+        """Run every bucket once per editor, and the generator, so no request pays a first-shape cost (the auto
+        engine first measures its backends at every bucket and routes each to the fastest).
 
         Then time each once more: ``{(editor, EDIT or GENERATE, bucket): seconds}`` (editor "" for GENERATE),
         the admission control's first cost estimates.
         """
+        calibrate = getattr(self.model.runtime, "calibrate", None)
+        if calibrate is not None:  # the auto engine: measure its backends at these buckets, route each
+            calibrate(bucket_sizes(max_batch_size))
         seconds: dict[tuple[str, str, int], float] = {}
         for timed in (False, True):
             for b in bucket_sizes(max_batch_size):
@@ -131,18 +157,22 @@ class ServedModel:
                     cost.set((self.name, editor, from_images(key)), b, seconds + encode)
 
 
-def serving_model(path, engine: str = "auto", expect_digest: str | None = None) -> curvedit.Model:
+def serving_model(path, engine: str = "auto", expect_digest: str | None = None,
+                  ort_threads: int = 0) -> curvedit.Model:
     """``curvedit.load`` as a server (and the load benchmark's in-process yardstick) runs it.
 
     ONNX Runtime runs with spinning off: its idle worker threads otherwise busy-wait between batches, taking
-    the cores the gRPC event loop needs (on 2 cores this halved single-item throughput).
+    the cores the gRPC event loop needs (on 2 cores this halved single-item throughput); ``ort_threads`` > 0
+    sets its intra-op threads.
     """
-    options = {"spinning": False} if resolve_engine(engine) == "onnxruntime" else None
+    options = None
+    if resolve_engine(engine) == "onnxruntime":
+        options = {"spinning": False, **({"threads": ort_threads} if ort_threads else {})}
     return curvedit.load(path, engine=engine, engine_options=options, expect_digest=expect_digest)
 
 
-def load_models(paths: tuple[str, ...], engine: str,
-                expect_digests: tuple[str, ...] = ()) -> dict[str, ServedModel]:
+def load_models(paths: tuple[str, ...], engine: str, expect_digests: tuple[str, ...] = (),
+                ort_threads: int = 0) -> dict[str, ServedModel]:
     """Load every model (a shipped model's name or a bundle path; none = every shipped model, the default
     ``shapes32`` first), each pinned to ``expect_digests[i]`` when given; refuse duplicate names. Insertion
     order = given order; the first is the default."""
@@ -150,7 +180,7 @@ def load_models(paths: tuple[str, ...], engine: str,
     paths = paths or tuple(curvedit.list_models())
     digests = expect_digests or (None,) * len(paths)
     for path, digest in zip(paths, digests, strict=True):
-        served = ServedModel(serving_model(path, engine, digest))
+        served = ServedModel(serving_model(path, engine, digest, ort_threads))
         if served.name in models:
             raise ValueError(f"two models are named {served.name!r} ({path} and an earlier --model); model names "
                              "come from the bundle manifest's 'name' and must be unique on one server")

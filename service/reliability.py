@@ -73,7 +73,8 @@ def rss_mb(pid: int) -> float:
 
 
 def serve_argv(*flags: str) -> list[str]:
-    return [sys.executable, "-m", "curvedit.cli", "serve", "--port", "0", "--metrics-port", "0", *flags]
+    return [sys.executable, "-m", "curvedit.cli", "serve", "--port", "0", "--http-port", "-1",
+            "--metrics-port", "0", *flags]
 
 
 async def burst(target: str, n: int, items: int, timeout: float) -> list[tuple[str, float, bool, str]]:

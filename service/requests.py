@@ -96,14 +96,52 @@ def image_count(images: pb.Images) -> int:
     return shape[0]
 
 
-def images(served: ServedModel, message: pb.Images) -> np.ndarray:
-    """uint8 ``[n, H, W, 3]`` for the model: PNGs decoded and fitted to its size, raw arrays checked (the rules
-    of ``curvedit.images``); refused for a model that cannot encode."""
+class SeedLatents:
+    """Latents to sample from seeds, made on the model's compute thread (lazy: ``len``, slicing, ``array()``).
+    The seeds were checked when the request was read."""
+
+    __slots__ = ("generator", "seeds")
+
+    def __init__(self, generator, seeds: list[int]):
+        self.generator, self.seeds = generator, seeds
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def __getitem__(self, index: slice) -> SeedLatents:
+        return SeedLatents(self.generator, self.seeds[index])
+
+    def array(self) -> np.ndarray:
+        return self.generator.sample_latents(self.seeds)
+
+
+class ImageFiles:
+    """Image files to decode and fit to the model, on its compute thread (lazy like ``SeedLatents``). A file
+    that is not a readable image fails its own request only, with INVALID_ARGUMENT."""
+
+    __slots__ = ("files", "shape", "start")
+
+    def __init__(self, files: list[bytes], shape: tuple[int, int, int], start: int = 0):
+        self.files, self.shape, self.start = files, shape, start
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: slice) -> ImageFiles:
+        return ImageFiles(self.files[index], self.shape, self.start + (index.start or 0))
+
+    def array(self) -> np.ndarray:
+        return np.stack([decode_image_file(data, self.shape, what=f"images.png[{self.start + i}]")
+                         for i, data in enumerate(self.files)])
+
+
+def images(served: ServedModel, message: pb.Images) -> np.ndarray | ImageFiles:
+    """uint8 ``[n, H, W, 3]`` for the model: raw arrays checked now, PNGs decoded and fitted to its size on the
+    compute thread (the rules of ``curvedit.images``); refused for a model that cannot encode."""
     served.model.require_encoder()
     shape = served.model.image_shape
     if message.format == pb.IMAGE_FORMAT_PNG:
-        return np.stack([decode_image_file(data, shape, what=f"images.png[{i}]")
-                         for i, data in enumerate(message.png)])
+        return ImageFiles(list(message.png), shape)
     dims = [int(s) for s in message.shape]
     if math.prod(dims) != len(message.data):
         raise invalid(f"raw images have shape {dims} (needs {math.prod(dims)} bytes of uint8) but carry "
@@ -119,12 +157,15 @@ def check_count(n: int, max_items: int) -> None:
                       "(or use EditStream), or raise --max-items-per-request on the server")
 
 
-def latents(served: ServedModel, request) -> np.ndarray:
-    """The request's latents float32 ``[n, d]`` (sampled from its seeds, or decoded and checked)."""
+def latents(served: ServedModel, request) -> np.ndarray | SeedLatents:
+    """The request's latents float32 ``[n, d]``: decoded and checked now, or (seeds) checked now and sampled
+    on the compute thread."""
     which = request.WhichOneof("input")
     if which == "seeds" or which == "seed":
         seeds = list(request.seeds.seeds) if which == "seeds" else [request.seed]
-        return served.model.sample_seeds(seeds)
+        if min(seeds) < 0:
+            raise invalid(f"seeds must be >= 0, got {min(seeds)}")
+        return SeedLatents(served.model.bundle.generator, seeds)
     z = codec.from_tensor(getattr(request, which), which)
     if z.shape[1] == served.latent_dim and np.isfinite(z).all():
         return z  # the common case, checked cheaply; anything else gets Model's own message below
@@ -181,10 +222,11 @@ def traverse_amounts(request: pb.TraverseRequest, max_items: int) -> np.ndarray:
     return np.linspace(start, stop, request.steps, dtype=np.float32)
 
 
-def check_finite(edited: np.ndarray, what: str = "edit") -> None:
-    """Refuse a result that is not finite: the amounts are far outside what the model's flow can represent."""
+def check_finite(edited: np.ndarray, what: str = "edit", offset: int = 0) -> None:
+    """Refuse a result that is not finite: the amounts are far outside what the model's flow can represent.
+    ``offset``: the row of ``edited[0]`` within its request (for the message)."""
     finite = np.isfinite(edited).all(axis=1)
     if not finite.all():
-        first = int(np.argmin(finite))
+        first = offset + int(np.argmin(finite))
         raise invalid(f"the {what} of item {first} is not finite (NaN or Inf): the amounts are far outside this "
                       "model's range; use amounts of a few units (e.g. |t| <= 10)")

@@ -4,8 +4,9 @@
   to present a certificate signed by that CA (mutual TLS).
 * Tokens: ``--auth-token-file`` holds one or more tokens, one per line (blank lines and ``#`` comments ignored).
   Every RPC except ``grpc.health.v1.Health`` then needs the metadata ``authorization: Bearer <token>``, else
-  UNAUTHENTICATED. Tokens are compared in constant time (``hmac.compare_digest``, against every token) and are
-  never logged or put in an error message.
+  UNAUTHENTICATED; on the HTTP/REST port every path but ``/v2/health/*`` needs the same header, else 401.
+  Tokens are compared in constant time (``hmac.compare_digest``, against every token) and are never logged or
+  put in an error message.
 * ``exposure_warning``: binding a non-loopback address with neither TLS nor tokens is allowed, with a warning
   (and with another when tokens would cross the network without TLS).
 """
@@ -45,6 +46,20 @@ def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
                          "(-----BEGIN CERTIFICATE----- / -----BEGIN PRIVATE KEY-----)")
     ca = _read(config.tls_client_ca, "client CA", "--tls-client-ca") if config.tls_client_ca else None
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+def http_ssl_context(config: ServeConfig):
+    """The same TLS (and mutual TLS) for the HTTP/REST port, or ``None`` when TLS is off."""
+    if not config.tls_cert:
+        return None
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    if config.tls_client_ca:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(config.tls_client_ca)
+    return context
 
 
 def read_tokens(path: str) -> list[bytes]:

@@ -1,8 +1,10 @@
 """Building, running and draining the gRPC server.
 
 ``create_server(config)`` loads the models and binds the port (TLS when configured) but serves nothing yet;
-``await server.start()`` starts gRPC, the batcher and ``/metrics``, warms every batch bucket up (timing it, for
-admission control's estimates) and only then sets health to SERVING. ``await server.drain()`` (what
+the port carries the native ``curvedit.v1`` API and the Open Inference Protocol (``inference`` package).
+``await server.start()`` starts gRPC, the OIP's HTTP/REST side (``--http-port``), the batcher and ``/metrics``,
+warms every batch bucket up (timing it, for admission control's estimates) and only then sets health to SERVING
+(and OIP readiness to true). ``await server.drain()`` (what
 SIGTERM/SIGINT trigger under ``serve``) sets NOT_SERVING and answers new requests with UNAVAILABLE, waits up to
 ``grace_s`` for accepted work, fails what is left with UNAVAILABLE if the grace runs out, ends open streams with
 UNAVAILABLE, then stops: no client sees CANCELLED that it did not cause.
@@ -23,13 +25,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from curvedit.inference import grpc_service_pb2_grpc as oip_grpc
 from curvedit.service import security, wire
 from curvedit.service.admission import Admission, CostModel
-from curvedit.service.batcher import Batch, BatchQueue, BatchRunner, Entry, bucket_sizes
+from curvedit.service.batcher import Batch, BatchQueue, Entry, bucket_sizes
 from curvedit.service.config import ServeConfig
 from curvedit.service.errors import ShutDown
-from curvedit.service.metrics import SERVICE, ServerMetrics
+from curvedit.service.metrics import INFERENCE_SERVICE, SERVICE, ServerMetrics
 from curvedit.service.models import ServedModel, load_models
+from curvedit.service.oip import Inference
+from curvedit.service.oip_grpc import InferenceServicer
+from curvedit.service.oip_http import HttpFront
+from curvedit.service.rpc_metrics import RpcMetrics
+from curvedit.service.runner import BatchRunner
 from curvedit.service.servicer import LatentEditServicer
 from curvedit.v1 import latent_edit_pb2_grpc as pb_grpc
 
@@ -39,8 +47,6 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # instead (RESOURCE_EXHAUSTED with pushback, counted), so core's own limit is set out of the way.
 CORE_PENDING_LIMIT = 1 << 20
 HOLD_S = 0.1  # how long the last refusals of a drain are held so gRPC core can stop without cancelling calls
-_GRPC_TYPE = {"unary_unary": "unary", "unary_stream": "server_stream", "stream_unary": "client_stream",
-              "stream_stream": "bidi_stream"}
 
 
 class _BatchMetrics:
@@ -56,7 +62,8 @@ class _BatchMetrics:
     def executed(self, batch: Batch, compute_s: float, error: BaseException | None) -> None:
         served = self.models[batch.key[0]]
         if error is None:
-            self.metrics.batch(served.name, served.version, batch.size, batch.bucket, batch.reason, batch.stages)
+            padded = served.padded_rows(batch.size)
+            self.metrics.batch(served.name, served.version, batch.size, padded, batch.reason, batch.stages)
 
 
 class EditServer:
@@ -77,11 +84,14 @@ class EditServer:
             self.metrics.track_pending(name, served.version, lambda n=name: queue.items_where(lambda k: k[0] == n))
         self.servicer = LatentEditServicer(models, self.runner, self.admission, self.metrics,
                                            config.max_items_per_request)
+        self.ready = False  # warm-up done and not draining: OIP readiness (health says SERVING then too)
+        self.inference = Inference(self.servicer, lambda: self.ready)
         self.health = HealthServicer()
         credentials = security.server_credentials(config)  # read before binding: a bad file fails here
-        interceptors = []
-        if config.auth_token_file:
-            interceptors.append(security.TokenAuth(security.read_tokens(config.auth_token_file), self._refused))
+        interceptors = [RpcMetrics(self.metrics)]  # first: it also counts what the token check refuses
+        tokens = security.read_tokens(config.auth_token_file) if config.auth_token_file else None
+        if tokens is not None:
+            interceptors.append(security.TokenAuth(tokens, self._refused))
         limit = config.max_message_mb * 1024 * 1024
         self.grpc = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
@@ -89,9 +99,11 @@ class EditServer:
             ("grpc.server.max_pending_requests_hard_limit", CORE_PENDING_LIMIT)])
         self.methods = set(wire.register(self.grpc, pb_grpc.add_LatentEditServiceServicer_to_server,
                                          self.servicer, own=True))
+        self.methods |= set(wire.register(self.grpc, oip_grpc.add_GRPCInferenceServiceServicer_to_server,
+                                          InferenceServicer(self.inference), own=True))
         wire.register(self.grpc, health_pb2_grpc.add_HealthServicer_to_server, self.health, own=False)
         if config.reflection:
-            names = (SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
+            names = (SERVICE, INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
             wire.register(self.grpc, reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
                           reflection.aio.ReflectionServicer(names), own=False)
         address = f"{config.host}:{config.port}"
@@ -101,6 +113,8 @@ class EditServer:
         except RuntimeError as exc:
             raise ValueError(f"cannot bind {address} ({exc}); is another server on that port? pass --port "
                              "with a free port (0 = any)") from None
+        self.http = HttpFront(self.inference, self.metrics, limit, tokens, security.http_ssl_context(config))
+        self.http_port: int | None = None
         self.metrics_port: int | None = None
         self._httpd = None
         self._runner_task: asyncio.Task | None = None
@@ -109,11 +123,7 @@ class EditServer:
         return self.models[batch.key[0]].compute(batch)
 
     def _refused(self, method: str, kind: str) -> None:
-        """An RPC refused for want of a valid token: counted like every other refusal (known methods only)."""
-        if method in self.methods:
-            name, grpc_type = method.rsplit("/", 1)[1], _GRPC_TYPE[kind]
-            self.metrics.rpc_started(grpc_type, name)
-            self.metrics.rpc_handled(grpc_type, name, "UNAUTHENTICATED", 0.0)
+        """An RPC refused for want of a valid token: a rejection (the interceptor counts the RPC itself)."""
         self.metrics.rejected("unauthenticated")
 
     async def _set_health(self, status) -> None:
@@ -130,25 +140,35 @@ class EditServer:
             except OSError as exc:
                 raise ValueError(f"cannot serve /metrics on {self.config.metrics_host}:{self.config.metrics_port} "
                                  f"({exc}); pass --metrics-port with a free port (0 = any, -1 = off)") from None
+        if self.config.http_port >= 0:
+            try:
+                self.http_port = await self.http.start(self.config.host, self.config.http_port)
+            except OSError as exc:
+                raise ValueError(f"cannot serve HTTP/REST on {self.config.host}:{self.config.http_port} ({exc}); "
+                                 "pass --http-port with a free port (0 = any, -1 = off)") from None
         await self.grpc.start()
         self._runner_task = asyncio.create_task(self.runner.run())
         if self.config.warmup:
             loop = asyncio.get_running_loop()
             start = time.perf_counter()
             for served in self.models.values():
-                timings = await loop.run_in_executor(self.runner.executor, served.warm_up,
+                timings = await loop.run_in_executor(self.runner.executor_for(served.name), served.warm_up,
                                                      self.config.max_batch_size)
                 if timings:
                     served.seed_costs(self.cost, timings)
             log.info("warm-up of %d model(s) x %d buckets took %.2f s", len(self.models),
                      len(bucket_sizes(self.config.max_batch_size)), time.perf_counter() - start)
+        for served in self.models.values():
+            self.metrics.engine(served.name, served.version, served.fallbacks(), served.routes())
         if not self.servicer.draining:
+            self.ready = True
             await self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
     async def drain(self, grace_s: float | None = None) -> bool:
         """NOT_SERVING, refuse new work, wait for accepted work (≤ grace), stop. True if nothing was cut off."""
         grace_s = self.config.grace_s if grace_s is None else grace_s
         self.servicer.draining = True
+        self.ready = False
         await self.health.enter_graceful_shutdown()
         deadline = time.monotonic() + grace_s
         while (self.servicer.inflight > 0 or not self.runner.idle) and time.monotonic() < deadline:
@@ -184,8 +204,8 @@ class EditServer:
             self._runner_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner_task
-        self.runner.executor.shutdown(wait=False, cancel_futures=True)
-        self.servicer.helper.shutdown(wait=False, cancel_futures=True)
+        self.runner.shutdown()
+        await self.http.stop()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -194,7 +214,8 @@ class EditServer:
 def create_server(config: ServeConfig, models: dict[str, ServedModel] | None = None,
                   compute_wrapper: Callable | None = None) -> tuple[EditServer, int]:
     """Load models (unless given) and bind; returns ``(server, bound_port)``. Call inside the event loop."""
-    models = models if models is not None else load_models(config.models, config.engine, config.expect_digests)
+    models = models if models is not None else load_models(config.models, config.engine, config.expect_digests,
+                                                          config.ort_threads)
     server = EditServer(config, models, compute_wrapper)
     return server, server.port
 
@@ -212,9 +233,10 @@ async def serve_until_signal(config: ServeConfig, announce=print) -> int:
     await server.start()
     names = ", ".join(f"{m.name} {m.version} ({m.model.engine})" for m in server.models.values())
     metrics = f"http://{config.metrics_host}:{server.metrics_port}/metrics" if server.metrics_port else "off"
+    http = f"http://{config.host}:{server.http_port}/v2" if server.http_port else "off"
     secured = [word for word, on in (("TLS", config.tls_cert), ("mutual TLS", config.tls_client_ca),
                                      ("tokens", config.auth_token_file)) if on]
-    announce(f"curvedit serve: SERVING {names} on {config.host}:{port}; metrics {metrics}; "
+    announce(f"curvedit serve: SERVING {names} on {config.host}:{port}; metrics {metrics}; OIP HTTP {http}; "
              f"max_batch_size={config.max_batch_size} max_queue_delay_ms={config.max_queue_delay_ms:g}"
              + (f"; {', '.join(secured)}" if secured else ""))
     sys.stdout.flush()

@@ -2,23 +2,26 @@
 
 Each handler is admitted first (``admission``: draining, concurrency, queue space, deadline — all before any
 decoding or sampling), then reads its request (``requests``: every input check, once), queues its items in the
-``BatchRunner``, awaits them and answers. Every outcome, success or any exception, goes through ``_unary`` /
-``_abort``: one place for status codes (``errors.to_status``), the pushback trailer and metrics.
+``BatchRunner`` and awaits them. Sampling seeds, decoding image files, the finite check of each result and the
+response's bytes (PNG encoding included) are made on the model's compute thread (``finish``); the event loop
+only joins the parts. Every outcome, success or any exception, goes through ``_unary`` / ``_abort``: one place
+for status codes (``errors.to_status``) and the pushback trailer. RPC counts and times (``grpc_server_*``) come
+from the server's interceptor (``rpc_metrics``), not from here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import itertools
+import os
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 
 from curvedit.service import codec, requests
 from curvedit.service.admission import Admission, Ticket
-from curvedit.service.batcher import BatchRunner
+from curvedit.service.batcher import as_array
 from curvedit.service.errors import (
     PUSHBACK_KEY,
     Draining,
@@ -31,11 +34,46 @@ from curvedit.service.errors import (
 from curvedit.service.metrics import ServerMetrics
 from curvedit.service.models import EDIT, EDIT_IMAGES, ENCODE, GENERATE, ServedModel, from_images
 from curvedit.service.requests import Corrupt, check_count, item_count
+from curvedit.service.runner import BatchRunner
 from curvedit.v1 import latent_edit_pb2 as pb
 from curvedit.v1 import latent_edit_pb2_grpc as pb_grpc
 
 _CLOSE = object()  # put into an open EditStream's answer queue at the end of a drain: end it with UNAVAILABLE
-HEAVY_ITEMS = 32  # above this many seeds to sample or PNGs to encode, the work leaves the event loop
+_IDS = itertools.count(1)
+_PREFIX = f"{os.getpid():x}"
+
+
+def request_id() -> str:
+    """A short id for one request, unique within this server process (logged with INTERNAL errors)."""
+    return f"{_PREFIX}-{next(_IDS):x}"
+
+
+def image_payload(images: np.ndarray, fmt: int):
+    """On the compute thread: uint8 ``[n, H, W, 3]`` → PNG files (a list) or raw bytes, for ``join_images``."""
+    if fmt == pb.IMAGE_FORMAT_PNG:
+        return codec.to_images(images, fmt).png
+    return np.ascontiguousarray(images, dtype=np.uint8).tobytes()
+
+
+def join_images(parts: list, n: int, image_shape, fmt: int) -> pb.Images:
+    """The ``Images`` of a request from its chunks' payloads (``image_payload``)."""
+    if fmt == pb.IMAGE_FORMAT_PNG:
+        return pb.Images(format=fmt, png=[png for part in parts for png in part])
+    return pb.Images(format=pb.IMAGE_FORMAT_RAW, shape=[n, *image_shape],
+                     data=parts[0] if len(parts) == 1 else b"".join(parts))
+
+
+def join_tensor(parts: list[bytes], shape: list[int]) -> pb.Tensor:
+    return pb.Tensor(shape=shape, data=parts[0] if len(parts) == 1 else b"".join(parts))
+
+
+def edit_finish(fmt: int | None):
+    """The finish of an edit's chunks: refuse a non-finite result, make the response's bytes."""
+    def finish(rows, start: int):
+        requests.check_finite(rows[0], offset=start)
+        latents = np.ascontiguousarray(rows[0], dtype=np.float32).tobytes()
+        return latents, None if fmt is None else image_payload(rows[1], fmt)
+    return finish
 
 
 class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
@@ -49,9 +87,6 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         self.max_items = max_items
         self.streams: set[asyncio.Queue] = set()  # answer queues of the open EditStreams
         self.hold: asyncio.Future | None = None  # at the end of a drain: refusals wait for it (see server.drain)
-        # Sampling many seeds or encoding many PNGs takes milliseconds; on a thread of its own the event loop
-        # keeps answering (and refusing) other calls meanwhile.
-        self.helper = ThreadPoolExecutor(1, "curvedit-prepare")
 
     @property
     def draining(self) -> bool:
@@ -81,7 +116,9 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
 
     def _count_failure(self, request, exc: BaseException, code: grpc.StatusCode) -> None:
         if not isinstance(request, Corrupt) and code != grpc.StatusCode.NOT_FOUND:
-            served = self.models.get(getattr(request, "model", "") or self.default)
+            name = getattr(request, "model", None)  # native requests; OIP's are `model_name`
+            name = getattr(request, "model_name", "") if name is None else name
+            served = self.models.get(name or self.default)
             if served is not None:
                 self.metrics.request_failed(served.name, served.version, failure_reason(code))
         reason = reject_reason(exc, code)
@@ -92,16 +129,18 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         remaining = context.time_remaining()
         return None if remaining is None else self.runner.clock() + remaining
 
-    async def _unary(self, method: str, work, request, context: grpc.aio.ServicerContext, kind: str = "unary"):
-        self.metrics.rpc_started(kind, method)
-        start, code, recorded, ticket = time.perf_counter(), grpc.StatusCode.OK, False, None
+    async def _unary(self, method: str, work, request, context: grpc.aio.ServicerContext, admit: bool = True):
+        """Run ``work(request, ticket, method)`` with an admission ticket (``admit``: metadata and health
+        answers need none) and turn whatever it raises into the RPC's status."""
+        ticket, rid = None, request_id()
         try:
             if isinstance(request, Corrupt):
                 raise request.error
-            ticket = self.admission.enter(self._deadline(context))
+            if admit:
+                ticket = self.admission.enter(self._deadline(context))
             return await work(request, ticket, method)
         except BaseException as exc:
-            code, message, pushback = to_status(exc)
+            code, message, pushback = to_status(exc, rid)
             if isinstance(exc, asyncio.CancelledError):
                 remaining = context.time_remaining()
                 if remaining is not None and remaining <= 0.02:
@@ -110,30 +149,27 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
                 self._count_failure(request, exc, code)
                 raise
             self._count_failure(request, exc, code)
-            recorded = True
-            await self._abort(context, code, message, pushback, kind, method, start)
+            await self._abort(context, code, message, pushback)
         finally:
             if ticket is not None:
                 ticket.leave()
-            if not recorded:
-                self.metrics.rpc_handled(kind, method, code.name, time.perf_counter() - start)
 
-    async def _abort(self, context, code, message: str, pushback: int, kind: str, method: str, start: float):
-        """Count the RPC as handled, then end it: the count must be visible once the client sees the status."""
+    async def _abort(self, context, code, message: str, pushback: int):
+        """End the RPC with ``code`` (and the pushback trailer); a drain's last refusals wait for its hold."""
         if code == grpc.StatusCode.UNAVAILABLE and self.hold is not None and not self.hold.done():
             await asyncio.shield(self.hold)
         if pushback:
             context.set_trailing_metadata(((PUSHBACK_KEY, str(pushback)),))
-        self.metrics.rpc_handled(kind, method, code.name, time.perf_counter() - start)
         await context.abort(code, message)
 
-    async def _run(self, served: ServedModel, key, z: np.ndarray, amounts, ticket: Ticket, method: str):
-        """Queue ``z [n, d]`` under ``key``, await every chunk; returns the outputs concatenated over chunks."""
+    async def _run(self, served: ServedModel, key, x, amounts, ticket: Ticket, method: str, finish=None) -> list:
+        """Queue ``x`` (``n`` rows, or a lazy input) under ``key``; returns each chunk's result in order (its
+        ``finish`` value, or its output rows)."""
         start = self.runner.clock()
-        entries = self.runner.submit(key, z, amounts, ticket.deadline)
+        entries = self.runner.submit(key, x, amounts, ticket.deadline, finish)
         ticket.queued()
         if len(entries) == 1:
-            outputs = await entries[0].future
+            results = [await entries[0].future]
         else:
             try:
                 results = await asyncio.gather(*(e.future for e in entries))
@@ -141,27 +177,10 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
                 for e in entries:  # the request has failed: its other chunks are dropped before compute
                     e.future.cancel()
                 raise
-            outputs = tuple(np.concatenate(parts) for parts in zip(*results, strict=True))
         end = self.runner.clock()
         queue_s = max(e.started - e.arrival for e in entries)
         self.metrics.request_done(served.name, served.version, method, end - start, queue_s)
-        return outputs
-
-    async def _latents(self, served: ServedModel, request, n: int) -> np.ndarray:
-        if n > HEAVY_ITEMS and request.WhichOneof("input") == "seeds":
-            return await asyncio.get_running_loop().run_in_executor(self.helper, requests.latents, served, request)
-        return requests.latents(served, request)
-
-    async def _real_images(self, served: ServedModel, message: pb.Images, n: int) -> np.ndarray:
-        """A request's real images as uint8 ``[n, H, W, 3]`` (PNG decoding leaves the loop when there is much)."""
-        if n > HEAVY_ITEMS // 8 and message.format == pb.IMAGE_FORMAT_PNG:
-            return await asyncio.get_running_loop().run_in_executor(self.helper, requests.images, served, message)
-        return requests.images(served, message)
-
-    async def _images(self, images: np.ndarray, fmt: int) -> pb.Images:
-        if fmt == pb.IMAGE_FORMAT_PNG and len(images) > HEAVY_ITEMS:
-            return await asyncio.get_running_loop().run_in_executor(self.helper, codec.to_images, images, fmt)
-        return codec.to_images(images, fmt)
+        return results
 
     # -- the RPCs -------------------------------------------------------------------------------------------
     async def ListModels(self, request, context):
@@ -188,16 +207,13 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         key = (served.name, editor, kind)
         ticket.reserve(key, n)
         amounts = requests.amounts(served, editor, request, n)
-        if real:
-            x = await self._real_images(served, request.images, n)
-        else:
-            x = await self._latents(served, request, n)
-        outputs = await self._run(served, key, x, amounts, ticket, method)
-        requests.check_finite(outputs[0])
-        response = pb.EditResponse(latents=codec.to_tensor(outputs[0]), model=served.name,
-                                   model_version=served.version, id=request.id)
+        x = requests.images(served, request.images) if real else requests.latents(served, request)
+        parts = await self._run(served, key, x, amounts, ticket, method,
+                                edit_finish(fmt if request.return_images else None))
+        response = pb.EditResponse(latents=join_tensor([p[0] for p in parts], [n, served.latent_dim]),
+                                   model=served.name, model_version=served.version, id=request.id)
         if request.return_images:
-            response.images.CopyFrom(await self._images(outputs[1], fmt))
+            response.images.CopyFrom(join_images([p[1] for p in parts], n, served.model.image_shape, fmt))
         return response
 
     async def Edit(self, request, context):
@@ -211,10 +227,10 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             check_count(n, self.max_items)
             key = (served.name, "", GENERATE)
             ticket.reserve(key, n)
-            z = await self._latents(served, req, n)
-            (images,) = await self._run(served, key, z, None, ticket, method)
-            return pb.GenerateResponse(images=await self._images(images, fmt), model=served.name,
-                                       model_version=served.version)
+            parts = await self._run(served, key, requests.latents(served, req), None, ticket, method,
+                                    lambda rows, _start: image_payload(rows[0], fmt))
+            return pb.GenerateResponse(images=join_images(parts, n, served.model.image_shape, fmt),
+                                       model=served.name, model_version=served.version)
         return await self._unary("Generate", work, request, context)
 
     async def Encode(self, request, context):
@@ -225,9 +241,10 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             check_count(n, self.max_items)
             key = (served.name, "", ENCODE)
             ticket.reserve(key, n)
-            (z,) = await self._run(served, key, await self._real_images(served, req.images, n), None, ticket,
-                                   method)
-            return pb.EncodeResponse(latents=codec.to_tensor(z), model=served.name, model_version=served.version)
+            parts = await self._run(served, key, requests.images(served, req.images), None, ticket, method,
+                                    lambda rows, _start: np.ascontiguousarray(rows[0], np.float32).tobytes())
+            return pb.EncodeResponse(latents=join_tensor(parts, [n, served.latent_dim]), model=served.name,
+                                     model_version=served.version)
         return await self._unary("Encode", work, request, context)
 
     async def Traverse(self, request: pb.TraverseRequest, context) -> AsyncIterator[pb.TraverseFrame]:
@@ -239,36 +256,36 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             fmt = requests.image_format(req.image_format)
             if item_count(req, "latent", served.latent_dim) != 1:
                 raise invalid(f"traverse takes one latent, got shape {list(req.latent.shape)}; pass "
-                                       f"latent as [1, {served.latent_dim}]")
+                              f"latent as [1, {served.latent_dim}]")
             key = (served.name, editor, EDIT_IMAGES)
             ticket.reserve(key, req.steps)
-            z = requests.latents(served, req)
+            z = as_array(requests.latents(served, req))
             amounts = np.zeros((req.steps, len(served.direction_index(editor))), np.float32)
             amounts[:, k] = values
-            outputs = await self._run(served, key, np.repeat(z, req.steps, 0), amounts, ticket, method)
-            requests.check_finite(outputs[0], "traversal frame")
-            return served, values, outputs, fmt
+
+            def frames(rows, start: int):  # on the compute thread: one (latent, image) message pair per frame
+                requests.check_finite(rows[0], "traversal frame", offset=start)
+                return [(codec.to_tensor(rows[0][i : i + 1]), codec.to_images(rows[1][i : i + 1], fmt))
+                        for i in range(len(rows[0]))]
+
+            parts = await self._run(served, key, np.repeat(z, req.steps, 0), amounts, ticket, method, frames)
+            return served, values, [frame for part in parts for frame in part]
 
         # Computed as one batch, then streamed, so the frames are consistent and come in order.
-        served, values, outputs, fmt = await self._unary("Traverse", work, request, context, "server_stream")
-        for i, amount in enumerate(values):
-            frame = pb.TraverseFrame(index=i, amount=float(amount), latent=codec.to_tensor(outputs[0][i : i + 1]),
-                                     model_version=served.version)
-            frame.image.CopyFrom(codec.to_images(outputs[1][i : i + 1], fmt))
-            self.metrics.message("server_stream", "Traverse", sent=1)
-            yield frame
+        served, values, frames = await self._unary("Traverse", work, request, context)
+        for i, (amount, (latent, image)) in enumerate(zip(values, frames, strict=True)):
+            yield pb.TraverseFrame(index=i, amount=float(amount), latent=latent, image=image,
+                                   model_version=served.version)
 
     async def EditStream(self, request_iterator, context) -> AsyncIterator[pb.EditStreamResponse]:
         """Messages are handled concurrently (they batch together); each answer carries its request's id."""
-        method, kind = "EditStream", "bidi_stream"
-        self.metrics.rpc_started(kind, method)
-        start, code, recorded = time.perf_counter(), grpc.StatusCode.OK, False
+        method = "EditStream"
         out: asyncio.Queue = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
         deadline = self._deadline(context)
 
         def failed(req, exc: Exception) -> None:
-            c, message, pushback = to_status(exc)
+            c, message, pushback = to_status(exc, request_id())
             self._count_failure(req, exc, c)
             out.put_nowait(pb.EditStreamResponse(id=getattr(req, "id", ""), error=pb.Error(
                 code=c.value[0], message=message, retry_pushback_ms=pushback)))
@@ -290,7 +307,6 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
 
         async def read() -> None:
             async for req in request_iterator:
-                self.metrics.message(kind, method, received=1)
                 task = asyncio.create_task(one(req))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -309,22 +325,15 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
                     break
                 if response is _CLOSE:
                     raise Draining()
-                self.metrics.message(kind, method, sent=1)
                 yield response
             await reader
-        except (asyncio.CancelledError, GeneratorExit):
-            code = grpc.StatusCode.CANCELLED
-            raise
         except Exception as exc:
-            code, message, pushback = to_status(exc)
+            code, message, pushback = to_status(exc, request_id())
             if isinstance(exc, Draining):
                 self.metrics.rejected(exc.reason)
-            recorded = True
-            await self._abort(context, code, message, pushback, kind, method, start)
+            await self._abort(context, code, message, pushback)
         finally:
             self.streams.discard(out)
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
-            if not recorded:
-                self.metrics.rpc_handled(kind, method, code.name, time.perf_counter() - start)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from curvedit.service.admission import MAX_PUSHBACK_MS, MIN_PUSHBACK_MS, Admission, CostModel
-from curvedit.service.batcher import BatchQueue, BatchRunner
+from curvedit.service.batcher import BatchQueue
 from curvedit.service.errors import DeadlineExpired, DeadlineUnmeetable, Draining, Overloaded, QueueFull
+from curvedit.service.runner import BatchRunner
 
 KEY = ("m", "e", "edit")
 

@@ -76,7 +76,7 @@ def test_in_process_job_resumes_after_kill(tmp_path, tiny_bundle, model):
 
 @pytest.mark.slow
 def test_job_through_server_resumes_after_kill(tmp_path, tiny_bundle, model):
-    config = ServeConfig(port=0, metrics_port=-1, models=(str(tiny_bundle),), max_batch_size=64,
+    config = ServeConfig(port=0, http_port=0, metrics_port=-1, models=(str(tiny_bundle),), max_batch_size=64,
                          max_queue_delay_ms=2)
     with BackgroundServer(config) as bg:
         out, server = tmp_path / "job", f"127.0.0.1:{bg.port}"

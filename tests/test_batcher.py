@@ -5,8 +5,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from curvedit.service.batcher import BatchQueue, BatchRunner, Entry, bucket_for, bucket_sizes
+from curvedit.service.batcher import BatchQueue, Entry, bucket_for, bucket_sizes
 from curvedit.service.errors import DeadlineExpired, QueueFull
+from curvedit.service.runner import BatchRunner
 
 
 class FakeFuture:
@@ -17,8 +18,9 @@ class FakeFuture:
         return self._done
 
 
-def entry(key="k", n=1, t=0.0, deadline=None, done=False, d=3):
-    return Entry(key, np.full((n, d), t, np.float32), np.zeros((n, 2), np.float32), t, deadline, FakeFuture(done))
+def entry(key="k", n=1, t=0.0, deadline=None, done=False, d=3, filling=False):
+    return Entry(key, np.full((n, d), t, np.float32), np.zeros((n, 2), np.float32), t, deadline, FakeFuture(done),
+                 filling=filling)
 
 
 @pytest.mark.parametrize(("max_batch", "sizes"), [(1, [1]), (8, [1, 2, 4, 8]), (12, [1, 2, 4, 8, 12]),
@@ -32,10 +34,46 @@ def test_bucket_for_is_smallest_holding_n(n, bucket):
     assert bucket_for(n, 12) == bucket
 
 
+def test_a_lone_request_at_an_idle_stage_leaves_at_once_whatever_the_delay():
+    q = BatchQueue(max_batch_size=8, max_queue_delay_s=10.0, max_queue_size=100)
+    q.put([entry(t=0.0)])
+    assert q.next_wakeup(0.0) == 0.0
+    batch = q.pop_ready(0.0)
+    assert batch is not None and batch.size == 1 and batch.reason == "idle"
+
+
+def test_a_busy_stage_holds_its_keys_while_other_stages_go():
+    q = BatchQueue(max_batch_size=8, max_queue_delay_s=0.0, max_queue_size=100)
+    q.put([entry(key=("m1", "e", "edit"), t=0.0)])
+    q.put([entry(key=("m2", "e", "edit"), t=1.0)])
+    batch = q.pop_ready(2.0, busy={"m1"})  # model m1 is computing: only m2's key may leave
+    assert batch.key[0] == "m2"
+    assert q.pop_ready(2.0, busy={"m1"}) is None and q.next_wakeup(2.0, busy={"m1"}) is None
+    assert q.pop_ready(2.0).key[0] == "m1"  # m1's stage frees: its batch goes at once
+
+
+def test_items_that_queued_while_busy_fill_a_batch_for_up_to_the_delay():
+    q = BatchQueue(max_batch_size=8, max_queue_delay_s=0.010, max_queue_size=100)
+    q.put([entry(t=0.000, filling=True)])  # arrived while a batch ran; the stage is free from 0.001 on
+    q.put([entry(t=0.004)])  # arrived at the free stage, but a batch is filling: it joins it
+    assert q.pop_ready(0.005) is None
+    assert q.next_wakeup(0.005) == pytest.approx(0.005)
+    batch = q.pop_ready(0.010)
+    assert batch.size == 2 and batch.reason == "delay"
+
+
+def test_with_no_delay_a_filling_batch_leaves_as_soon_as_the_stage_frees():
+    q = BatchQueue(max_batch_size=8, max_queue_delay_s=0.0, max_queue_size=100)
+    q.put([entry(t=0.0, filling=True), entry(t=0.0, filling=True)])
+    assert q.pop_ready(0.0, busy={"k"}) is None
+    batch = q.pop_ready(0.0)
+    assert batch.size == 2 and batch.reason == "delay"
+
+
 def test_delay_counts_from_the_oldest_item_not_the_poll():
     q = BatchQueue(max_batch_size=8, max_queue_delay_s=0.010, max_queue_size=100)
-    q.put([entry(t=0.000)])
-    q.put([entry(t=0.008)])
+    q.put([entry(t=0.000, filling=True)])
+    q.put([entry(t=0.008, filling=True)])
     assert q.pop_ready(0.009) is None
     assert q.next_wakeup(0.009) == pytest.approx(0.001)
     batch = q.pop_ready(0.010)  # 10 ms after the OLDEST arrival, though the newest waited only 2 ms
@@ -45,9 +83,9 @@ def test_delay_counts_from_the_oldest_item_not_the_poll():
 
 def test_full_batch_released_at_once_and_capped_at_max():
     q = BatchQueue(max_batch_size=4, max_queue_delay_s=1.0, max_queue_size=100)
-    q.put([entry(n=3, t=0.0)])
+    q.put([entry(n=3, t=0.0, filling=True)])
     assert q.pop_ready(0.0) is None
-    q.put([entry(n=2, t=0.0)])
+    q.put([entry(n=2, t=0.0, filling=True)])
     batch = q.pop_ready(0.0)  # 5 items queued >= 4: release without waiting, but only whole entries ≤ 4
     assert batch.reason == "full" and batch.size == 3 and batch.bucket == 4
     assert len(q) == 2
@@ -63,14 +101,14 @@ def test_keys_batch_separately_and_oldest_key_goes_first():
     assert q.pop_ready(5.0).key == "a"
 
 
-def test_padding_to_bucket_and_split_drop_padding():
+def test_batches_are_not_padded_and_split_by_entry():
+    """Only the engine pads (its ShapePolicy); the batcher hands over exactly the queued rows."""
     q = BatchQueue(max_batch_size=8, max_queue_delay_s=0.0, max_queue_size=100)
     q.put([entry(n=2, t=1.0), entry(n=3, t=2.0)])
     batch = q.pop_ready(3.0)
     z, amounts = batch.inputs()
-    assert z.shape == (8, 3) and amounts.shape == (8, 2)
-    np.testing.assert_array_equal(z[:5, 0], [1, 1, 2, 2, 2])
-    np.testing.assert_array_equal(z[5:], 0)
+    assert z.shape == (5, 3) and amounts.shape == (5, 2) and batch.bucket == 8
+    np.testing.assert_array_equal(z[:, 0], [1, 1, 2, 2, 2])
     parts = batch.split((z * 10,))
     assert [p[0].shape[0] for p in parts] == [2, 3]
     np.testing.assert_array_equal(parts[1][0][:, 0], 20)
@@ -172,3 +210,79 @@ def test_runner_drops_expired_work_before_compute():
 
     asyncio.run(scenario())
     assert computed == []
+
+
+class LazyRows:
+    """A lazy input (as the service queues seeds or image files): made on the compute thread, may fail there."""
+
+    def __init__(self, rows: np.ndarray, fail: bool = False):
+        self.rows, self.fail = rows, fail
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        return LazyRows(self.rows[index], self.fail)
+
+    def array(self):
+        if self.fail:
+            raise RuntimeError("cannot decode")
+        return self.rows
+
+
+def test_runner_makes_lazy_inputs_and_finishes_entries_on_the_stage_thread_one_failing_alone():
+    import threading
+
+    threads = []
+
+    def compute(batch):
+        threads.append(threading.current_thread().name)
+        return (batch.inputs()[0] + 1,)
+
+    def finish(rows, start):
+        threads.append(threading.current_thread().name)
+        return float(rows[0].sum()) + start
+
+    async def scenario():
+        runner = BatchRunner(BatchQueue(8, 0.0, 100), compute)
+        task = asyncio.create_task(runner.run())
+        await asyncio.sleep(0)
+        ok = runner.submit(("m", "e"), LazyRows(np.ones((2, 3), np.float32)), None, finish=finish)
+        bad = runner.submit(("m", "e"), LazyRows(np.ones((1, 3), np.float32), fail=True), None, finish=finish)
+        results = await asyncio.gather(*(e.future for e in ok + bad), return_exceptions=True)
+        runner.stop()
+        await task
+        runner.shutdown()
+        return results
+
+    results = asyncio.run(scenario())
+    assert results[0] == 12.0 and isinstance(results[1], RuntimeError)
+    assert threads and all(name.startswith("curvedit-compute-m") for name in threads)
+
+
+def test_each_model_computes_on_its_own_stage_so_a_slow_one_does_not_hold_another():
+    import threading
+
+    release = threading.Event()
+
+    def compute(batch):
+        if batch.key[0] == "slow":
+            assert release.wait(10)
+        return (batch.inputs()[0],)
+
+    async def scenario():
+        runner = BatchRunner(BatchQueue(8, 0.0, 100), compute)
+        task = asyncio.create_task(runner.run())
+        await asyncio.sleep(0)
+        (slow,) = runner.submit(("slow", "e"), np.ones((1, 3), np.float32), None)
+        await asyncio.sleep(0.05)
+        (fast,) = runner.submit(("fast", "e"), np.ones((1, 3), np.float32), None)
+        await asyncio.wait_for(fast.future, 10)  # done while the slow model's batch still runs
+        assert not slow.future.done()
+        release.set()
+        await slow.future
+        runner.stop()
+        await task
+        runner.shutdown()
+
+    asyncio.run(scenario())

@@ -102,5 +102,5 @@ def test_the_json_is_rewritten_after_every_row(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench.Results, "save", save_and_count)
     run_bench(tmp_path, "--batch-sizes", "1", "--image-model", "")
-    assert seen[0] == 0 and max(seen) == 4  # torch, onnxruntime, triton (note), torch.compile (note)
-    assert sorted(set(seen)) == [0, 1, 2, 3, 4]
+    assert seen[0] == 0 and max(seen) == 5  # torch, onnxruntime, auto, triton (note), torch.compile (note)
+    assert sorted(set(seen)) == [0, 1, 2, 3, 4, 5]

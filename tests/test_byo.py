@@ -60,7 +60,7 @@ def test_the_bundle_holds_the_generator_and_verified_graphs(trained):
 
 def test_served_on_loopback_and_edited_over_grpc(trained):
     model = curvedit.load(trained, engine="onnxruntime")
-    config = ServeConfig(port=0, metrics_port=-1, models=(str(trained),), max_batch_size=8)
+    config = ServeConfig(port=0, http_port=0, metrics_port=-1, models=(str(trained),), max_batch_size=8)
     with BackgroundServer(config) as bg, Client(f"127.0.0.1:{bg.port}", timeout=60) as client:
         assert [m.name for m in client.list_models()] == ["blobs"]
         result = client.edit(seeds=[0, 1, 2], edits={"d1": 0.8}, images="raw")

@@ -10,6 +10,7 @@ import pytest
 from service_util import Gate, metric, wait_until
 
 import curvedit
+from curvedit import InputError
 from curvedit.client import edit_request
 from curvedit.service import codec
 from curvedit.service.background import BackgroundServer
@@ -26,9 +27,9 @@ def model(tiny_bundle):
 
 
 def serve(tiny_bundle, gate: Gate, **settings):
-    config = ServeConfig(**{"port": 0, "metrics_port": 0, "models": (str(tiny_bundle),), "max_batch_size": 4,
-                            "max_queue_delay_ms": 0, "max_queue_size": 8, "max_items_per_request": 4,
-                            "warmup": False, **settings})
+    config = ServeConfig(**{"port": 0, "http_port": 0, "metrics_port": 0, "models": (str(tiny_bundle),),
+                            "max_batch_size": 4, "max_queue_delay_ms": 0, "max_queue_size": 8,
+                            "max_items_per_request": 4, "warmup": False, **settings})
     return BackgroundServer(config, compute_wrapper=gate.wrap)
 
 
@@ -168,11 +169,11 @@ def test_one_poisoned_request_in_a_merged_batch_fails_alone(tiny_bundle, model):
         channel.close()
 
 
-def poison_row(value: float):
-    """A compute failure for any batch holding a latent row whose first value is ``value`` (an input error)."""
+def poison_row(value: float, error=InputError):
+    """A compute failure for any batch holding a latent row whose first value is ``value``."""
     def fail(batch):
         z, _ = batch.inputs()
-        return ValueError("latents contains a poisoned row") if (z[: batch.size, 0] == value).any() else None
+        return error("latents contains a poisoned row") if (z[: batch.size, 0] == value).any() else None
     return fail
 
 
@@ -198,6 +199,37 @@ def test_a_batch_failing_on_its_inputs_is_rerun_request_by_request(tiny_bundle, 
             bad.result()
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "poisoned" in info.value.details()
         assert gate.items == [1, 6, 1, 1, 1, 1, 1, 1]  # the merged batch failed, then each request ran alone
+        channel.close()
+
+
+def test_a_value_error_from_inside_the_engine_is_internal_logged_once_with_its_id_and_not_rerun(tiny_bundle, model,
+                                                                                              caplog):
+    """Only ``InputError`` (validation) means a bad request; any other error below it is the server's fault."""
+    gate = Gate(fail=poison_row(7.0, error=ValueError))
+    with serve(tiny_bundle, gate, max_batch_size=16, max_queue_size=64, max_items_per_request=16) as bg:
+        channel, stub = stub_of(bg)
+        blocker = stub.Edit.future(edit_request(seeds=[0], edits={"x": 1.0}), timeout=60)
+        assert gate.entered.wait(10)
+        z = model.sample(3, seed=40)
+        z[1, 0] = 7.0
+        merged = [stub.Edit.future(edit_request(latents=z[i : i + 1], edits={"x": 1.0}), timeout=60)
+                  for i in range(3)]
+        wait_until(lambda: len(bg.server.runner.queue) == 3, what="all queued")
+        gate.open.set()
+        blocker.result()
+        for f in merged:  # the whole batch failed: no request is blamed for it
+            with pytest.raises(grpc.RpcError) as info:
+                f.result()
+            assert info.value.code() == grpc.StatusCode.INTERNAL and "see the server log" in info.value.details()
+        ids = {f.exception().details().split("(request ")[1].split(")")[0] for f in merged}
+        assert len(ids) == 3
+        assert gate.items == [1, 3], "an internal error must not be rerun request by request"
+        logged = [r.getMessage() for r in caplog.records if "internal error" in r.getMessage()]
+        assert len(logged) == 3 and {m.split("(request ")[1].split(")")[0] for m in logged} == ids
+        port = bg.server.metrics_port
+        assert metric(port, "nv_inference_request_failure", reason="BACKEND") == 3
+        assert metric(port, "grpc_server_handled_total", grpc_code="INTERNAL") == 3
+        assert metric(port, "curvedit_rejections_total", reason="invalid") == 0
         channel.close()
 
 

@@ -161,7 +161,7 @@ def model(tiny_bundle):
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle):
-    config = ServeConfig(port=0, metrics_port=0, models=(str(tiny_bundle),), max_batch_size=16,
+    config = ServeConfig(port=0, http_port=0, metrics_port=0, models=(str(tiny_bundle),), max_batch_size=16,
                          max_queue_delay_ms=1, max_items_per_request=64, max_queue_size=256)
     with BackgroundServer(config) as bg:
         yield bg

@@ -22,7 +22,7 @@ UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 @pytest.fixture
 def gated(tiny_bundle):
     gate = Gate()
-    config = ServeConfig(port=0, metrics_port=-1, models=(str(tiny_bundle),), max_batch_size=4,
+    config = ServeConfig(port=0, http_port=0, metrics_port=-1, models=(str(tiny_bundle),), max_batch_size=4,
                          max_queue_delay_ms=0, max_queue_size=64, max_items_per_request=8, warmup=False)
     with BackgroundServer(config, compute_wrapper=gate.wrap) as bg:
         channel = grpc.insecure_channel(f"127.0.0.1:{bg.port}")
@@ -88,7 +88,7 @@ def test_edit_stream_open_across_a_drain_gets_every_answer_then_unavailable(gate
 
 def test_requests_racing_the_stop_get_unavailable_never_cancelled(tiny_bundle):
     """Clients keep sending while the server drains and stops: each call is OK or UNAVAILABLE."""
-    config = ServeConfig(port=0, metrics_port=-1, models=(str(tiny_bundle),), max_batch_size=16,
+    config = ServeConfig(port=0, http_port=0, metrics_port=-1, models=(str(tiny_bundle),), max_batch_size=16,
                          max_queue_delay_ms=1, warmup=False)
     codes: list[grpc.StatusCode] = []
     stop = threading.Event()

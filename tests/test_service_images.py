@@ -26,7 +26,7 @@ def png(array: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def server(tiny_vae_bundle, tiny_bundle):
-    config = ServeConfig(port=0, metrics_port=-1, models=(str(tiny_vae_bundle), str(tiny_bundle)),
+    config = ServeConfig(port=0, http_port=0, metrics_port=-1, models=(str(tiny_vae_bundle), str(tiny_bundle)),
                          engine="onnxruntime", max_batch_size=8)
     with BackgroundServer(config) as bg:
         yield bg

@@ -34,8 +34,8 @@ def other_bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two(tiny_bundle, other_bundle):
-    config = ServeConfig(port=0, metrics_port=0, models=(str(tiny_bundle), str(other_bundle)), max_batch_size=8,
-                         max_queue_delay_ms=1)
+    config = ServeConfig(port=0, http_port=0, metrics_port=0, models=(str(tiny_bundle), str(other_bundle)),
+                         max_batch_size=8, max_queue_delay_ms=1)
     with BackgroundServer(config) as bg, Client(f"127.0.0.1:{bg.port}", timeout=30) as client:
         yield bg, client
 

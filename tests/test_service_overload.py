@@ -44,7 +44,7 @@ def metric(port: int, name: str, **labels) -> float:
 @pytest.fixture
 def gated(tiny_bundle):
     gate = Gate()
-    config = ServeConfig(port=0, metrics_port=0, models=(str(tiny_bundle),), max_batch_size=4,
+    config = ServeConfig(port=0, http_port=0, metrics_port=0, models=(str(tiny_bundle),), max_batch_size=4,
                          max_queue_delay_ms=0, max_queue_size=4, max_items_per_request=4, warmup=False)
     with BackgroundServer(config, compute_wrapper=gate.wrap) as bg:
         channel = grpc.insecure_channel(f"127.0.0.1:{bg.port}")
@@ -142,7 +142,8 @@ def test_draining_server_refuses_new_work_but_finishes_accepted(gated, tiny_bund
 
 
 def test_broken_metrics_never_fail_a_request(tiny_bundle):
-    config = ServeConfig(port=0, metrics_port=-1, models=(str(tiny_bundle),), max_batch_size=4, warmup=False)
+    config = ServeConfig(port=0, http_port=0, metrics_port=-1, models=(str(tiny_bundle),), max_batch_size=4,
+                         warmup=False)
     with BackgroundServer(config) as bg:
         def broken(*args):
             raise RuntimeError("metrics backend is broken")
@@ -166,7 +167,7 @@ def test_metrics_port_in_use_says_the_fix(tiny_bundle):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        config = ServeConfig(port=0, metrics_port=busy.getsockname()[1], models=(str(tiny_bundle),),
+        config = ServeConfig(port=0, http_port=0, metrics_port=busy.getsockname()[1], models=(str(tiny_bundle),),
                              warmup=False)
         with pytest.raises(ValueError, match="--metrics-port"), BackgroundServer(config):
             pass

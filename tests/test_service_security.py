@@ -69,8 +69,8 @@ def model(tiny_bundle):
 
 
 def config(tiny_bundle, **settings) -> ServeConfig:
-    return ServeConfig(**{"port": 0, "metrics_port": 0, "models": (str(tiny_bundle),), "max_batch_size": 8,
-                          "max_queue_delay_ms": 1, "warmup": False, **settings})
+    return ServeConfig(**{"port": 0, "http_port": 0, "metrics_port": 0, "models": (str(tiny_bundle),),
+                          "max_batch_size": 8, "max_queue_delay_ms": 1, "warmup": False, **settings})
 
 
 def edit_ok(client: Client, model) -> None:
@@ -269,7 +269,8 @@ def test_exposed_bind_without_tls_warns(settings, warning):
 def test_serve_prints_the_warning_before_anything_else(tmp_path, capsys):
     from curvedit.service.server import serve_until_signal
 
-    missing = ServeConfig(host="0.0.0.0", port=0, metrics_port=-1, models=(str(tmp_path / "no-bundle"),))
+    missing = ServeConfig(host="0.0.0.0", port=0, http_port=0, metrics_port=-1,
+                          models=(str(tmp_path / "no-bundle"),))
     with pytest.raises(ValueError, match="no-bundle"):  # missing on purpose: nothing gets bound
         asyncio.run(serve_until_signal(missing))
     assert "WARNING: serving on 0.0.0.0" in capsys.readouterr().err

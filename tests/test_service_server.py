@@ -49,7 +49,7 @@ def model(tiny_bundle):
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle):
-    config = ServeConfig(port=0, metrics_port=0, models=(str(tiny_bundle),), max_batch_size=16,
+    config = ServeConfig(port=0, http_port=0, metrics_port=0, models=(str(tiny_bundle),), max_batch_size=16,
                          max_queue_delay_ms=20, max_items_per_request=64, max_queue_size=256)
     with BackgroundServer(config) as bg:
         yield bg
@@ -253,7 +253,7 @@ class GatedWarmup(ServedModel):
 
 def test_health_says_serving_only_after_warm_up_ran_every_bucket(tiny_bundle):
     served = GatedWarmup(curvedit.load(tiny_bundle))
-    config = ServeConfig(port=0, metrics_port=-1, max_batch_size=8)
+    config = ServeConfig(port=0, http_port=0, metrics_port=-1, max_batch_size=8)
     bg = BackgroundServer(config, models={served.name: served})
     entering = threading.Thread(target=bg.__enter__)
     entering.start()

@@ -24,8 +24,8 @@ def start_server(bundle, *flags) -> tuple[subprocess.Popen, int, int | None]:
     """``curvedit serve`` on a free port; returns the process, its port and metrics port once it says SERVING."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "curvedit.cli", "serve", "--model", str(bundle), "--port", "0",
-                             "--metrics-port", "-1", *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
+                             "--http-port", "0", "--metrics-port", "-1", *flags], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 120
     for line in proc.stdout:
         match = SERVE_LINE.search(line)
@@ -41,9 +41,12 @@ def start_server(bundle, *flags) -> tuple[subprocess.Popen, int, int | None]:
 @pytest.mark.slow
 def test_sigterm_during_load_loses_no_accepted_request(tiny_bundle):
     model = curvedit.load(tiny_bundle)
-    # A burst waits in the batcher (1 s delay) when SIGTERM arrives; a steady loader keeps sending across it.
+    # A burst waits in the batcher when SIGTERM arrives; a steady loader keeps sending across it. A batch leaves
+    # at once while its model's compute is idle, so the burst is sent while one large request (16,384 images in
+    # chunks of 64, seconds of work) is computed: the burst's batch queues behind those chunks.
     proc, port, metrics_port = start_server(tiny_bundle, "--max-queue-delay-ms", "1000", "--max-batch-size", "64",
-                                            "--grace-s", "20", "--metrics-port", "0")
+                                            "--max-items-per-request", "16384", "--max-queue-size", "32768",
+                                            "--grace-s", "30", "--metrics-port", "0")
     try:
         client = Client(f"127.0.0.1:{port}", timeout=30)
         outcomes: list[grpc.StatusCode] = []
@@ -68,11 +71,15 @@ def test_sigterm_during_load_loses_no_accepted_request(tiny_bundle):
         loader = threading.Thread(target=keep_sending)
         loader.start()
         assert first_ok.wait(30), f"the loader got no answer: {outcomes}"
-        burst = [client.stub.Edit.future(edit_request(seeds=[i], edits={"x": 1.0}), timeout=30) for i in range(24)]
+        blocker = client.stub.Edit.future(edit_request(seeds=range(5000, 21384), edits={"x": 1.0}, images="raw"),
+                                          timeout=120)
+        time.sleep(0.1)
+        burst = [client.stub.Edit.future(edit_request(seeds=[i], edits={"x": 1.0}), timeout=60) for i in range(24)]
         wait_until(lambda: metric(metrics_port, "nv_inference_pending_request_count") >= 24, timeout=10,
                    what="the burst queued in the batcher")
         proc.send_signal(signal.SIGTERM)
         results = [f.result() for f in burst]  # raises if any accepted request was lost
+        assert codec.from_tensor(blocker.result().latents).shape == (16384, 8)
         for i, r in enumerate(results):
             expected = model.edit(model.sample(1, seed=i), {"x": 1.0})
             np.testing.assert_allclose(codec.from_tensor(r.latents), expected, atol=1e-5)

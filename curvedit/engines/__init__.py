@@ -4,8 +4,10 @@
 - ``onnxruntime``: ONNX graphs in ONNX Runtime (CPU provider; CUDA provider when a GPU and onnxruntime-gpu are
   present). Uses the bundle's exported graphs, or exports them in memory on first use; see ``onnx_engine``.
 - ``triton``: fused Triton coupling-layer kernels (CUDA; on a CPU only under ``TRITON_INTERPRET=1``, slowly).
-- ``auto``: triton on a CUDA device when Triton works there, else onnxruntime (with its CUDA provider on a GPU
-  if usable, else torch on that GPU); on the CPU, onnxruntime, or torch if ONNX Runtime is not installed.
+- ``auto``: routes each operation and batch bucket to the backend measured fastest there (``auto_engine``);
+  until it is measured (the server does it at warm-up), everything runs on its default: triton on a CUDA device
+  when Triton works there, else onnxruntime (with its CUDA provider on a GPU if usable, else torch on that GPU);
+  on the CPU, onnxruntime, or torch if ONNX Runtime is not installed.
 """
 
 from __future__ import annotations
@@ -67,16 +69,28 @@ def make_engine(bundle: Bundle, engine: str = "auto", device: str | None = None,
 
     ``options`` go to the chosen backend only: ``OrtOptions`` fields for onnxruntime (``threads``,
     ``spinning``, ``optimization``), ``precision`` / ``use_cuda_graphs`` / ``column_buckets_up_to`` for triton;
-    torch takes none.
+    torch takes none. For ``auto`` they go to its default backend, and ``candidates`` (a list of backend names,
+    ``torch.compile`` among them) replaces the backends it measures.
     """
     device = check_device(device)
     options = dict(options or {})
-    name = resolve_engine(engine, device)
-    if name == "torch":
-        from curvedit.engines.torch_engine import TorchEngine
+    if engine == "auto":
+        from curvedit.engines.auto_engine import AutoEngine
 
-        _no_options("torch", options)
-        return TorchEngine(bundle, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        candidates = options.pop("candidates", None)
+        default = resolve_engine(engine, device)
+        return AutoEngine(bundle, device or ("cuda" if torch.cuda.is_available() else "cpu"), default,
+                          candidates, lambda name, opts: _backend(bundle, name, device, opts), options)
+    return _backend(bundle, resolve_engine(engine, device), device, options)
+
+
+def _backend(bundle: Bundle, name: str, device: str | None, options: dict) -> Engine:
+    if name in ("torch", "torch.compile"):
+        from curvedit.engines.torch_engine import CompiledTorchEngine, TorchEngine
+
+        _no_options(name, options)
+        kind = TorchEngine if name == "torch" else CompiledTorchEngine
+        return kind(bundle, device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if name == "onnxruntime":
         from curvedit.engines.onnx_engine import OnnxEngine, OrtOptions
 

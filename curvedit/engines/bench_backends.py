@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from curvedit.bundle import Bundle
+from curvedit.engines.base import ShapePolicy
 from curvedit.models.flows import InvertibleLinear
 
 
@@ -51,6 +52,7 @@ def make_backends(bundle: Bundle, editor_name: str, device: str, args: argparse.
         with _autocast(device):
             return editor.edit(z, t)
 
+    shared = _SHARED.setdefault(id(bundle), {})  # the engines `auto` routes between, across both passes
     if compiled:
         # The mixing layer caches W⁻¹ on first use; computed inside a reduce-overhead CUDA graph, that cache would
         # be a graph output the next replay overwrites (run G2 failed so on the shipped flow): fill it eagerly.
@@ -58,12 +60,62 @@ def make_backends(bundle: Bundle, editor_name: str, device: str, args: argparse.
             for module in editor.modules():
                 if isinstance(module, InvertibleLinear):
                     module.cached_inverse()
-        return _compiled_backends(editor.edit, bf16_edit, cuda, args)
+        backends = _compiled_backends(editor.edit, bf16_edit, cuda, args)
+        if backends[0].prepare is not None and shared:
+            functions = {**shared, "torch.compile": _FunctionEngine(backends[0].prepare)}
+            backends.append(_auto_backend(bundle, editor_name, device, "auto[+compile]", functions))
+        return backends
     backends = [Backend("torch", "fp32", lambda z, t: lambda: editor.edit(z, t))]
     if cuda:
         backends.append(Backend("torch", "bf16-autocast", lambda z, t: lambda: bf16_edit(z, t)))
-    onnx_backend = _onnx_backend(bundle, editor_name, device, args.quick, args.threads)
-    return [*backends, onnx_backend, *_triton_backends(bundle, editor_name, device)]
+    onnx_backend, onnx_engine = _onnx_backend(bundle, editor_name, device, args.quick, args.threads)
+    triton = _triton_backends(bundle, editor_name, device)
+    if onnx_engine is not None:
+        shared["onnxruntime"] = onnx_engine
+    shared["torch"] = _FunctionEngine(backends[0].prepare)
+    if triton and triton[0].prepare is not None:
+        shared["triton"] = _FunctionEngine(triton[0].prepare)
+    return [*backends, onnx_backend, _auto_backend(bundle, editor_name, device, "auto", dict(shared)), *triton]
+
+
+_SHARED: dict[int, dict[str, object]] = {}  # id(bundle) → the candidate engines of the auto rows
+
+
+class _FunctionEngine:
+    """A timed backend's own call, ``prepare(z, t)`` on device tensors, as an engine the auto router can use
+    (NumPy in and out, as every engine)."""
+
+    shape_policy = ShapePolicy()
+
+    def __init__(self, prepare):
+        self.prepare = prepare
+
+    def edit(self, editor: str, z: np.ndarray, amounts: np.ndarray) -> np.ndarray:
+        return as_tensor(self.prepare(torch.from_numpy(z), torch.from_numpy(amounts))()).numpy()
+
+    def fallbacks(self) -> dict[str, str]:
+        return {}
+
+
+def _auto_backend(bundle: Bundle, editor_name: str, device: str, label: str, engines: dict) -> Backend:
+    """The auto engine over ``engines``, calibrated at each batch size (outside the timing) before its row."""
+    from curvedit.engines.auto_engine import AutoEngine
+
+    if device.startswith("cuda"):  # the router hands NumPy to every candidate: device tensors are not its API
+        return Backend(label, "fp32", None, "CPU only in this benchmark (the server's auto engine runs on CUDA)")
+    engine = AutoEngine(bundle, device, next(iter(engines)), list(engines), lambda name, _: engines[name])
+    operation = f"edit:{editor_name}"
+
+    def prepare(z, t):
+        z_np, t_np = z.cpu().numpy(), t.cpu().numpy()
+        engine.calibrate([len(z_np)], [operation])
+        return lambda: engine.edit(editor_name, z_np, t_np)
+
+    def describe() -> str:
+        routes = [r for r in engine.routes() if r.operation == operation]
+        return f"routed to {routes[-1].backend}" if routes else ""
+
+    return Backend(label, "fp32", prepare, f"routes between {', '.join(engines)}", describe)
 
 
 def _compiled_backends(edit, bf16_edit, cuda: bool, args: argparse.Namespace) -> list[Backend]:
@@ -87,11 +139,12 @@ def _compiled_backends(edit, bf16_edit, cuda: bool, args: argparse.Namespace) ->
     return backends
 
 
-def _onnx_backend(bundle: Bundle, editor_name: str, device: str, quick: bool, threads: int | None) -> Backend:
+def _onnx_backend(bundle: Bundle, editor_name: str, device: str, quick: bool,
+                  threads: int | None) -> tuple[Backend, object]:
     from curvedit.engines.onnx_engine import SMALL_BATCH_ROWS, OnnxEngine, OrtOptions, cuda_provider_usable
 
     if device.startswith("cuda") and not cuda_provider_usable():
-        return Backend("onnxruntime", "fp32", None, "no CUDAExecutionProvider in this onnxruntime build")
+        return Backend("onnxruntime", "fp32", None, "no CUDAExecutionProvider in this onnxruntime build"), None
     # The dynamo exporter's graph (what `curvedit export` writes) has ~30% fewer nodes than the TorchScript
     # one the engine builds in memory for bundles that ship no graphs; --quick takes the faster export.
     exporter = "torchscript" if quick else "dynamo"
@@ -99,14 +152,14 @@ def _onnx_backend(bundle: Bundle, editor_name: str, device: str, quick: bool, th
     keys = sorted({engine.edit_key(editor_name, batch) for batch in (1, SMALL_BATCH_ROWS)})
     failed = [key for key in keys if engine.session(key) is None]
     if failed:
-        return Backend("onnxruntime", "fp32", None, f"graph failed export/verification: {', '.join(failed)}")
+        return Backend("onnxruntime", "fp32", None, f"graph failed export/verification: {', '.join(failed)}"), None
     note = f"{exporter} graphs" + (f"; batch-major below {SMALL_BATCH_ROWS} rows" if device == "cpu" else "")
 
     def prepare(z, t):  # the engine's own call: graph choice by batch size, CPU chunking
         z_np, t_np = z.cpu().numpy(), t.cpu().numpy()
         return lambda: engine.edit(editor_name, z_np, t_np)
 
-    return Backend("onnxruntime", "fp32", prepare, note)
+    return Backend("onnxruntime", "fp32", prepare, note), engine
 
 
 def _triton_backends(bundle: Bundle, editor_name: str, device: str) -> list[Backend]:

@@ -61,8 +61,9 @@ class Results:
         return None
 
     def as_dict(self) -> dict:
-        return {"machine": {**self.machine, "load_avg": os.getloadavg()}, "device": self.device,
-                "status": self.status, "peaks_gflops": self.peaks, "flops_per_edit": "2*(a*h + h*h + h*2b)*2*L",
+        return {"auto_checks": auto_checks(self.rows), "machine": {**self.machine, "load_avg": os.getloadavg()},
+                "device": self.device, "status": self.status, "peaks_gflops": self.peaks,
+                "flops_per_edit": "2*(a*h + h*h + h*2b)*2*L",
                 "seconds": time.time() - self.start, "phases_s": self.phases, "config": self.config,
                 "rows": [asdict(r) for r in self.rows]}
 
@@ -79,6 +80,10 @@ class Results:
                 row.note = "; ".join(filter(None, [row.note, f"not timed: run {status}"]))
         self.save()
         print(format_table(self.rows, self.device.startswith("cuda")))
+        for check in auto_checks(self.rows):
+            print(f"{check['backend']:<15} {check['flow']:>16} b={check['batch']:<5} {check['ms']:9.3f} ms vs "
+                  f"best single {check['best']} {check['best_ms']:9.3f} ms: {check['ratio']:.3f}x "
+                  f"{'met' if check['met'] else 'MISSED'} (goal <= {AUTO_GOAL})")
         print(f"matmul peaks (GFLOP/s): {self.peaks}")
         print(f"device {self.device}; load average {os.getloadavg()}; {time.time() - self.start:.0f} s; {status}")
         if self.json_path:
@@ -151,3 +156,25 @@ def format_table(rows: list[Row], cuda: bool) -> str:
                  _fmt(r.gflops, ".1f"), _fmt(r.vs_eager, ".2f"), *peaks, _fmt(r.max_err, ".1e"), r.note]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+AUTO_GOAL = 1.05  # the issue's goal: auto within 5% of the best single backend at every batch
+
+
+def auto_checks(rows: list[Row]) -> list[dict]:
+    """Each timed ``auto`` row against the fastest single backend of its flow and batch: ``auto`` against the
+    backends it routes between (the main pass: torch.compile rows left out), ``auto[+compile]`` against all."""
+    checks = []
+    for row in rows:
+        if not row.backend.startswith("auto") or row.ms is None:
+            continue
+        singles = [r for r in rows if (r.flow, r.batch) == (row.flow, row.batch) and r.ms is not None
+                   and r.precision == "fp32" and not r.backend.startswith("auto")
+                   and (row.backend != "auto" or not r.backend.startswith("torch.compile"))]
+        if not singles:
+            continue
+        best = min(singles, key=lambda r: r.ms)
+        ratio = row.ms / best.ms
+        checks.append({"flow": row.flow, "batch": row.batch, "backend": row.backend, "ms": row.ms,
+                       "best": best.backend, "best_ms": best.ms, "ratio": ratio, "met": ratio <= AUTO_GOAL})
+    return checks

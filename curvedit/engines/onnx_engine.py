@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from curvedit.bundle import Bundle, BundleError
+from curvedit.engines.base import ANY_SHAPE
 from curvedit.models.editors import DeCurvEd
 from curvedit.models.files import from_uint8, to_uint8
 
@@ -114,6 +115,7 @@ class OnnxEngine:
     """Runs a bundle's graphs in ONNX Runtime. NumPy in and out (see ``curvedit.engines.base``)."""
 
     name = "onnxruntime"
+    shape_policy = ANY_SHAPE  # dynamic batch axes: every size runs as it is, nothing is padded
 
     def __init__(self, bundle: Bundle, device: str | None = None, options: OrtOptions | None = None,
                  exporter: str = "torchscript"):
@@ -212,6 +214,10 @@ class OnnxEngine:
             for batch in (1, SMALL_BATCH_ROWS):
                 self.session(self.edit_key(editor, batch))
         return dict(self.origins)
+
+    def fallbacks(self) -> dict[str, str]:
+        """The graphs that run on their PyTorch module instead (export or verification failed), and why."""
+        return {key: origin for key, origin in self.origins.items() if origin.startswith("torch")}
 
     # -- the work -------------------------------------------------------------------------------------------
     def edit(self, editor: str, z: np.ndarray, amounts: np.ndarray) -> np.ndarray:

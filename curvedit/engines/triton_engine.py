@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from curvedit.bundle import Bundle
-from curvedit.engines.base import to_tensor
+from curvedit.engines.base import ShapePolicy, to_tensor
 from curvedit.kernels.columns import ColumnEditPlan
 from curvedit.kernels.configs import bucket_size, check_precision, interpreting, triton_available
 from curvedit.kernels.coupling import check_latents
@@ -91,6 +91,20 @@ class TritonEngine:
         # (editor, batch bucket, K) → fixed buffers, and their CUDA graph when graphs are on.
         self._plans: dict[tuple[str, int, int], tuple[EditPlan | ColumnEditPlan, torch.cuda.CUDAGraph | None]] = {}
         self._lock = threading.Lock()
+        smallest = self._min_bucket()
+        sizes = [smallest]
+        while sizes[-1] < MAX_BUCKET:
+            sizes.append(sizes[-1] * 2)
+        # The kernels run on fixed buffers (and CUDA graphs) per bucket: the engine pads, nobody else.
+        self.shape_policy = ShapePolicy(tuple(sizes))
+
+    def _min_bucket(self) -> int:
+        return 16 if self.device.type == "cuda" else 1
+
+    def fallbacks(self) -> dict[str, str]:
+        """Editors without a fused kernel (not DeCurvEd) run their PyTorch module: kernel → reference."""
+        return {f"edit:{name}": "torch: no fused kernel for this editor kind"
+                for name in self.editors if name not in self.packed}
 
     def _editor(self, editor: str) -> torch.nn.Module:
         if editor not in self.editors:
@@ -111,7 +125,7 @@ class TritonEngine:
         if batch > MAX_BUCKET:  # cached plans (and graphs) stay bounded: larger batches run as chunks
             return torch.cat([self.edit_tensor(editor, z[i : i + MAX_BUCKET], amounts[i : i + MAX_BUCKET])
                               for i in range(0, batch, MAX_BUCKET)])
-        key = (editor, bucket_size(batch, 16 if self.device.type == "cuda" else 1), directions)
+        key = (editor, bucket_size(batch, self._min_bucket()), directions)
         with self._lock:
             if key not in self._plans:
                 plan_type = ColumnEditPlan if key[1] <= self.columns_up_to(editor) else EditPlan

@@ -229,7 +229,7 @@ class EditorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., directions: _Optional[_Iterable[_Union[Direction, _Mapping]]] = ..., commutative: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "latent_dim", "image_shape", "editors", "default_editor", "engine", "max_items_per_request", "can_encode", "family", "digest")
+    __slots__ = ("name", "version", "latent_dim", "image_shape", "editors", "default_editor", "engine", "max_items_per_request", "can_encode", "family", "digest", "fallbacks", "routes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LATENT_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -241,6 +241,8 @@ class ModelInfo(_message.Message):
     CAN_ENCODE_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    FALLBACKS_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     latent_dim: int
@@ -252,4 +254,26 @@ class ModelInfo(_message.Message):
     can_encode: bool
     family: str
     digest: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., latent_dim: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., editors: _Optional[_Iterable[_Union[EditorInfo, _Mapping]]] = ..., default_editor: _Optional[str] = ..., engine: _Optional[str] = ..., max_items_per_request: _Optional[int] = ..., can_encode: _Optional[bool] = ..., family: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
+    fallbacks: _containers.RepeatedCompositeFieldContainer[EngineFallback]
+    routes: _containers.RepeatedCompositeFieldContainer[EngineRoute]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., latent_dim: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., editors: _Optional[_Iterable[_Union[EditorInfo, _Mapping]]] = ..., default_editor: _Optional[str] = ..., engine: _Optional[str] = ..., max_items_per_request: _Optional[int] = ..., can_encode: _Optional[bool] = ..., family: _Optional[str] = ..., digest: _Optional[str] = ..., fallbacks: _Optional[_Iterable[_Union[EngineFallback, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[EngineRoute, _Mapping]]] = ...) -> None: ...
+
+class EngineFallback(_message.Message):
+    __slots__ = ("part", "reason")
+    PART_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    part: str
+    reason: str
+    def __init__(self, part: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class EngineRoute(_message.Message):
+    __slots__ = ("operation", "bucket", "backend", "seconds")
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    operation: str
+    bucket: int
+    backend: str
+    seconds: float
+    def __init__(self, operation: _Optional[str] = ..., bucket: _Optional[int] = ..., backend: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...

@@ -1,0 +1,161 @@
+"""The ``auto`` engine: measures the backends this machine has per operation and batch bucket, then routes each
+batch to the one that was fastest there.
+
+Candidates (``AUTO_CANDIDATES``): on the CPU ``onnxruntime`` and ``torch``; on a CUDA GPU also ``triton``.
+``torch.compile`` is a candidate only when asked (``engine_options={"candidates": [..., "torch.compile"]}``): on
+the 2-core development machine one compile took 30–70 s, longer than a server's warm-up should.
+
+Until ``calibrate`` runs, everything goes to ``default`` (the static choice ``resolve_engine("auto")`` makes:
+triton on a CUDA GPU where it works, else onnxruntime; torch without ONNX Runtime), so a library user pays
+nothing at load. The server calibrates at warm-up over its batch buckets; ``routes()`` then says what won
+(``ModelInfo.routes``, ``curvedit_engine_route_seconds``). ``name`` says what runs: the one backend every route
+chose (or ``default`` before calibration), else ``"auto"``.
+
+A batch of ``n`` rows takes the route of the smallest calibrated bucket holding it (beyond the largest: the
+largest's). Every candidate computes the same function on the same checked inputs; their results agree to fp32
+tolerance (the engine tests check each against torch).
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from curvedit.bundle import Bundle
+from curvedit.engines.base import ShapePolicy
+
+CPU_CANDIDATES = ("onnxruntime", "torch")
+CUDA_CANDIDATES = ("triton", "onnxruntime", "torch")
+KNOWN = ("onnxruntime", "torch", "triton", "torch.compile")
+
+
+@dataclass(frozen=True)
+class Route:
+    """The backend that was fastest for ``operation`` at ``bucket`` rows, and its measured seconds per call."""
+
+    operation: str  # "edit:<editor>", "generate" or "encode"
+    bucket: int
+    backend: str
+    seconds: float
+
+
+class AutoEngine:
+    """Routes each call to the backend measured fastest for its operation and batch bucket (see the module)."""
+
+    def __init__(self, bundle: Bundle, device: str | None, default: str, candidates=None, build=None,
+                 options: dict | None = None):
+        if candidates is None:
+            on_cuda = device is not None and device.startswith("cuda")
+            candidates = CUDA_CANDIDATES if on_cuda else CPU_CANDIDATES
+        unknown = [c for c in candidates if c not in KNOWN]
+        if unknown or not candidates:
+            raise ValueError(f"auto engine candidates must be among {list(KNOWN)}, got {list(candidates)}")
+        self.bundle, self.device, self.default = bundle, device, default
+        self.candidates = tuple(dict.fromkeys([default, *candidates]))
+        self._build, self._options = build, options or {}
+        self._engines: dict[str, object] = {}
+        self._routes: dict[str, dict[int, Route]] = {}  # operation → bucket → route
+        self._lock = threading.Lock()
+
+    # -- the backends -------------------------------------------------------------------------------------------
+    def engine(self, name: str):
+        """The candidate ``name`` (built on first use)."""
+        with self._lock:
+            if name not in self._engines:
+                self._engines[name] = self._build(name, self._options if name == self.default else {})
+            return self._engines[name]
+
+    @property
+    def name(self) -> str:
+        chosen = {r.backend for buckets in self._routes.values() for r in buckets.values()}
+        if not chosen:
+            return self.default
+        return chosen.pop() if len(chosen) == 1 else "auto"
+
+    @property
+    def shape_policy(self) -> ShapePolicy:
+        return self.engine(self.default).shape_policy
+
+    def fallbacks(self) -> dict[str, str]:
+        """The fallbacks of every backend that some route (or the default) uses, keyed ``backend/part``."""
+        used = {r.backend for buckets in self._routes.values() for r in buckets.values()} or {self.default}
+        return {f"{name}/{part}": why for name in sorted(used)
+                for part, why in self.engine(name).fallbacks().items()}
+
+    def routes(self) -> list[Route]:
+        return [r for buckets in self._routes.values() for r in sorted(buckets.values(), key=lambda r: r.bucket)]
+
+    def _for(self, operation: str, n: int):
+        buckets = self._routes.get(operation)
+        if not buckets:
+            return self.engine(self.default)
+        for bucket in sorted(buckets):
+            if bucket >= n:
+                return self.engine(buckets[bucket].backend)
+        return self.engine(buckets[max(buckets)].backend)
+
+    # -- the engine interface ------------------------------------------------------------------------------------
+    def edit(self, editor: str, z: np.ndarray, amounts: np.ndarray) -> np.ndarray:
+        return self._for(f"edit:{editor}", len(z)).edit(editor, z, amounts)
+
+    def generate(self, z: np.ndarray) -> np.ndarray:
+        return self._for("generate", len(z)).generate(z)
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        return self._for("encode", len(images)).encode(images)
+
+    # -- measuring -----------------------------------------------------------------------------------------------
+    def operations(self) -> list[str]:
+        ops = [f"edit:{name}" for name in self.bundle.editors] + ["generate"]
+        return [*ops, "encode"] if self.bundle.generator.can_encode else ops
+
+    def calibrate(self, buckets, operations=None, repeats: int = 5, warmup: int = 2) -> list[Route]:
+        """Time every candidate at every bucket of every operation (median of ``repeats`` calls, the candidates
+        interleaved round by round so load from elsewhere hits them alike) and route each to the fastest
+        (replacing earlier routes of those buckets). A candidate that fails to build or run is left out of that
+        route. Returns all routes."""
+        rng = np.random.default_rng(0)
+        d = int(self.bundle.manifest["latent_dim"])
+        for operation in operations or self.operations():
+            routes = {}
+            for bucket in sorted(set(int(b) for b in buckets)):
+                calls = {}
+                for name in self.candidates:
+                    try:
+                        call = self._call(name, operation, bucket, d, rng)
+                        for _ in range(warmup):
+                            call()
+                        calls[name] = call
+                    except Exception:  # a backend that cannot run this is simply not a candidate here
+                        continue
+                if not calls:
+                    continue
+                samples: dict[str, list[float]] = {name: [] for name in calls}
+                for _ in range(repeats):
+                    for name, call in calls.items():
+                        t0 = time.perf_counter()
+                        call()
+                        samples[name].append(time.perf_counter() - t0)
+                best = min(samples, key=lambda name: statistics.median(samples[name]))
+                routes[bucket] = Route(operation, bucket, best, statistics.median(samples[best]))
+            self._routes.setdefault(operation, {}).update(routes)
+        return self.routes()
+
+    def _call(self, name: str, operation: str, bucket: int, d: int, rng):
+        engine = self.engine(name)
+        if operation.startswith("edit:"):
+            editor = operation.split(":", 1)[1]
+            k = len(self.bundle.editors[editor].directions)
+            z = rng.standard_normal((bucket, d)).astype(np.float32)
+            t = rng.standard_normal((bucket, k)).astype(np.float32)
+            return lambda: engine.edit(editor, z, t)
+        if operation == "generate":
+            z = rng.standard_normal((bucket, d)).astype(np.float32)
+            return lambda: engine.generate(z)
+        shape = tuple(self.bundle.manifest["image_shape"])
+        images = rng.integers(0, 256, (bucket, *shape), dtype=np.uint8)
+        return lambda: engine.encode(images)

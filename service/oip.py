@@ -1,0 +1,188 @@
+"""The Open Inference Protocol (KServe v2) view of curvedit's models, shared by its gRPC and HTTP front ends.
+
+One OIP model per bundle, named as the bundle (``ModelInfo.name``), with the bundle's version:
+
+* inputs: ``z`` FP32 ``[-1, d]`` (latents) — or, for models that can encode, ``images`` UINT8
+  ``[-1, H, W, 3]`` (real images, encoded first) — exactly one of the two; ``t`` FP32 ``[-1, K]`` optional (the
+  editor's amounts, one column per direction in ``ModelInfo``'s order; absent = no edit);
+* outputs: ``z_edited`` FP32 ``[-1, d]`` and ``images`` UINT8 ``[-1, H, W, 3]`` (the edited latents rendered),
+  each returned when asked for (no outputs named = both, as the protocol says);
+* the request parameter ``editor`` (a string) picks an editor (default: the model's default editor).
+
+Requests go through the native API's machinery: admission, the batcher (same batch keys as ``Edit``, so OIP and
+native requests merge), limits, metrics and status codes. This module only translates tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from curvedit import __version__
+from curvedit.service import requests
+from curvedit.service.admission import Ticket
+from curvedit.service.errors import invalid, not_found
+from curvedit.service.models import EDIT, EDIT_IMAGES, ServedModel, from_images
+from curvedit.service.servicer import edit_finish
+from curvedit.v1 import latent_edit_pb2 as pb
+
+DTYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
+EXTENSIONS = ["binary_tensor_data", "parameters", "model_repository"]
+SERVER_NAME = "curvedit"
+
+
+@dataclass
+class InferTensor:
+    """One input tensor, decoded: ``data`` already of ``datatype`` and ``shape``."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray
+
+
+@dataclass
+class InferOutput:
+    """One output tensor: raw little-endian row-major bytes."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: bytes
+
+
+def _checked_shape(name: str, datatype: str, shape) -> tuple[np.dtype, list[int]]:
+    if datatype not in DTYPES:
+        raise invalid(f"input {requests.short(name)} has datatype {requests.short(datatype)}; curvedit's "
+                      f"inputs are {sorted(DTYPES)} (z and t: FP32, images: UINT8)")
+    dims = [int(s) for s in shape]
+    if not dims or min(dims) < 0:
+        raise invalid(f"input {requests.short(name)} has shape {dims}; give every dimension, batch first")
+    return DTYPES[datatype], dims
+
+
+def tensor_from_bytes(name: str, datatype: str, shape, raw: bytes) -> InferTensor:
+    """A tensor sent as raw bytes (gRPC ``raw_input_contents``, HTTP binary data)."""
+    dtype, dims = _checked_shape(name, datatype, shape)
+    expected = math.prod(dims) * dtype.itemsize
+    if len(raw) != expected:
+        raise invalid(f"input {requests.short(name)} has shape {dims} of {datatype} ({expected} bytes) but "
+                      f"carries {len(raw)} bytes; send prod(shape) values, little-endian, row-major")
+    return InferTensor(name, datatype, dims, np.frombuffer(raw, dtype=dtype).reshape(dims))
+
+
+def tensor_from_values(name: str, datatype: str, shape, values) -> InferTensor:
+    """A tensor sent as typed values (gRPC ``contents``, HTTP JSON ``data``, nested or flat)."""
+    dtype, dims = _checked_shape(name, datatype, shape)
+    try:
+        array = np.asarray(values, dtype=np.float64 if dtype.kind == "f" else np.int64).reshape(-1)
+    except (TypeError, ValueError):
+        raise invalid(f"input {requests.short(name)}: data must be numbers (nested or flat lists)") from None
+    if array.size != math.prod(dims):
+        raise invalid(f"input {requests.short(name)} has shape {dims} ({math.prod(dims)} values) but carries "
+                      f"{array.size} values")
+    if dtype.kind == "u" and array.size and (array.min() < 0 or array.max() > 255):
+        raise invalid(f"input {requests.short(name)} is UINT8: values must be 0..255")
+    return InferTensor(name, datatype, dims, array.astype(dtype).reshape(dims))
+
+
+def model_metadata(served: ServedModel) -> dict:
+    """The protocol's model metadata (names, versions, platform, tensors) as plain data."""
+    d, image = served.latent_dim, list(served.model.image_shape)
+    k = len(served.model.directions_of(None))
+    inputs = [{"name": "z", "datatype": "FP32", "shape": [-1, d]}]
+    if served.model.can_encode:
+        inputs.append({"name": "images", "datatype": "UINT8", "shape": [-1, *image]})
+    inputs.append({"name": "t", "datatype": "FP32", "shape": [-1, k]})
+    outputs = [{"name": "z_edited", "datatype": "FP32", "shape": [-1, d]},
+               {"name": "images", "datatype": "UINT8", "shape": [-1, *image]}]
+    return {"name": served.name, "versions": [served.version], "platform": f"curvedit_{served.model.engine}",
+            "inputs": inputs, "outputs": outputs}
+
+
+def server_metadata() -> dict:
+    return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+
+class Inference:
+    """The protocol's operations on the native servicer's models, admission and batcher."""
+
+    def __init__(self, servicer, ready):
+        self.servicer = servicer
+        self.ready = ready  # () -> bool: warm-up done and not draining
+
+    def model(self, name: str, version: str = "") -> ServedModel:
+        served = self.servicer.models.get(name)
+        if served is None:
+            raise not_found(f"no model named {requests.short(name)}; this server has {list(self.servicer.models)}"
+                            " (see RepositoryIndex or GET /v2/models/<name>)")
+        if version and version != served.version:
+            raise not_found(f"model {served.name} has version {served.version!r} here, not "
+                            f"{requests.short(version)}; leave the version empty or ask for {served.version!r}")
+        return served
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        self.model(name, version)
+        return self.ready()
+
+    def index(self, ready_only: bool = False) -> list[dict]:
+        state = "READY" if self.ready() else "UNAVAILABLE"
+        reason = "" if state == "READY" else "warming up or draining"
+        return [{"name": m.name, "version": m.version, "state": state, "reason": reason}
+                for m in self.servicer.models.values() if state == "READY" or not ready_only]
+
+    async def infer(self, served: ServedModel, inputs: list[InferTensor], outputs: list[str] | None,
+                    editor_name: str, ticket: Ticket) -> list[InferOutput]:
+        """Run one request through admission's ticket and the batcher; the outputs asked for, in that order."""
+        byname = {}
+        allowed = [i["name"] for i in model_metadata(served)["inputs"]]
+        for tensor in inputs:
+            if tensor.name not in allowed or tensor.name in byname:
+                raise invalid(f"input {requests.short(tensor.name)} is unknown or given twice; model "
+                              f"{served.name} takes {allowed} (z or images, and optionally t)")
+            byname[tensor.name] = tensor
+        wanted = list(outputs) if outputs else ["z_edited", "images"]
+        unknown = [o for o in wanted if o not in ("z_edited", "images")]
+        if unknown or len(set(wanted)) != len(wanted):
+            raise invalid(f"outputs {[requests.short(o) for o in wanted]} must be distinct names among "
+                          "['z_edited', 'images']")
+        if ("z" in byname) == ("images" in byname):
+            raise invalid("give exactly one of the inputs z (FP32 [n, d]) and images (UINT8 [n, H, W, 3])")
+        editor = requests.editor(served, editor_name)
+        real = "images" in byname
+        x = served.model.check_images(byname["images"].data) if real else self._latents(served, byname["z"])
+        n = len(x)
+        requests.check_count(n, self.servicer.max_items)
+        kind = EDIT_IMAGES if "images" in wanted else EDIT
+        key = (served.name, editor, from_images(kind) if real else kind)
+        ticket.reserve(key, n)
+        k = len(served.direction_index(editor))
+        if "t" in byname:
+            t = byname["t"].data
+            if t.shape != (n, k) or not np.isfinite(t).all():
+                raise invalid(f"input t has shape {list(t.shape)}, expected [{n}, {k}] (one row per item, one "
+                              f"column per direction of editor {editor}: {served.model.directions_of(editor)}), "
+                              "finite")
+        else:
+            t = np.zeros((n, k), np.float32)
+        fmt = pb.IMAGE_FORMAT_RAW if "images" in wanted else None  # the native Edit's finish: same checks
+        parts = await self.servicer._run(served, key, x, t, ticket, "ModelInfer", edit_finish(fmt))
+        d, image = served.latent_dim, list(served.model.image_shape)
+        out = []
+        for name in wanted:
+            if name == "z_edited":
+                out.append(InferOutput(name, "FP32", [n, d], b"".join(p[0] for p in parts)))
+            else:
+                out.append(InferOutput(name, "UINT8", [n, *image], b"".join(p[1] for p in parts)))
+        return out
+
+    @staticmethod
+    def _latents(served: ServedModel, tensor: InferTensor) -> np.ndarray:
+        if tensor.data.ndim != 2 or tensor.data.shape[1] != served.latent_dim:
+            raise invalid(f"input z has shape {list(tensor.data.shape)}; model {served.name} takes FP32 "
+                          f"[n, {served.latent_dim}]")
+        if not np.isfinite(tensor.data).all():
+            return served.model.check_latents(tensor.data)  # its message names the first NaN/Inf
+        return tensor.data

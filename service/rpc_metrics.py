@@ -1,0 +1,103 @@
+"""``RpcMetrics``: the go-grpc-prometheus ``grpc_server_*`` metrics for every RPC, from one server interceptor.
+
+Every service on the port is counted (the native API, the Open Inference Protocol, health, reflection), with the
+standard labels ``grpc_type``, ``grpc_service``, ``grpc_method`` (and ``grpc_code`` once handled); stream
+messages are counted as they pass. Handlers record nothing themselves. The handled count is taken before the
+status leaves the server (the wrapped handler returns or raises first), so a client that sees its status finds
+it counted. ``py-grpc-prometheus`` was the maintained candidate, but it intercepts the blocking ``grpc.Server``
+only, not ``grpc.aio``, and writes to the global registry; so this is the project's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+
+import grpc
+
+from curvedit.service.metrics import ServerMetrics
+
+_KINDS = (("unary_unary", "unary"), ("unary_stream", "server_stream"), ("stream_unary", "client_stream"),
+          ("stream_stream", "bidi_stream"))
+
+
+def _code(context, exc: BaseException | None) -> str:
+    """The status an RPC ends with: what the handler set (``context.abort``), else from how it ended."""
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        remaining = context.time_remaining()
+        # gRPC cancels the handler when the deadline passes (its timer may fire a few ms early).
+        late = remaining is not None and remaining <= 0.02
+        return "DEADLINE_EXCEEDED" if late else "CANCELLED"
+    code = context.code()
+    if code is not None and code != 0:
+        return code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode(
+            next(c.value for c in grpc.StatusCode if c.value[0] == code)).name
+    return "OK" if exc is None else "UNKNOWN"
+
+
+class RpcMetrics(grpc.aio.ServerInterceptor):
+    """Wraps each handler so its start, end, status, time and stream messages are recorded."""
+
+    def __init__(self, metrics: ServerMetrics):
+        self.metrics = metrics
+        self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        cached = self._wrapped.get(id(handler))
+        if cached is not None and cached[0] is handler:  # registered handlers are the same object every call
+            return cached[1]
+        service, _, method = details.method.lstrip("/").rpartition("/")
+        wrapped = self._wrap(handler, service, method)
+        if len(self._wrapped) < 1024:  # per-call handlers (e.g. a refusal) are wrapped, not kept
+            self._wrapped[id(handler)] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, service: str, method: str) -> grpc.RpcMethodHandler:
+        for attribute, kind in _KINDS:
+            behaviour = getattr(handler, attribute)
+            if behaviour is not None:
+                return handler._replace(**{attribute: self._behaviour(behaviour, kind, service, method)})
+        return handler
+
+    def _behaviour(self, behaviour, kind: str, service: str, method: str):
+        m = self.metrics
+        streams_out = kind in ("server_stream", "bidi_stream") and inspect.isasyncgenfunction(behaviour)
+        streams_in = kind in ("client_stream", "bidi_stream")
+
+        async def counted(requests):
+            async for request in requests:
+                m.message(kind, service, method, received=1)
+                yield request
+
+        if streams_out:
+            async def generator(request_or_iterator, context):
+                m.rpc_started(kind, service, method)
+                start, error = time.perf_counter(), None
+                try:
+                    source = counted(request_or_iterator) if streams_in else request_or_iterator
+                    async for response in behaviour(source, context):
+                        m.message(kind, service, method, sent=1)
+                        yield response
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    m.rpc_handled(kind, service, method, _code(context, error), time.perf_counter() - start)
+            return generator
+
+        async def call(request_or_iterator, context):
+            m.rpc_started(kind, service, method)
+            start, error = time.perf_counter(), None
+            try:
+                return await behaviour(counted(request_or_iterator) if streams_in else request_or_iterator,
+                                       context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                m.rpc_handled(kind, service, method, _code(context, error), time.perf_counter() - start)
+        return call
