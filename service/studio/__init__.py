@@ -18,9 +18,11 @@ the front end's ``{"error": ...}`` with the matching status.
 from __future__ import annotations
 
 import asyncio
+import re
 import urllib.parse
 from importlib import resources
 
+from curvedit.errors import InputError
 from curvedit.images import MAX_FILE_BYTES, decode_image_file
 from curvedit.service.errors import invalid
 from curvedit.service.oip import Inference
@@ -128,7 +130,10 @@ class Studio:
             raise invalid(f"the file is {len(body):,} bytes, over the {self.max_upload:,}-byte upload limit; "
                           "send a smaller image")
         # Decoding a large file takes a while: off the event loop, so other requests keep being served.
-        image = await asyncio.to_thread(decode_image_file, body, tuple(served.model.image_shape),
-                                        "the uploaded file")
+        try:
+            image = await asyncio.to_thread(decode_image_file, body, tuple(served.model.image_shape),
+                                            "the uploaded file")
+        except InputError as exc:  # Pillow names its in-memory file object: noise on a page
+            raise invalid(re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))) from None
         return {"shape": list(image.shape), "data": image.reshape(-1).tolist()}
 
