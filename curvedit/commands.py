@@ -34,15 +34,51 @@ def parse_edit(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"amount in {text!r} is not a number (e.g. scale=1.5)") from None
 
 
+def read_state(path: str) -> dict:
+    """A state file as the browser studio downloads it: ``{"model": NAME, "editor": NAME, "z": [[...]] (float
+    [n, d], or one flat row), "edits": {direction: amount}}``; other keys (``format``, ``source``) are ignored."""
+    try:
+        state = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read state file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"state file {path} is not JSON ({exc}); pass a file the studio's 'download JSON' "
+                         "wrote") from None
+    if not isinstance(state, dict) or "z" not in state:
+        raise ValueError(f"state file {path} must be a JSON object with `z` (the latents) and `edits`")
+    edits = state.get("edits", {})
+    if not isinstance(edits, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              for v in edits.values()):
+        raise ValueError(f"state file {path}: `edits` must map direction names to numbers, got {edits!r:.80}")
+    for key in ("model", "editor"):
+        if state.get(key) is not None and not isinstance(state[key], str):
+            raise ValueError(f"state file {path}: `{key}` must be a name (a string), got {state[key]!r:.40}")
+    try:
+        z = np.asarray(state["z"], dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ValueError(f"state file {path}: `z` must be a list of rows of numbers") from None
+    return {"model": state.get("model"), "editor": state.get("editor"), "edits": dict(edits),
+            "z": z[None] if z.ndim == 1 else z}
+
+
 def load_latents(args: argparse.Namespace, model: curvedit.Model) -> np.ndarray:
+    if getattr(args, "state_z", None) is not None:
+        return model.check_latents(args.state_z)
     if args.latents is not None:
         return model.check_latents(read_latents(args.latents))
     return model.sample(args.count, seed=args.seed)
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
+    edits = {}
+    if args.state is not None:  # the flags win over the file: --model, --editor, and --edit per direction
+        if args.image or args.latents is not None:
+            raise ValueError("pass --state alone: it holds the latents (not with --image or --latents)")
+        state = read_state(args.state)
+        args.model, args.editor = args.model or state["model"], args.editor or state["editor"]
+        args.state_z, edits = state["z"], state["edits"]
     model = curvedit.load(args.model, engine=args.engine)
-    edits = dict(args.edit or [])
+    edits.update(args.edit or [])
     if not edits:
         raise ValueError(f"give at least one --edit NAME=AMOUNT; directions: {model.directions_of(args.editor)}")
     if args.image and args.latents is not None:
@@ -138,14 +174,17 @@ def register(subparsers) -> None:
     edit = subparsers.add_parser("edit", help="edit latents (or real images) and render before/after images")
     add_model_options(edit)
     edit.add_argument("--latents", default=None, help=".npy of float32 [n, d] (default: sample from --seed)")
+    edit.add_argument("--state", default=None, metavar="FILE.json",
+                      help="a state the browser studio downloaded: its model, editor, latents and amounts "
+                           "(--model, --editor and --edit override it; default: none)")
     edit.add_argument("--image", action="append", default=None, metavar="FILE",
                       help="repeatable: real image files to encode, edit and decode (models that can encode; "
                            "fitted to the model's size: centre-cropped, resized; default: none)")
     edit.add_argument("--seed", type=int, default=0, help="first seed of the sampled latents (default 0)")
     edit.add_argument("--count", type=int, default=8, help="latents sampled from --seed on (default 8)")
     edit.add_argument("--edit", type=parse_edit, action="append", metavar="NAME=AMOUNT",
-                      help="repeatable, at least one; amounts in standardised units for supervised editors "
-                           "(default: none)")
+                      help="repeatable, at least one (or a --state); amounts in standardised units for "
+                           "supervised editors (default: none)")
     edit.add_argument("--out", default="out/edit", help="output directory (default out/edit)")
     edit.add_argument("--zoom", type=int, default=3, help="pixel zoom of the PNG sheet (default 3)")
     edit.set_defaults(func=cmd_edit)

@@ -74,6 +74,9 @@ class HttpFront:
         self.admission = inference.servicer.admission
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
+        from curvedit.service.studio import Studio  # the browser studio at / (it imports this module)
+
+        self.studio = Studio(inference, max_body)
 
     async def start(self, host: str, port: int) -> int:
         self._server = await asyncio.start_server(self._connection, host, port, ssl=self.ssl, limit=1 << 16)
@@ -157,6 +160,8 @@ class HttpFront:
                 route = f"/v2/health/{parts[2]}"
                 ok = True if parts[2] == "live" else self.inference.ready()
                 response = json_response(200 if ok else 503, {parts[2]: ok})
+            elif self.studio.owns(path):
+                route, response = await self.studio.handle(method, target, body, headers, self._authenticate)
             else:
                 self._authenticate(headers)
                 route, response = await self._protected(method, parts, headers, body)

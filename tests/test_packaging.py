@@ -31,3 +31,9 @@ def test_shipped_bundle_and_proto_are_inside(wheel_names):
     assert "curvedit/bundles/shapes32/manifest.json" in wheel_names
     assert "curvedit/bundles/shapes32/editor_decurved.safetensors" in wheel_names
     assert "curvedit/v1/latent_edit.proto" in wheel_names
+
+
+def test_studio_page_is_inside(wheel_names):
+    """`curvedit serve` from an installed wheel serves the browser studio: its files ship as package data."""
+    for name in ("index.html", "studio.js", "studio.css"):
+        assert f"curvedit/service/studio/static/{name}" in wheel_names
