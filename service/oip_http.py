@@ -10,6 +10,7 @@ as configured for gRPC (health paths need no token). Routes:
     GET  /v2/models/{name}[/versions/{v}]/ready       200, or 503
     POST /v2/models/{name}[/versions/{v}]/infer       JSON tensors, or the binary-data extension
     POST /v2/repository/index                         [{"name", "version", "state", "reason"}]
+    POST /v2/repository/models/{name}/load | unload   with --model-repository (see ``repository``)
 
 Binary data: a request whose JSON is followed by raw tensor bytes says where the JSON ends in the header
 ``Inference-Header-Content-Length``, and each input so sent has ``"parameters": {"binary_data_size": N}``;
@@ -31,13 +32,15 @@ import numpy as np
 
 from curvedit.service import security
 from curvedit.service.errors import PUSHBACK_KEY, invalid, to_status, unauthenticated
+from curvedit.service.logs import log_request
 from curvedit.service.oip import Inference, model_metadata, server_metadata, tensor_from_bytes, tensor_from_values
 from curvedit.service.servicer import request_id
 
 log = logging.getLogger(__name__)
 HEADER_LENGTH = "inference-header-content-length"
 STATUS = {grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.UNAUTHENTICATED: 401,
-          grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.CANCELLED: 499,
+          grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.FAILED_PRECONDITION: 400,
+          grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.CANCELLED: 499,
           grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAVAILABLE: 503,
           grpc.StatusCode.DEADLINE_EXCEEDED: 504}
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
@@ -162,7 +165,11 @@ class HttpFront:
                 route, response = await self._protected(method, parts, headers, body)
         except Exception as exc:
             response = self._error(exc)
-        self.metrics.http_request(route, response.status, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self.metrics.http_request(route, response.status, seconds)
+        if self.inference.servicer.log_requests:
+            model = parts[2] if parts[:2] == ["v2", "models"] and len(parts) > 2 else ""
+            log_request(f"{method} {route}", request_id(), model, str(response.status), seconds)
         return response
 
     def _authenticate(self, headers: dict[str, str]) -> None:
@@ -176,6 +183,11 @@ class HttpFront:
         if parts == ["v2", "repository", "index"] and method == "POST":
             ready = bool(json.loads(body or b"{}").get("ready", False))
             return "/v2/repository/index", json_response(200, self.inference.index(ready))
+        if parts[:3] == ["v2", "repository", "models"] and len(parts) == 5 and parts[4] in ("load", "unload"):
+            if method != "POST":
+                raise HttpError(405, f"{parts[4]} takes POST")
+            await (self.inference.load if parts[4] == "load" else self.inference.unload)(parts[3])
+            return f"/v2/repository/models/{{name}}/{parts[4]}", json_response(200, {})
         if len(parts) < 3 or parts[:2] != ["v2", "models"]:
             raise HttpError(404, f"no route {'/'.join(parts)!r}; see the Open Inference Protocol's /v2 paths")
         name, rest, version = parts[2], parts[3:], ""
@@ -257,7 +269,7 @@ class HttpFront:
                 dtype = np.dtype("<f4") if out.datatype == "FP32" else np.dtype("u1")
                 spec["data"] = np.frombuffer(out.data, dtype=dtype).tolist()
             specs.append(spec)
-        head = json.dumps({"model_name": served.name, "model_version": served.version, "id": request_id_,
+        head = json.dumps({"model_name": served.name, "model_version": served.version_label, "id": request_id_,
                            "outputs": specs}).encode()
         if not blobs:
             return Response(200, head, {"Content-Type": "application/json"})
