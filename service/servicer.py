@@ -151,7 +151,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
 
     async def _unary(self, method: str, work, request, context: grpc.aio.ServicerContext, admit: bool = True):
         """Run ``work(request, ticket, method)`` with an admission ticket (``admit``: metadata and health
-        answers need none) and turn whatever it raises into the RPC's status."""
+        answers need none) and turn whatever it raises into the RPC's status (then ``None`` is returned)."""
         ticket, rid, code, start = None, request_id(), grpc.StatusCode.OK, time.perf_counter()
         try:
             if isinstance(request, Corrupt):
@@ -176,13 +176,16 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             if self.log_requests:
                 log_request(method, rid, _model_name(request), code.name, time.perf_counter() - start)
 
-    async def _abort(self, context, code, message: str, pushback: int):
-        """End the RPC with ``code`` (and the pushback trailer); a drain's last refusals wait for its hold."""
+    async def _abort(self, context, code, message: str, pushback: int) -> None:
+        """Make ``code`` (and the pushback trailer) the RPC's status, sent once the handler returns — not at once,
+        as ``context.abort`` would send it: the server interceptor counts the RPC first, so a client that sees
+        its status finds it counted. The caller returns right after. A drain's last refusals wait for its hold."""
         if code == grpc.StatusCode.UNAVAILABLE and self.hold is not None and not self.hold.done():
             await asyncio.shield(self.hold)
         if pushback:
             context.set_trailing_metadata(((PUSHBACK_KEY, str(pushback)),))
-        await context.abort(code, message)
+        context.set_code(code)
+        context.set_details(message)
 
     async def _run(self, served: ServedModel, key, x, amounts, ticket: Ticket, method: str, finish=None) -> list:
         """Queue ``x`` (``n`` rows, or a lazy input) under ``key``; returns each chunk's result in order (its
@@ -297,7 +300,10 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             return served, values, [frame for part in parts for frame in part]
 
         # Computed as one batch, then streamed, so the frames are consistent and come in order.
-        served, values, frames = await self._unary("Traverse", work, request, context)
+        result = await self._unary("Traverse", work, request, context)
+        if result is None:  # failed: its status is set
+            return
+        served, values, frames = result
         for i, (amount, (latent, image)) in enumerate(zip(values, frames, strict=True)):
             yield pb.TraverseFrame(index=i, amount=float(amount), latent=latent, image=image,
                                    model_version=served.version, repository_version=served.repository_version)
