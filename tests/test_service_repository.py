@@ -2,9 +2,11 @@
 the old one serving, explicit load/unload (OIP repository extension), all on a real server over loopback, with
 the real ``/metrics`` scraped."""
 
+import json
 import shutil
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -179,7 +181,7 @@ def test_unload_load_and_pinned_versions(tmp_path, bundles, expected):
     z, reference = expected
     put_version(tmp_path, "tiny", 1, bundles[1])
     put_version(tmp_path, "tiny", 2, bundles[2])
-    with serve(tmp_path, repository_versions=2) as bg:
+    with serve(tmp_path, repository_versions=2, http_port=0) as bg:
         channel, native, inference = stubs(bg)
         with channel:
             for version in (1, 2):  # both kept loaded: a request may pin either
@@ -190,6 +192,9 @@ def test_unload_load_and_pinned_versions(tmp_path, bundles, expected):
                 np.testing.assert_allclose(codec.from_tensor(response.latents), reference[version], atol=ATOL)
             meta = inference.ModelMetadata(oip.ModelMetadataRequest(name="tiny"), timeout=10)
             assert list(meta.versions) == ["2"]
+            http = f"http://127.0.0.1:{bg.server.http_port}/v2"
+            meta = json.loads(urllib.request.urlopen(f"{http}/models/tiny/versions/1", timeout=10).read())
+            assert (meta["versions"], meta["bundle_version"]) == (["1"], "0.0.1")
             request = edit_request(latents=z, model="tiny")
             request.repository_version = 7
             with pytest.raises(grpc.RpcError) as err:
@@ -207,6 +212,10 @@ def test_unload_load_and_pinned_versions(tmp_path, bundles, expected):
             inference.RepositoryModelLoad(oip.RepositoryModelLoadRequest(model_name="tiny"), timeout=60)
             response = native.Edit(edit_request(latents=z, edits={"x": 0.7}, model="tiny"), timeout=30)
             assert response.repository_version == 2
+            for action in ("unload", "load"):  # the same over HTTP
+                post = urllib.request.Request(f"{http}/repository/models/tiny/{action}", data=b"{}", method="POST")
+                assert urllib.request.urlopen(post, timeout=60).status == 200
+            assert inference.ModelReady(oip.ModelReadyRequest(name="tiny", version="1"), timeout=10).ready
 
 
 def test_a_server_without_a_repository_refuses_load_rpcs(tiny_bundle):
