@@ -154,7 +154,7 @@ class HttpFront:
     async def _route(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Response:
         path = urllib.parse.unquote(urllib.parse.urlsplit(target).path).rstrip("/")
         parts = path.split("/")[1:]
-        start, route = time.perf_counter(), "other"
+        start, route, rid = time.perf_counter(), "other", request_id()
         try:
             if parts[:2] == ["v2", "health"] and len(parts) == 3 and parts[2] in ("live", "ready"):
                 route = f"/v2/health/{parts[2]}"
@@ -162,14 +162,14 @@ class HttpFront:
                 response = json_response(200 if ok else 503, {parts[2]: ok})
             else:
                 self._authenticate(headers)
-                route, response = await self._protected(method, parts, headers, body)
+                route, response = await self._protected(method, parts, headers, body, rid)
         except Exception as exc:
-            response = self._error(exc)
+            response = self._error(exc, rid)
         seconds = time.perf_counter() - start
         self.metrics.http_request(route, response.status, seconds)
         if self.inference.servicer.log_requests:
             model = parts[2] if parts[:2] == ["v2", "models"] and len(parts) > 2 else ""
-            log_request(f"{method} {route}", request_id(), model, str(response.status), seconds)
+            log_request(f"{method} {route}", rid, model, str(response.status), seconds)
         return response
 
     def _authenticate(self, headers: dict[str, str]) -> None:
@@ -177,7 +177,8 @@ class HttpFront:
             self.metrics.rejected("unauthenticated")
             raise unauthenticated(security.UNAUTHENTICATED)
 
-    async def _protected(self, method: str, parts: list[str], headers, body: bytes) -> tuple[str, Response]:
+    async def _protected(self, method: str, parts: list[str], headers, body: bytes,
+                         rid: str) -> tuple[str, Response]:
         if parts == ["v2"]:
             return "/v2", json_response(200, server_metadata())
         if parts == ["v2", "repository", "index"] and method == "POST":
@@ -201,11 +202,10 @@ class HttpFront:
         if rest == ["infer"]:
             if method != "POST":
                 raise HttpError(405, "infer takes POST")
-            return "/v2/models/{name}/infer", await self._infer(name, version, headers, body)
+            return "/v2/models/{name}/infer", await self._infer(name, version, headers, body, rid)
         raise HttpError(404, f"no route {'/'.join(parts)!r}")
 
-    async def _infer(self, name: str, version: str, headers: dict[str, str], body: bytes) -> Response:
-        rid = request_id()
+    async def _infer(self, name: str, version: str, headers: dict[str, str], body: bytes, rid: str) -> Response:
         try:
             ticket = self.admission.enter(None)
         except Exception as exc:
@@ -277,10 +277,10 @@ class HttpFront:
                                                       "Inference-Header-Content-Length": str(len(head))})
 
     @classmethod
-    def _error(cls, exc: BaseException) -> Response:
+    def _error(cls, exc: BaseException, rid: str) -> Response:
         if isinstance(exc, HttpError):
             return json_response(exc.status, {"error": str(exc)})
-        return cls._status(*to_status(exc, request_id()))
+        return cls._status(*to_status(exc, rid))
 
     @staticmethod
     def _status(code: grpc.StatusCode, message: str, pushback: int) -> Response:
