@@ -1,6 +1,6 @@
-# The curvedit server on the CPU (every shipped model; gRPC on 50051, /metrics on 8002):
+# The curvedit server on the CPU (every shipped model; gRPC on 50051, OIP HTTP on 8000, /metrics on 8002):
 #   docker build -t curvedit .
-#   docker run --rm -p 50051:50051 -p 8002:8002 curvedit
+#   docker run --rm -p 50051:50051 -p 8000:8000 -p 8002:8002 curvedit
 # Arguments after the image name replace the defaults below, e.g. `docker run ... curvedit --max-batch-size 32`
 # (keep --host/--metrics-host 0.0.0.0 so the published ports reach the server).
 FROM python:3.11-slim
@@ -23,7 +23,7 @@ RUN pip install . && rm -rf /src && useradd --create-home --uid 10001 curvedit
 
 USER curvedit
 WORKDIR /home/curvedit
-EXPOSE 50051 8002
+EXPOSE 50051 8000 8002
 # SERVING only after warm-up; NOT_SERVING while draining (SIGTERM, which `docker stop` sends, drains first).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s \
     CMD ["curvedit", "client", "health", "--server", "127.0.0.1:50051", "--timeout", "4"]

@@ -99,10 +99,11 @@ class Admission:
 class Ticket:
     """One admitted request: ``reserve`` its queue space, ``leave`` when answered (idempotent)."""
 
-    __slots__ = ("admission", "deadline", "items", "left")
+    __slots__ = ("admission", "deadline", "entered", "items", "left")
 
     def __init__(self, admission: Admission, deadline: float | None):
         self.admission, self.deadline, self.items, self.left = admission, deadline, 0, False
+        self.entered = admission.clock()  # where the SLO latency (curvedit_request_latency_seconds) starts
 
     def reserve(self, key: Hashable, n: int) -> None:
         """Claim queue space for ``n`` items of ``key``, or raise ``QueueFull`` / ``DeadlineUnmeetable``."""

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import functools
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -19,7 +18,8 @@ _SERVE_FLAGS = ("host", "port", "http_port", "metrics_host", "metrics_port", "en
                 "max_batch_size",
                 "max_queue_delay_ms",
                 "max_queue_size", "max_items_per_request", "max_concurrent_requests", "grace_s", "max_message_mb",
-                "tls_cert", "tls_key", "tls_client_ca", "auth_token_file")
+                "tls_cert", "tls_key", "tls_client_ca", "auth_token_file", "model_repository", "repository_poll_s",
+                "repository_versions", "log_format", "log_requests")
 
 
 def _flags(args: argparse.Namespace) -> dict:
@@ -36,10 +36,11 @@ def _flags(args: argparse.Namespace) -> dict:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from curvedit.service.config import build_config
+    from curvedit.service.logs import setup_logging
     from curvedit.service.server import serve_until_signal
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = build_config(_flags(args), os.environ, args.config)
+    setup_logging(config.log_format)
     return asyncio.run(serve_until_signal(config, announce=lambda line: print(line, flush=True)))
 
 
@@ -58,6 +59,21 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     add("--model", action="append", default=None, metavar="NAME|PATH",
         help="a shipped model's name or a bundle directory, repeatable; the first is the default model "
              "(default: every shipped model, shapes32 first)")
+    add("--model-repository", default=None, metavar="DIR",
+        help="serve the models of DIR/<name>/<version>/ (each version a bundle, Triton's layout) instead of "
+             "--model: the newest version of each takes requests, new versions are verified and warmed up before "
+             "they take traffic, and OIP RepositoryModelLoad/Unload load and unload models (default: none)")
+    add("--repository-poll-s", type=float, default=None, metavar="SECONDS",
+        help="rescan --model-repository this often for new and removed versions (default 0 = only at start "
+             "and on load RPCs)")
+    add("--repository-versions", type=int, default=None, metavar="N",
+        help=f"how many of each model's newest versions stay loaded, so requests may name one (default "
+             f"{d.repository_versions})")
+    add("--log-format", default=None, choices=("text", "json"),
+        help=f"log lines as text or as one JSON object per line (default {d.log_format})")
+    add("--log-requests", action="store_true", default=None,
+        help="log one line per request: request id, model, method, status code, duration (default: off; a "
+             "line per request costs throughput)")
     add("--expect-digest", action="append", default=None, metavar="DIGEST",
         help="repeatable, one per --model in the same order: refuse to start unless that bundle's digest "
              "(`curvedit info` prints it; 12+ leading hex digits) matches (default: no pin)")

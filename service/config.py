@@ -28,6 +28,11 @@ class ServeConfig:
     metrics_port: int = 8002  # 0 = any free port; -1 = no metrics HTTP server
     http_port: int = 8000  # the Open Inference Protocol over HTTP/REST, on `host`; 0 = any free port; -1 = off
     models: tuple[str, ...] = ()  # shipped names or bundle paths; empty = every shipped model; first = default
+    model_repository: str = ""  # DIR/<name>/<version>/ bundles, served instead of `models` (see repository)
+    repository_poll_s: float = 0.0  # rescan the model repository this often; 0 = only at start and on load RPCs
+    repository_versions: int = 1  # how many of each model's newest versions stay loaded (Triton's latest N)
+    log_format: str = "text"  # "text", or "json": one object per line (see logs)
+    log_requests: bool = False  # a log line per RPC and HTTP request: id, model, code, duration
     expect_digests: tuple[str, ...] = ()  # one per model, in order: refuse a bundle whose digest differs
     engine: str = "auto"
     ort_threads: int = 0  # ONNX Runtime intra-op threads per model; 0 = every core this process may use
@@ -68,6 +73,16 @@ class ServeConfig:
         need(self.max_concurrent_requests >= 1,
              f"max_concurrent_requests must be at least 1, got {self.max_concurrent_requests}")
         need(self.grace_s >= 0, f"grace_s must be >= 0, got {self.grace_s}")
+        need(not (self.model_repository and self.models),
+             "pass either --model (bundles served as they are) or --model-repository DIR (versioned, hot "
+             "reloaded), not both")
+        need(not (self.model_repository and self.expect_digests),
+             "--expect-digest pins a --model; a --model-repository version is checked against its own manifest")
+        need(self.log_format in ("text", "json"), f"log_format must be 'text' or 'json', got {self.log_format!r}")
+        need(self.repository_poll_s >= 0, f"repository_poll_s must be >= 0 (0 = no polling), got "
+             f"{self.repository_poll_s}")
+        need(self.repository_versions >= 1,
+             f"repository_versions must be at least 1 (the newest version), got {self.repository_versions}")
         need(bool(self.tls_cert) == bool(self.tls_key),
              "TLS needs both --tls-cert and --tls-key (PEM files), or neither")
         need(not self.tls_client_ca or bool(self.tls_cert),

@@ -143,7 +143,8 @@ def to_status(exc: BaseException, request_id: str = "") -> tuple[grpc.StatusCode
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded", 0
     where = f" (request {request_id})" if request_id else ""
-    log.error("internal error while serving a request%s", where, exc_info=exc)
+    log.error("internal error while serving a request%s", where, exc_info=exc,
+              extra={"request_id": request_id or None, "code": "INTERNAL"})
     return (grpc.StatusCode.INTERNAL,
             f"internal error ({type(exc).__name__}){where}; see the server log", 0)
 
@@ -158,9 +159,9 @@ def reject_reason(exc: BaseException, code: grpc.StatusCode) -> str | None:
 
 
 def failure_reason(code: grpc.StatusCode) -> str:
-    """Triton's ``nv_inference_request_failure`` reason for a status code."""
-    if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE,
-                grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+    """Triton's ``nv_inference_request_failure`` reason for a status code: REJECTED is what Triton means by it,
+    a request the server refused for want of room or while unavailable; a malformed request is OTHER."""
+    if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
         return "REJECTED"
     if code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
         return "CANCELED"

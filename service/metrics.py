@@ -4,6 +4,21 @@ Names follow what dashboards already know: the go-grpc-prometheus ``grpc_server_
 ``nv_inference_*`` counters, plus histograms in seconds (percentiles, which Triton's counters cannot give) and
 the executed batch size. Labels are bounded: method names, status codes, model name/version, a fixed reason
 set. Every recording method is wrapped by ``_safe``: a metrics bug is logged, never raised into a request.
+
+THE LATENCY METRIC FOR SLOs is ``curvedit_request_latency_seconds{model, version, grpc_method}``: one inference
+request (native Edit/Generate/Encode/Traverse/EditStream messages, OIP ModelInfer over gRPC or HTTP), from its
+admission — the handler's first step — until every result is ready, so queue wait and compute included; recorded
+for successful requests (failures count in ``nv_inference_request_failure`` and ``grpc_server_handled_total``, the
+SLO's error side). The others measure parts or other things and are not for SLOs:
+``grpc_server_handling_seconds`` is the transport's view of every RPC (health and metadata included, no model
+label, no HTTP); ``nv_inference_request_duration_us`` is the same measurement as the SLO histogram, summed, for
+Triton's dashboards (means only); ``curvedit_queue_wait_seconds`` and ``curvedit_batch_compute_seconds`` are its
+parts; ``curvedit_http_request_seconds`` is every HTTP route.
+
+``curvedit_rejections_total{model, reason}`` counts refusals before compute; ``model`` is "" when the refusal came
+before the request named a model this server has (a bad token, draining, an unknown model).
+``nv_inference_request_failure``'s ``reason`` follows Triton: REJECTED only for requests refused for room or while
+unavailable (queue full, overloaded, draining), CANCELED, BACKEND (compute failed), OTHER (malformed requests).
 """
 
 from __future__ import annotations
@@ -88,7 +103,9 @@ class ServerMetrics:
                                registry=registry)
         self.handled = Counter("grpc_server_handled_total", "RPCs completed on the server, by status code.",
                                (*rpc, "grpc_code"), registry=registry)
-        self.handling = Histogram("grpc_server_handling_seconds", "RPC handling time until the status is sent.",
+        self.handling = Histogram("grpc_server_handling_seconds", "RPC handling time until the status is sent, "
+                                  "every RPC (the transport's view; the SLO metric is "
+                                  "curvedit_request_latency_seconds).",
                                   rpc, buckets=LATENCY_BUCKETS, registry=registry)
         self.msg_received = Counter("grpc_server_msg_received_total", "Stream messages received.", rpc,
                                     registry=registry)
@@ -104,7 +121,8 @@ class ServerMetrics:
         self.pending = Gauge("nv_inference_pending_request_count", "Items queued for a batch.", model,
                              registry=registry)
         self.request_us = TritonCounter("nv_inference_request_duration_us",
-                                        "Cumulative end-to-end request time, us.", model, registry=registry)
+                                        "Cumulative request time, us: the SLO histogram's measurement "
+                                        "(curvedit_request_latency_seconds), summed.", model, registry=registry)
         self.queue_us = TritonCounter("nv_inference_queue_duration_us",
                                       "Cumulative queue wait of requests, us.", model, registry=registry)
         self.compute_us = TritonCounter("nv_inference_compute_infer_duration_us",
@@ -114,8 +132,10 @@ class ServerMetrics:
         self.compute_seconds = Histogram("curvedit_batch_compute_seconds", "Compute time of one batch, by stage "
                                          "(flow = editor, generator = images).", (*model, "stage"),
                                          buckets=LATENCY_BUCKETS, registry=registry)
-        self.latency_seconds = Histogram("curvedit_request_latency_seconds", "End-to-end time of a request "
-                                         "through the batcher, by RPC.", (*model, "grpc_method"),
+        self.latency_seconds = Histogram("curvedit_request_latency_seconds", "THE latency metric for SLOs: one "
+                                         "successful inference request from admission until its results are "
+                                         "ready (queue wait and compute included), by RPC; OIP requests "
+                                         "(gRPC and HTTP) as ModelInfer.", (*model, "grpc_method"),
                                          buckets=LATENCY_BUCKETS, registry=registry)
         self.batch_size = Histogram("curvedit_batch_size", "Items in each executed batch (before padding).",
                                     model, buckets=BATCH_BUCKETS, registry=registry)
@@ -125,9 +145,10 @@ class ServerMetrics:
                                      "model's compute was free), full, or delay (a batch that filled while "
                                      "another ran, after max_queue_delay).", (*model, "reason"), registry=registry)
         self.rejections = Counter("curvedit_rejections_total", "Requests or items refused before compute, by "
-                                  "reason.", ("reason",), registry=registry)
+                                  "model (\"\" before a known model was named) and reason.", ("model", "reason"),
+                                  registry=registry)
         for reason in REJECT_REASONS:  # every reason exported from the start, at 0
-            self.rejections.labels(reason)
+            self.rejections.labels("", reason)
         self.dropped_items = Counter("curvedit_dropped_items_total", "Queued items dropped before compute "
                                      "(deadline passed or client cancelled).", (*model, "reason"),
                                      registry=registry)
@@ -137,6 +158,13 @@ class ServerMetrics:
         self.route = Gauge("curvedit_engine_route_seconds", "Auto engine: the backend that won each operation and "
                            "batch bucket at warm-up, and its measured seconds per call.",
                            (*model, "operation", "bucket", "backend"), registry=registry)
+        self.model_version = Gauge("curvedit_model_version_loaded", "1 for each model version taking requests; "
+                                   "`version` is the repository version (or the bundle's version without a "
+                                   "repository), `bundle_version` the bundle's own version string.",
+                                   (*model, "bundle_version"), registry=registry)
+        self.load_failures = Counter("curvedit_model_load_failures_total", "Model versions of the repository that "
+                                     "failed to load (checksum, graph or warm-up); the version serving before "
+                                     "keeps serving.", model, registry=registry)
         self.http_requests = Counter("curvedit_http_requests_total", "Open Inference Protocol HTTP requests, by "
                                      "route and HTTP status.", ("route", "code"), registry=registry)
         self.http_seconds = Histogram("curvedit_http_request_seconds", "Open Inference Protocol HTTP request "
@@ -183,6 +211,28 @@ class ServerMetrics:
         for r in routes:
             self.route.labels(model, version, r.operation, str(r.bucket), r.backend).set(r.seconds)
 
+    # -- model versions (a model repository loads and unloads them while serving) --------------------------------
+    @_safe
+    def model_loaded(self, model: str, version: str, bundle_version: str) -> None:
+        self.model_version.labels(model, version, bundle_version).set(1)
+        for reason in REJECT_REASONS:  # the model's rejections exported from the start, at 0
+            self.rejections.labels(model, reason)
+
+    @_safe
+    def model_unloaded(self, model: str, version: str, bundle_version: str) -> None:
+        """The version takes no new requests: no longer reported as loaded."""
+        self.model_version.remove(model, version, bundle_version)
+
+    @_safe
+    def model_forgotten(self, model: str, version: str) -> None:
+        """The version's work is done: its queue-depth gauge goes too."""
+        self._children.pop((id(self.pending), model, version), None)
+        self.pending.remove(model, version)
+
+    @_safe
+    def load_failed(self, model: str, version: int) -> None:
+        self.load_failures.labels(model, str(version)).inc()
+
     # -- per model request --------------------------------------------------------------------------------------
     @_safe
     def request_done(self, model: str, version: str, method: str, seconds: float, queue_s: float) -> None:
@@ -197,8 +247,8 @@ class ServerMetrics:
         self._child(self.failure, model, version, reason).inc()
 
     @_safe
-    def rejected(self, reason: str) -> None:
-        self._child(self.rejections, reason).inc()
+    def rejected(self, reason: str, model: str = "") -> None:
+        self._child(self.rejections, model, reason).inc()
 
     @_safe
     def track_pending(self, model: str, version: str, count) -> None:
@@ -219,7 +269,7 @@ class ServerMetrics:
     @_safe
     def dropped(self, model: str, version: str, reason: str, items: int) -> None:
         self._child(self.dropped_items, model, version, reason).inc(items)
-        self._child(self.rejections, reason).inc()
+        self._child(self.rejections, model, reason).inc()
 
     def serve_http(self, host: str, port: int):
         """Start ``/metrics`` on ``host:port`` (0 = any free port); returns ``(httpd, bound_port)``."""

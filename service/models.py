@@ -7,6 +7,11 @@ checked arrays the request reading produced: nothing is validated twice, and onl
 A served model's NAME is its bundle manifest's ``name`` (``Model.name``, which falls back to the bundle's
 directory name); its VERSION is the manifest's ``version``. Two bundles with the same name are refused at
 start-up. The first model is the default one (requests with an empty ``model`` field).
+
+A model from a model repository (``serve --model-repository``, see ``repository``) is named by its directory
+instead, and carries its REPOSITORY VERSION (the version directory's number) beside the bundle's own version
+string: its batch key (``ServedModel.key``, ``name/version``) and its metrics' ``version`` label are that number,
+so two loaded versions never share a batch and in-flight work finishes on the version it started on.
 """
 
 from __future__ import annotations
@@ -35,10 +40,16 @@ def from_images(kind: str) -> str:
 @dataclass
 class ServedModel:
     model: curvedit.Model
+    name: str = ""  # default: the bundle manifest's name
+    repository_version: int = 0  # > 0 for a version of a model repository
 
     def __post_init__(self):
-        self.name = self.model.name
+        self.name = self.name or self.model.name
         self.version = self.model.version
+        # The first element of this version's batch keys, and its compute stage.
+        self.key = f"{self.name}/{self.repository_version}" if self.repository_version else self.name
+        # The `version` label of its metrics: the repository version when there is one (as Triton labels them).
+        self.version_label = str(self.repository_version) if self.repository_version else self.version
         self.latent_dim = self.model.latent_dim
         self._index = {e: {d: k for k, d in enumerate(self.model.directions_of(e))} for e in self.model.editors}
 
@@ -54,7 +65,8 @@ class ServedModel:
                 name=name, kind=str(getattr(editor, "kind", "")), commutative=bool(getattr(editor, "commutative",
                                                                                           False)),
                 directions=[pb.Direction(name=d, index=i) for i, d in enumerate(self.model.directions_of(name))]))
-        return pb.ModelInfo(name=self.name, version=self.version, latent_dim=self.latent_dim,
+        return pb.ModelInfo(name=self.name, version=self.version, repository_version=self.repository_version,
+                            latent_dim=self.latent_dim,
                             image_shape=list(self.model.image_shape), editors=editors,
                             default_editor=self.model.default_editor, engine=self.model.engine,
                             max_items_per_request=max_items, can_encode=self.model.can_encode,
@@ -148,13 +160,13 @@ class ServedModel:
         """Give ``cost`` (an ``admission.CostModel``) warm-up timings under this model's batch keys."""
         for (editor, kind, b), s in timings.items():
             if kind in (GENERATE, ENCODE):
-                cost.set((self.name, "", kind), b, s)
+                cost.set((self.key, "", kind), b, s)
                 continue
             encode = timings.get(("", ENCODE, b))
             for key, seconds in ((EDIT, s), (EDIT_IMAGES, s + timings.get(("", GENERATE, b), 0.0))):
-                cost.set((self.name, editor, key), b, seconds)
+                cost.set((self.key, editor, key), b, seconds)
                 if encode is not None:
-                    cost.set((self.name, editor, from_images(key)), b, seconds + encode)
+                    cost.set((self.key, editor, from_images(key)), b, seconds + encode)
 
 
 def serving_model(path, engine: str = "auto", expect_digest: str | None = None,

@@ -9,6 +9,11 @@ One OIP model per bundle, named as the bundle (``ModelInfo.name``), with the bun
   each returned when asked for (no outputs named = both, as the protocol says);
 * the request parameter ``editor`` (a string) picks an editor (default: the model's default editor).
 
+With a model repository (``serve --model-repository``) a model's versions are the repository's version numbers
+("3"): metadata lists the loaded ones (over HTTP with ``bundle_version``, the bundle's own version string, beside
+them), a request may name one, responses say which computed them, and ``RepositoryModelLoad`` / ``Unload`` load
+and unload models. Without one, a model's one version is its bundle's version string.
+
 Requests go through the native API's machinery: admission, the batcher (same batch keys as ``Edit``, so OIP and
 native requests merge), limits, metrics and status codes. This module only translates tensors.
 """
@@ -18,12 +23,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import grpc
 import numpy as np
 
 from curvedit import __version__
 from curvedit.service import requests
 from curvedit.service.admission import Ticket
-from curvedit.service.errors import invalid, not_found
+from curvedit.service.errors import ServiceError, invalid, not_found
 from curvedit.service.models import EDIT, EDIT_IMAGES, ServedModel, from_images
 from curvedit.service.servicer import edit_finish
 from curvedit.v1 import latent_edit_pb2 as pb
@@ -98,8 +104,8 @@ def model_metadata(served: ServedModel) -> dict:
     inputs.append({"name": "t", "datatype": "FP32", "shape": [-1, k]})
     outputs = [{"name": "z_edited", "datatype": "FP32", "shape": [-1, d]},
                {"name": "images", "datatype": "UINT8", "shape": [-1, *image]}]
-    return {"name": served.name, "versions": [served.version], "platform": f"curvedit_{served.model.engine}",
-            "inputs": inputs, "outputs": outputs}
+    return {"name": served.name, "versions": [served.version_label], "platform": f"curvedit_{served.model.engine}",
+            "bundle_version": served.version, "inputs": inputs, "outputs": outputs}
 
 
 def server_metadata() -> dict:
@@ -109,29 +115,68 @@ def server_metadata() -> dict:
 class Inference:
     """The protocol's operations on the native servicer's models, admission and batcher."""
 
-    def __init__(self, servicer, ready):
+    def __init__(self, servicer, ready, repository=None):
         self.servicer = servicer
         self.ready = ready  # () -> bool: warm-up done and not draining
+        self.repository = repository  # a repository.ModelRepository, or None
 
     def model(self, name: str, version: str = "") -> ServedModel:
-        served = self.servicer.models.get(name)
-        if served is None:
+        """The model ``name`` at ``version`` (empty = the one serving new requests), or NOT_FOUND."""
+        versions = self.servicer.models.versions(name)
+        if not versions:
             raise not_found(f"no model named {requests.short(name)}; this server has {list(self.servicer.models)}"
                             " (see RepositoryIndex or GET /v2/models/<name>)")
-        if version and version != served.version:
-            raise not_found(f"model {served.name} has version {served.version!r} here, not "
-                            f"{requests.short(version)}; leave the version empty or ask for {served.version!r}")
-        return served
+        if not version:
+            return versions[0]
+        for served in versions:
+            if version == served.version_label:
+                return served
+        loaded = [s.version_label for s in versions]
+        raise not_found(f"model {versions[0].name} has no version {requests.short(version)} loaded here (loaded: "
+                        f"{loaded}); leave the version empty for the newest, or ask for one of those")
 
     def model_ready(self, name: str, version: str = "") -> bool:
+        """True when that model (version) takes requests; false for a repository version that failed to load."""
+        repository = self.repository
+        if repository is not None and (name in repository.unloaded or (
+                version.isdigit() and repository.failure(name, int(version)) is not None)):
+            return False
         self.model(name, version)
         return self.ready()
 
     def index(self, ready_only: bool = False) -> list[dict]:
-        state = "READY" if self.ready() else "UNAVAILABLE"
-        reason = "" if state == "READY" else "warming up or draining"
-        return [{"name": m.name, "version": m.version, "state": state, "reason": reason}
-                for m in self.servicer.models.values() if state == "READY" or not ready_only]
+        ready = self.ready()
+        if self.repository is not None:
+            entries = self.repository.index()
+        else:
+            entries = [{"name": m.name, "version": m.version, "state": "READY", "reason": ""}
+                       for m in self.servicer.models.values()]
+        if not ready:
+            entries = [{**e, "state": "UNAVAILABLE", "reason": e["reason"] or "warming up or draining"}
+                       for e in entries]
+        return [e for e in entries if e["state"] == "READY" or not ready_only]
+
+    def _repository(self):
+        if self.repository is None:
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "this server has no model repository; start "
+                               "it with `curvedit serve --model-repository DIR` to load and unload models")
+        return self.repository
+
+    async def load(self, name: str) -> None:
+        """Load (or reload) a repository model: NOT_FOUND if it is not there, INTERNAL with the reason if its
+        newest version fails (the version serving before keeps serving)."""
+        try:
+            await self._repository().load(name)
+        except LookupError as exc:
+            raise not_found(str(exc)) from None
+        except RuntimeError as exc:
+            raise ServiceError(grpc.StatusCode.INTERNAL, str(exc)) from None
+
+    async def unload(self, name: str) -> None:
+        try:
+            await self._repository().unload(name)
+        except LookupError as exc:
+            raise not_found(str(exc)) from None
 
     async def infer(self, served: ServedModel, inputs: list[InferTensor], outputs: list[str] | None,
                     editor_name: str, ticket: Ticket) -> list[InferOutput]:
@@ -156,7 +201,7 @@ class Inference:
         n = len(x)
         requests.check_count(n, self.servicer.max_items)
         kind = EDIT_IMAGES if "images" in wanted else EDIT
-        key = (served.name, editor, from_images(kind) if real else kind)
+        key = (served.key, editor, from_images(kind) if real else kind)
         ticket.reserve(key, n)
         k = len(served.direction_index(editor))
         if "t" in byname:

@@ -85,6 +85,18 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         return await self._plain("RepositoryIndex", lambda r: oip.RepositoryIndexResponse(
             models=[index(**m) for m in self.inference.index(r.ready)]), request, context)
 
+    async def RepositoryModelLoad(self, request, context):
+        async def work(req, _ticket, _method):
+            await self.inference.load(req.model_name)
+            return oip.RepositoryModelLoadResponse()
+        return await self.native._unary("RepositoryModelLoad", work, request, context, admit=False)
+
+    async def RepositoryModelUnload(self, request, context):
+        async def work(req, _ticket, _method):
+            await self.inference.unload(req.model_name)
+            return oip.RepositoryModelUnloadResponse()
+        return await self.native._unary("RepositoryModelUnload", work, request, context, admit=False)
+
     async def ModelInfer(self, request, context):
         async def work(req: oip.ModelInferRequest, ticket, _method):
             served = self.inference.model(req.model_name, req.model_version)
@@ -93,7 +105,8 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                 raise invalid("the parameter `editor` must be a string (an editor's name)")
             outputs = await self.inference.infer(served, _inputs(req), [o.name for o in req.outputs], editor,
                                                  ticket)
-            response = oip.ModelInferResponse(model_name=served.name, model_version=served.version, id=req.id)
+            response = oip.ModelInferResponse(model_name=served.name, model_version=served.version_label,
+                                              id=req.id)
             for out in outputs:
                 response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
                 response.raw_output_contents.append(out.data)

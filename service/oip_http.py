@@ -10,6 +10,7 @@ as configured for gRPC (health paths need no token). Routes:
     GET  /v2/models/{name}[/versions/{v}]/ready       200, or 503
     POST /v2/models/{name}[/versions/{v}]/infer       JSON tensors, or the binary-data extension
     POST /v2/repository/index                         [{"name", "version", "state", "reason"}]
+    POST /v2/repository/models/{name}/load | unload   with --model-repository (see ``repository``)
 
 Binary data: a request whose JSON is followed by raw tensor bytes says where the JSON ends in the header
 ``Inference-Header-Content-Length``, and each input so sent has ``"parameters": {"binary_data_size": N}``;
@@ -31,13 +32,15 @@ import numpy as np
 
 from curvedit.service import security
 from curvedit.service.errors import PUSHBACK_KEY, invalid, to_status, unauthenticated
+from curvedit.service.logs import log_request
 from curvedit.service.oip import Inference, model_metadata, server_metadata, tensor_from_bytes, tensor_from_values
 from curvedit.service.servicer import request_id
 
 log = logging.getLogger(__name__)
 HEADER_LENGTH = "inference-header-content-length"
 STATUS = {grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.UNAUTHENTICATED: 401,
-          grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.CANCELLED: 499,
+          grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.FAILED_PRECONDITION: 400,
+          grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.CANCELLED: 499,
           grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAVAILABLE: 503,
           grpc.StatusCode.DEADLINE_EXCEEDED: 504}
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
@@ -154,7 +157,7 @@ class HttpFront:
     async def _route(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Response:
         path = urllib.parse.unquote(urllib.parse.urlsplit(target).path).rstrip("/")
         parts = path.split("/")[1:]
-        start, route = time.perf_counter(), "other"
+        start, route, rid = time.perf_counter(), "other", request_id()
         try:
             if parts[:2] == ["v2", "health"] and len(parts) == 3 and parts[2] in ("live", "ready"):
                 route = f"/v2/health/{parts[2]}"
@@ -164,10 +167,14 @@ class HttpFront:
                 route, response = await self.studio.handle(method, target, body, headers, self._authenticate)
             else:
                 self._authenticate(headers)
-                route, response = await self._protected(method, parts, headers, body)
+                route, response = await self._protected(method, parts, headers, body, rid)
         except Exception as exc:
-            response = self._error(exc)
-        self.metrics.http_request(route, response.status, time.perf_counter() - start)
+            response = self._error(exc, rid)
+        seconds = time.perf_counter() - start
+        self.metrics.http_request(route, response.status, seconds)
+        if self.inference.servicer.log_requests:
+            model = parts[2] if parts[:2] == ["v2", "models"] and len(parts) > 2 else ""
+            log_request(f"{method} {route}", rid, model, str(response.status), seconds)
         return response
 
     def _authenticate(self, headers: dict[str, str]) -> None:
@@ -175,12 +182,18 @@ class HttpFront:
             self.metrics.rejected("unauthenticated")
             raise unauthenticated(security.UNAUTHENTICATED)
 
-    async def _protected(self, method: str, parts: list[str], headers, body: bytes) -> tuple[str, Response]:
+    async def _protected(self, method: str, parts: list[str], headers, body: bytes,
+                         rid: str) -> tuple[str, Response]:
         if parts == ["v2"]:
             return "/v2", json_response(200, server_metadata())
         if parts == ["v2", "repository", "index"] and method == "POST":
             ready = bool(json.loads(body or b"{}").get("ready", False))
             return "/v2/repository/index", json_response(200, self.inference.index(ready))
+        if parts[:3] == ["v2", "repository", "models"] and len(parts) == 5 and parts[4] in ("load", "unload"):
+            if method != "POST":
+                raise HttpError(405, f"{parts[4]} takes POST")
+            await (self.inference.load if parts[4] == "load" else self.inference.unload)(parts[3])
+            return f"/v2/repository/models/{{name}}/{parts[4]}", json_response(200, {})
         if len(parts) < 3 or parts[:2] != ["v2", "models"]:
             raise HttpError(404, f"no route {'/'.join(parts)!r}; see the Open Inference Protocol's /v2 paths")
         name, rest, version = parts[2], parts[3:], ""
@@ -194,11 +207,10 @@ class HttpFront:
         if rest == ["infer"]:
             if method != "POST":
                 raise HttpError(405, "infer takes POST")
-            return "/v2/models/{name}/infer", await self._infer(name, version, headers, body)
+            return "/v2/models/{name}/infer", await self._infer(name, version, headers, body, rid)
         raise HttpError(404, f"no route {'/'.join(parts)!r}")
 
-    async def _infer(self, name: str, version: str, headers: dict[str, str], body: bytes) -> Response:
-        rid = request_id()
+    async def _infer(self, name: str, version: str, headers: dict[str, str], body: bytes, rid: str) -> Response:
         try:
             ticket = self.admission.enter(None)
         except Exception as exc:
@@ -262,7 +274,7 @@ class HttpFront:
                 dtype = np.dtype("<f4") if out.datatype == "FP32" else np.dtype("u1")
                 spec["data"] = np.frombuffer(out.data, dtype=dtype).tolist()
             specs.append(spec)
-        head = json.dumps({"model_name": served.name, "model_version": served.version, "id": request_id_,
+        head = json.dumps({"model_name": served.name, "model_version": served.version_label, "id": request_id_,
                            "outputs": specs}).encode()
         if not blobs:
             return Response(200, head, {"Content-Type": "application/json"})
@@ -270,10 +282,10 @@ class HttpFront:
                                                       "Inference-Header-Content-Length": str(len(head))})
 
     @classmethod
-    def _error(cls, exc: BaseException) -> Response:
+    def _error(cls, exc: BaseException, rid: str) -> Response:
         if isinstance(exc, HttpError):
             return json_response(exc.status, {"error": str(exc)})
-        return cls._status(*to_status(exc, request_id()))
+        return cls._status(*to_status(exc, rid))
 
     @staticmethod
     def _status(code: grpc.StatusCode, message: str, pushback: int) -> Response:

@@ -8,6 +8,9 @@ warms every batch bucket up (timing it, for admission control's estimates) and o
 SIGTERM/SIGINT trigger under ``serve``) sets NOT_SERVING and answers new requests with UNAVAILABLE, waits up to
 ``grace_s`` for accepted work, fails what is left with UNAVAILABLE if the grace runs out, ends open streams with
 UNAVAILABLE, then stops: no client sees CANCELLED that it did not cause.
+
+With ``--model-repository`` the models come from a ``repository.ModelRepository``: ``start`` loads them
+(through ``activate``, the same path a hot reload takes), then polls every ``repository_poll_s``.
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ from curvedit.service.batcher import Batch, BatchQueue, Entry, bucket_sizes
 from curvedit.service.config import ServeConfig
 from curvedit.service.errors import ShutDown
 from curvedit.service.metrics import INFERENCE_SERVICE, SERVICE, ServerMetrics
-from curvedit.service.models import ServedModel, load_models
+from curvedit.service.model_set import ModelSet
+from curvedit.service.models import ServedModel, load_models, serving_model
 from curvedit.service.oip import Inference
 from curvedit.service.oip_grpc import InferenceServicer
 from curvedit.service.oip_http import HttpFront
+from curvedit.service.repository import ModelRepository
 from curvedit.service.rpc_metrics import RpcMetrics
 from curvedit.service.runner import BatchRunner
 from curvedit.service.servicer import LatentEditServicer
@@ -52,18 +57,18 @@ HOLD_S = 0.1  # how long the last refusals of a drain are held so gRPC core can 
 class _BatchMetrics:
     """The batcher's observer: executed batches and dropped items → metrics (``ServerMetrics`` never raises)."""
 
-    def __init__(self, models: dict[str, ServedModel], metrics: ServerMetrics):
+    def __init__(self, models: ModelSet, metrics: ServerMetrics):
         self.models, self.metrics = models, metrics
 
     def dropped(self, entry: Entry, reason: str) -> None:
-        served = self.models[entry.key[0]]
-        self.metrics.dropped(served.name, served.version, reason, entry.n)
+        served = self.models.by_key(entry.key[0])
+        self.metrics.dropped(served.name, served.version_label, reason, entry.n)
 
     def executed(self, batch: Batch, compute_s: float, error: BaseException | None) -> None:
-        served = self.models[batch.key[0]]
+        served = self.models.by_key(batch.key[0])
         if error is None:
             padded = served.padded_rows(batch.size)
-            self.metrics.batch(served.name, served.version, batch.size, padded, batch.reason, batch.stages)
+            self.metrics.batch(served.name, served.version_label, batch.size, padded, batch.reason, batch.stages)
 
 
 class EditServer:
@@ -72,7 +77,7 @@ class EditServer:
     def __init__(self, config: ServeConfig, models: dict[str, ServedModel],
                  compute_wrapper: Callable | None = None):
         self.config = config
-        self.models = models
+        self.models = models = ModelSet(models)
         self.metrics = ServerMetrics()
         compute = self._compute if compute_wrapper is None else compute_wrapper(self._compute)
         queue = BatchQueue(config.max_batch_size, config.max_queue_delay_s, config.max_queue_size)
@@ -80,12 +85,17 @@ class EditServer:
         self.runner = BatchRunner(queue, compute, _BatchMetrics(models, self.metrics), cost=self.cost)
         self.admission = Admission(self.runner, self.cost, config.max_concurrent_requests)
         for served in models.values():
-            name = served.name
-            self.metrics.track_pending(name, served.version, lambda n=name: queue.items_where(lambda k: k[0] == n))
+            self._track(served)
         self.servicer = LatentEditServicer(models, self.runner, self.admission, self.metrics,
                                            config.max_items_per_request)
+        self.servicer.log_requests = config.log_requests
         self.ready = False  # warm-up done and not draining: OIP readiness (health says SERVING then too)
-        self.inference = Inference(self.servicer, lambda: self.ready)
+        self.repository = None if not config.model_repository else ModelRepository(
+            config.model_repository, models, self._load_version, self.activate, self.deactivate,
+            self.metrics.load_failed, keep=config.repository_versions)
+        self._retiring: set[asyncio.Task] = set()
+        self._poller: asyncio.Task | None = None
+        self.inference = Inference(self.servicer, lambda: self.ready, self.repository)
         self.health = HealthServicer()
         credentials = security.server_credentials(config)  # read before binding: a bad file fails here
         interceptors = [RpcMetrics(self.metrics)]  # first: it also counts what the token check refuses
@@ -120,7 +130,66 @@ class EditServer:
         self._runner_task: asyncio.Task | None = None
 
     def _compute(self, batch: Batch):
-        return self.models[batch.key[0]].compute(batch)
+        return self.models.by_key(batch.key[0]).compute(batch)
+
+    def _track(self, served: ServedModel) -> None:
+        """Export the version's queue depth (read at scrape time) and that it is loaded."""
+        key = served.key
+        self.metrics.track_pending(served.name, served.version_label,
+                                   lambda: self.runner.queue.items_where(lambda k: k[0] == key))
+        self.metrics.model_loaded(served.name, served.version_label, served.version)
+
+    # -- model versions coming and going (a model repository) -------------------------------------------------
+    def _load_version(self, name: str, version: int, path) -> ServedModel:
+        """On the repository's thread: read and check the bundle (every sha256) and build its engine."""
+        model = serving_model(path, self.config.engine, None, self.config.ort_threads)
+        return ServedModel(model, name=name, repository_version=version)
+
+    async def activate(self, served: ServedModel) -> None:
+        """Warm ``served`` up on its own compute thread, then let it take requests (the newest of its name)."""
+        if self.config.warmup:
+            loop = asyncio.get_running_loop()
+            try:
+                timings = await loop.run_in_executor(self.runner.executor_for(served.key), served.warm_up,
+                                                     self.config.max_batch_size)
+            except BaseException:
+                if not self.models.has_key(served.key):  # its compute thread serves nothing
+                    self.runner.executors.pop(served.key).shutdown(wait=False)
+                raise
+            if timings:
+                served.seed_costs(self.cost, timings)
+        self.metrics.engine(served.name, served.version_label, served.fallbacks(), served.routes())
+        self.models.add(served)
+        self._track(served)
+
+    async def deactivate(self, served: ServedModel) -> None:
+        """Stop new requests reaching ``served``; forget it once its queued and computing work is done."""
+        self.models.retire(served)
+        self.metrics.model_unloaded(served.name, served.version_label, served.version)
+        task = asyncio.create_task(self._forget_when_done(served))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _forget_when_done(self, served: ServedModel) -> None:
+        key = served.key
+        await asyncio.sleep(HOLD_S)  # handlers that looked it up before the swap have queued by now
+        while self.runner.queue.items_where(lambda k: k[0] == key) or key in self.runner.running:
+            await asyncio.sleep(0.01)
+        self.models.forget(served)
+        if self.models.has_key(key):  # the same version was loaded again meanwhile: its thread is in use
+            return
+        self.metrics.model_forgotten(served.name, served.version_label)
+        executor = self.runner.executors.pop(key, None)
+        if executor is not None:
+            executor.shutdown(wait=False)
+
+    async def _poll(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.repository.poll()
+            except Exception:  # a bad scan must not stop polling (each version's failure is handled inside)
+                log.exception("model repository poll failed")
 
     def _refused(self, method: str, kind: str) -> None:
         """An RPC refused for want of a valid token: a rejection (the interceptor counts the RPC itself)."""
@@ -148,18 +217,27 @@ class EditServer:
                                  "pass --http-port with a free port (0 = any, -1 = off)") from None
         await self.grpc.start()
         self._runner_task = asyncio.create_task(self.runner.run())
-        if self.config.warmup:
+        if self.repository is not None:
+            await self.repository.poll()
+            if not self.models:
+                failures = "; ".join(f"{n} version {v}: {r}"
+                                     for (n, v), (_, r) in self.repository.failures.items())
+                raise ValueError(f"no model of repository {self.config.model_repository} loaded ("
+                                 f"{failures or 'no DIR/<name>/<version>/ directories'}); fix or add a bundle")
+            if self.config.repository_poll_s > 0:
+                self._poller = asyncio.create_task(self._poll(self.config.repository_poll_s))
+        elif self.config.warmup:
             loop = asyncio.get_running_loop()
             start = time.perf_counter()
             for served in self.models.values():
-                timings = await loop.run_in_executor(self.runner.executor_for(served.name), served.warm_up,
+                timings = await loop.run_in_executor(self.runner.executor_for(served.key), served.warm_up,
                                                      self.config.max_batch_size)
                 if timings:
                     served.seed_costs(self.cost, timings)
             log.info("warm-up of %d model(s) x %d buckets took %.2f s", len(self.models),
                      len(bucket_sizes(self.config.max_batch_size)), time.perf_counter() - start)
         for served in self.models.values():
-            self.metrics.engine(served.name, served.version, served.fallbacks(), served.routes())
+            self.metrics.engine(served.name, served.version_label, served.fallbacks(), served.routes())
         if not self.servicer.draining:
             self.ready = True
             await self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -196,6 +274,11 @@ class EditServer:
         return clean
 
     async def stop(self, grace_s: float = 0.0) -> None:
+        for task in (self._poller, *self._retiring):
+            if task is not None:
+                task.cancel()
+        if self.repository is not None:
+            self.repository.close()
         await self.grpc.stop(grace_s)
         if self.servicer.hold is not None and not self.servicer.hold.done():
             self.servicer.hold.set_result(None)
@@ -214,8 +297,8 @@ class EditServer:
 def create_server(config: ServeConfig, models: dict[str, ServedModel] | None = None,
                   compute_wrapper: Callable | None = None) -> tuple[EditServer, int]:
     """Load models (unless given) and bind; returns ``(server, bound_port)``. Call inside the event loop."""
-    models = models if models is not None else load_models(config.models, config.engine, config.expect_digests,
-                                                          config.ort_threads)
+    if models is None and not config.model_repository:
+        models = load_models(config.models, config.engine, config.expect_digests, config.ort_threads)
     server = EditServer(config, models, compute_wrapper)
     return server, server.port
 
@@ -231,7 +314,9 @@ async def serve_until_signal(config: ServeConfig, announce=print) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
-    names = ", ".join(f"{m.name} {m.version} ({m.model.engine})" for m in server.models.values())
+    names = ", ".join(f"{m.name} {m.version}" + (f" [repository version {m.repository_version}]"
+                                                  if m.repository_version else "") + f" ({m.model.engine})"
+                      for m in server.models.values())
     metrics = f"http://{config.metrics_host}:{server.metrics_port}/metrics" if server.metrics_port else "off"
     http = f"http://{config.host}:{server.http_port}/v2" if server.http_port else "off"
     secured = [word for word, on in (("TLS", config.tls_cert), ("mutual TLS", config.tls_client_ca),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -31,7 +32,9 @@ from curvedit.service.errors import (
     reject_reason,
     to_status,
 )
+from curvedit.service.logs import log_request
 from curvedit.service.metrics import ServerMetrics
+from curvedit.service.model_set import ModelSet
 from curvedit.service.models import EDIT, EDIT_IMAGES, ENCODE, GENERATE, ServedModel, from_images
 from curvedit.service.requests import Corrupt, check_count, item_count
 from curvedit.service.runner import BatchRunner
@@ -41,6 +44,15 @@ from curvedit.v1 import latent_edit_pb2_grpc as pb_grpc
 _CLOSE = object()  # put into an open EditStream's answer queue at the end of a drain: end it with UNAVAILABLE
 _IDS = itertools.count(1)
 _PREFIX = f"{os.getpid():x}"
+
+
+def _model_name(request) -> str:
+    """The model a request names: native requests' ``model``, OIP's ``model_name`` (metadata RPCs: ``name``)."""
+    for field in ("model", "model_name", "name"):
+        name = getattr(request, field, None)
+        if isinstance(name, str):
+            return name
+    return ""
 
 
 def request_id() -> str:
@@ -77,16 +89,16 @@ def edit_finish(fmt: int | None):
 
 
 class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
-    def __init__(self, models: dict[str, ServedModel], runner: BatchRunner, admission: Admission,
+    def __init__(self, models: ModelSet, runner: BatchRunner, admission: Admission,
                  metrics: ServerMetrics, max_items: int):
         self.models = models
-        self.default = next(iter(models))
         self.runner = runner
         self.admission = admission
         self.metrics = metrics
         self.max_items = max_items
         self.streams: set[asyncio.Queue] = set()  # answer queues of the open EditStreams
         self.hold: asyncio.Future | None = None  # at the end of a drain: refusals wait for it (see server.drain)
+        self.log_requests = False  # a log line per RPC (--log-requests; see logs)
 
     @property
     def draining(self) -> bool:
@@ -106,24 +118,32 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         for out in self.streams:
             out.put_nowait(_CLOSE)
 
+    @property
+    def default(self) -> str:
+        """The default model's name (the first model; with a model repository, the first loaded)."""
+        return next(iter(self.models), "")
+
     # -- plumbing -------------------------------------------------------------------------------------------
-    def _model(self, name: str) -> ServedModel:
-        served = self.models.get(name or self.default)
+    def _model(self, name: str, repository_version: int = 0) -> ServedModel:
+        served = self.models.version(name or self.default, repository_version)
         if served is None:
-            raise not_found(f"no model named {requests.short(name)}; this server has {list(self.models)} "
-                            "(see ListModels)")
+            if (name or self.default) not in self.models:
+                raise not_found(f"no model named {requests.short(name)}; this server has {list(self.models)} "
+                                "(see ListModels)")
+            loaded = [s.repository_version for s in self.models.versions(name or self.default)]
+            raise not_found(f"model {name or self.default} has no loaded repository version {repository_version}; "
+                            f"loaded: {[v for v in loaded if v]}; pass one of those, or 0 for the newest")
         return served
 
     def _count_failure(self, request, exc: BaseException, code: grpc.StatusCode) -> None:
+        served = None
         if not isinstance(request, Corrupt) and code != grpc.StatusCode.NOT_FOUND:
-            name = getattr(request, "model", None)  # native requests; OIP's are `model_name`
-            name = getattr(request, "model_name", "") if name is None else name
-            served = self.models.get(name or self.default)
+            served = self.models.get(_model_name(request) or self.default)
             if served is not None:
-                self.metrics.request_failed(served.name, served.version, failure_reason(code))
+                self.metrics.request_failed(served.name, served.version_label, failure_reason(code))
         reason = reject_reason(exc, code)
-        if reason is not None:
-            self.metrics.rejected(reason)
+        if reason is not None:  # labelled by a model this server has, never by a name a client made up
+            self.metrics.rejected(reason, served.name if served is not None else "")
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float | None:
         remaining = context.time_remaining()
@@ -131,8 +151,8 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
 
     async def _unary(self, method: str, work, request, context: grpc.aio.ServicerContext, admit: bool = True):
         """Run ``work(request, ticket, method)`` with an admission ticket (``admit``: metadata and health
-        answers need none) and turn whatever it raises into the RPC's status."""
-        ticket, rid = None, request_id()
+        answers need none) and turn whatever it raises into the RPC's status (then ``None`` is returned)."""
+        ticket, rid, code, start = None, request_id(), grpc.StatusCode.OK, time.perf_counter()
         try:
             if isinstance(request, Corrupt):
                 raise request.error
@@ -153,19 +173,23 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         finally:
             if ticket is not None:
                 ticket.leave()
+            if self.log_requests:
+                log_request(method, rid, _model_name(request), code.name, time.perf_counter() - start)
 
-    async def _abort(self, context, code, message: str, pushback: int):
-        """End the RPC with ``code`` (and the pushback trailer); a drain's last refusals wait for its hold."""
+    async def _abort(self, context, code, message: str, pushback: int) -> None:
+        """Make ``code`` (and the pushback trailer) the RPC's status, sent once the handler returns — not at once,
+        as ``context.abort`` would send it: the server interceptor counts the RPC first, so a client that sees
+        its status finds it counted. The caller returns right after. A drain's last refusals wait for its hold."""
         if code == grpc.StatusCode.UNAVAILABLE and self.hold is not None and not self.hold.done():
             await asyncio.shield(self.hold)
         if pushback:
             context.set_trailing_metadata(((PUSHBACK_KEY, str(pushback)),))
-        await context.abort(code, message)
+        context.set_code(code)
+        context.set_details(message)
 
     async def _run(self, served: ServedModel, key, x, amounts, ticket: Ticket, method: str, finish=None) -> list:
         """Queue ``x`` (``n`` rows, or a lazy input) under ``key``; returns each chunk's result in order (its
         ``finish`` value, or its output rows)."""
-        start = self.runner.clock()
         entries = self.runner.submit(key, x, amounts, ticket.deadline, finish)
         ticket.queued()
         if len(entries) == 1:
@@ -177,9 +201,10 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
                 for e in entries:  # the request has failed: its other chunks are dropped before compute
                     e.future.cancel()
                 raise
-        end = self.runner.clock()
+        # The SLO latency: from admission (the handler's first step) until every result is ready.
+        seconds = ticket.admission.clock() - ticket.entered
         queue_s = max(e.started - e.arrival for e in entries)
-        self.metrics.request_done(served.name, served.version, method, end - start, queue_s)
+        self.metrics.request_done(served.name, served.version_label, method, seconds, queue_s)
         return results
 
     # -- the RPCs -------------------------------------------------------------------------------------------
@@ -190,11 +215,11 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
 
     async def GetModel(self, request, context):
         async def work(req, _ticket, _method):
-            return self._model(req.name).info(self.max_items)
+            return self._model(req.name, req.repository_version).info(self.max_items)
         return await self._unary("GetModel", work, request, context)
 
     async def _edit(self, request: pb.EditRequest, ticket: Ticket, method: str) -> pb.EditResponse:
-        served = self._model(request.model)
+        served = self._model(request.model, request.repository_version)
         editor = requests.editor(served, request.editor)
         fmt = requests.image_format(request.image_format)
         n = item_count(request, "latents", served.latent_dim)
@@ -204,14 +229,15 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         if real:
             served.model.require_encoder()
             kind = from_images(kind)
-        key = (served.name, editor, kind)
+        key = (served.key, editor, kind)
         ticket.reserve(key, n)
         amounts = requests.amounts(served, editor, request, n)
         x = requests.images(served, request.images) if real else requests.latents(served, request)
         parts = await self._run(served, key, x, amounts, ticket, method,
                                 edit_finish(fmt if request.return_images else None))
         response = pb.EditResponse(latents=join_tensor([p[0] for p in parts], [n, served.latent_dim]),
-                                   model=served.name, model_version=served.version, id=request.id)
+                                   model=served.name, model_version=served.version, id=request.id,
+                                   repository_version=served.repository_version)
         if request.return_images:
             response.images.CopyFrom(join_images([p[1] for p in parts], n, served.model.image_shape, fmt))
         return response
@@ -221,35 +247,37 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
 
     async def Generate(self, request, context):
         async def work(req: pb.GenerateRequest, ticket, method):
-            served = self._model(req.model)
+            served = self._model(req.model, req.repository_version)
             fmt = requests.image_format(req.image_format)
             n = item_count(req, "latents", served.latent_dim)
             check_count(n, self.max_items)
-            key = (served.name, "", GENERATE)
+            key = (served.key, "", GENERATE)
             ticket.reserve(key, n)
             parts = await self._run(served, key, requests.latents(served, req), None, ticket, method,
                                     lambda rows, _start: image_payload(rows[0], fmt))
             return pb.GenerateResponse(images=join_images(parts, n, served.model.image_shape, fmt),
-                                       model=served.name, model_version=served.version)
+                                       model=served.name, model_version=served.version,
+                                       repository_version=served.repository_version)
         return await self._unary("Generate", work, request, context)
 
     async def Encode(self, request, context):
         async def work(req: pb.EncodeRequest, ticket, method):
-            served = self._model(req.model)
+            served = self._model(req.model, req.repository_version)
             served.model.require_encoder()
             n = requests.image_count(req.images)
             check_count(n, self.max_items)
-            key = (served.name, "", ENCODE)
+            key = (served.key, "", ENCODE)
             ticket.reserve(key, n)
             parts = await self._run(served, key, requests.images(served, req.images), None, ticket, method,
                                     lambda rows, _start: np.ascontiguousarray(rows[0], np.float32).tobytes())
             return pb.EncodeResponse(latents=join_tensor(parts, [n, served.latent_dim]), model=served.name,
-                                     model_version=served.version)
+                                     model_version=served.version,
+                                     repository_version=served.repository_version)
         return await self._unary("Encode", work, request, context)
 
     async def Traverse(self, request: pb.TraverseRequest, context) -> AsyncIterator[pb.TraverseFrame]:
         async def work(req: pb.TraverseRequest, ticket, method):
-            served = self._model(req.model)
+            served = self._model(req.model, req.repository_version)
             editor = requests.editor(served, req.editor)
             k = requests.direction(served, editor, req.direction)
             values = requests.traverse_amounts(req, self.max_items)
@@ -257,7 +285,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             if item_count(req, "latent", served.latent_dim) != 1:
                 raise invalid(f"traverse takes one latent, got shape {list(req.latent.shape)}; pass "
                               f"latent as [1, {served.latent_dim}]")
-            key = (served.name, editor, EDIT_IMAGES)
+            key = (served.key, editor, EDIT_IMAGES)
             ticket.reserve(key, req.steps)
             z = as_array(requests.latents(served, req))
             amounts = np.zeros((req.steps, len(served.direction_index(editor))), np.float32)
@@ -272,10 +300,13 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             return served, values, [frame for part in parts for frame in part]
 
         # Computed as one batch, then streamed, so the frames are consistent and come in order.
-        served, values, frames = await self._unary("Traverse", work, request, context)
+        result = await self._unary("Traverse", work, request, context)
+        if result is None:  # failed: its status is set
+            return
+        served, values, frames = result
         for i, (amount, (latent, image)) in enumerate(zip(values, frames, strict=True)):
             yield pb.TraverseFrame(index=i, amount=float(amount), latent=latent, image=image,
-                                   model_version=served.version)
+                                   model_version=served.version, repository_version=served.repository_version)
 
     async def EditStream(self, request_iterator, context) -> AsyncIterator[pb.EditStreamResponse]:
         """Messages are handled concurrently (they batch together); each answer carries its request's id."""
@@ -284,24 +315,29 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         tasks: set[asyncio.Task] = set()
         deadline = self._deadline(context)
 
-        def failed(req, exc: Exception) -> None:
-            c, message, pushback = to_status(exc, request_id())
+        def failed(req, exc: Exception, rid: str, start: float) -> None:
+            c, message, pushback = to_status(exc, rid)
             self._count_failure(req, exc, c)
             out.put_nowait(pb.EditStreamResponse(id=getattr(req, "id", ""), error=pb.Error(
                 code=c.value[0], message=message, retry_pushback_ms=pushback)))
+            if self.log_requests:
+                log_request(method, rid, _model_name(req), c.name, time.perf_counter() - start)
 
         async def one(req) -> None:
+            rid, start = request_id(), time.perf_counter()
             try:
                 if isinstance(req, Corrupt):
                     raise req.error
                 ticket = self.admission.enter(deadline)
             except Exception as exc:
-                failed(req, exc)
+                failed(req, exc, rid, start)
                 return
             try:
                 out.put_nowait(pb.EditStreamResponse(id=req.id, result=await self._edit(req, ticket, method)))
+                if self.log_requests:
+                    log_request(method, rid, req.model, "OK", time.perf_counter() - start)
             except Exception as exc:
-                failed(req, exc)
+                failed(req, exc, rid, start)
             finally:
                 ticket.leave()
 

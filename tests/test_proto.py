@@ -55,7 +55,8 @@ def test_the_open_inference_protocol_keeps_its_wire_names_and_numbers():
     service = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert oip.DESCRIPTOR.package == "inference" and service.full_name == "inference.GRPCInferenceService"
     assert set(service.methods_by_name) == {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata",
-                                            "ModelMetadata", "ModelInfer", "RepositoryIndex"}
+                                            "ModelMetadata", "ModelInfer", "RepositoryIndex",
+                                            "RepositoryModelLoad", "RepositoryModelUnload"}
 
     def numbers(message) -> dict[str, int]:
         return {f.name: f.number for f in message.DESCRIPTOR.fields}
@@ -75,3 +76,7 @@ def test_the_open_inference_protocol_keeps_its_wire_names_and_numbers():
     assert numbers(oip.ModelMetadataResponse) == {"name": 1, "versions": 2, "platform": 3, "inputs": 4,
                                                   "outputs": 5}
     assert numbers(oip.RepositoryIndexResponse.ModelIndex) == {"name": 1, "version": 2, "state": 3, "reason": 4}
+    for load in (oip.RepositoryModelLoadRequest, oip.RepositoryModelUnloadRequest):  # Triton's numbers
+        assert numbers(load) == {"repository_name": 1, "model_name": 2, "parameters": 3}
+    assert numbers(oip.ModelRepositoryParameter) == {"bool_param": 1, "int64_param": 2, "string_param": 3,
+                                                     "bytes_param": 4}

@@ -124,7 +124,10 @@ def test_metrics_count_both_sides(session):
     assert metric(port, "curvedit_http_requests_total", route="/v2/models/{name}/infer", code="404") == 1
     assert metric(port, "nv_inference_request_success", model="tiny") == 6  # 3 inferences of tiny per protocol
     assert metric(port, "nv_inference_request_success", model="tinyvae") == 2
-    assert metric(port, "nv_inference_request_failure", model="tiny", reason="REJECTED") == 6
+    # Malformed requests are Triton's OTHER; REJECTED is only for refusals for want of room (none here).
+    assert metric(port, "nv_inference_request_failure", model="tiny", reason="OTHER") == 6
+    assert metric(port, "nv_inference_request_failure", model="tiny", reason="REJECTED") == 0
+    assert metric(port, "curvedit_rejections_total", model="tiny", reason="invalid") == 6
 
 
 def test_http_errors_are_json_with_a_fix(session):

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63urvedit/v1/latent_edit.proto\x12\x0b\x63urvedit.v1\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\\\n\x06Images\x12(\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x18.curvedit.v1.ImageFormat\x12\x0b\n\x03png\x18\x02 \x03(\x0c\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"4\n\x0f\x44irectionAmount\x12\x11\n\tdirection\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x02\"\x16\n\x05Seeds\x12\r\n\x05seeds\x18\x01 \x03(\x03\"C\n\x07\x41mounts\x12\x12\n\ndirections\x18\x01 \x03(\t\x12$\n\x07\x61mounts\x18\x02 \x01(\x0b\x32\x13.curvedit.v1.Tensor\"\xd0\x02\n\x0b\x45\x64itRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x65\x64itor\x18\x02 \x01(\t\x12&\n\x07latents\x18\x03 \x01(\x0b\x32\x13.curvedit.v1.TensorH\x00\x12#\n\x05seeds\x18\x04 \x01(\x0b\x32\x12.curvedit.v1.SeedsH\x00\x12%\n\x06images\x18\n \x01(\x0b\x32\x13.curvedit.v1.ImagesH\x00\x12+\n\x05\x65\x64its\x18\x05 \x03(\x0b\x32\x1c.curvedit.v1.DirectionAmount\x12%\n\x07\x61mounts\x18\x06 \x01(\x0b\x32\x14.curvedit.v1.Amounts\x12\x15\n\rreturn_images\x18\x07 \x01(\x08\x12.\n\x0cimage_format\x18\x08 \x01(\x0e\x32\x18.curvedit.v1.ImageFormat\x12\n\n\x02id\x18\t \x01(\tB\x07\n\x05input\"\x8b\x01\n\x0c\x45\x64itResponse\x12$\n\x07latents\x18\x01 \x01(\x0b\x32\x13.curvedit.v1.Tensor\x12#\n\x06images\x18\x02 \x01(\x0b\x32\x13.curvedit.v1.Images\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\n\n\x02id\x18\x05 \x01(\t\"A\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x19\n\x11retry_pushback_ms\x18\x03 \x01(\x03\"}\n\x12\x45\x64itStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.curvedit.v1.EditResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.curvedit.v1.ErrorH\x00\x42\t\n\x07outcome\"\xdf\x01\n\x0fTraverseRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x65\x64itor\x18\x02 \x01(\t\x12%\n\x06latent\x18\x03 \x01(\x0b\x32\x13.curvedit.v1.TensorH\x00\x12\x0e\n\x04seed\x18\x04 \x01(\x03H\x00\x12\x11\n\tdirection\x18\x05 \x01(\t\x12\r\n\x05start\x18\x06 \x01(\x02\x12\x0c\n\x04stop\x18\x07 \x01(\x02\x12\r\n\x05steps\x18\x08 \x01(\x05\x12.\n\x0cimage_format\x18\t \x01(\x0e\x32\x18.curvedit.v1.ImageFormatB\x07\n\x05input\"\x8e\x01\n\rTraverseFrame\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x02\x12#\n\x06latent\x18\x03 \x01(\x0b\x32\x13.curvedit.v1.Tensor\x12\"\n\x05image\x18\x04 \x01(\x0b\x32\x13.curvedit.v1.Images\x12\x15\n\rmodel_version\x18\x05 \x01(\t\"C\n\rEncodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x06images\x18\x02 \x01(\x0b\x32\x13.curvedit.v1.Images\"\\\n\x0e\x45ncodeResponse\x12$\n\x07latents\x18\x01 \x01(\x0b\x32\x13.curvedit.v1.Tensor\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\xa6\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x07latents\x18\x02 \x01(\x0b\x32\x13.curvedit.v1.TensorH\x00\x12#\n\x05seeds\x18\x03 \x01(\x0b\x32\x12.curvedit.v1.SeedsH\x00\x12.\n\x0cimage_format\x18\x04 \x01(\x0e\x32\x18.curvedit.v1.ImageFormatB\x07\n\x05input\"]\n\x10GenerateResponse\x12#\n\x06images\x18\x01 \x01(\x0b\x32\x13.curvedit.v1.Images\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.curvedit.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"(\n\tDirection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\"i\n\nEditorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12*\n\ndirections\x18\x03 \x03(\x0b\x32\x16.curvedit.v1.Direction\x12\x13\n\x0b\x63ommutative\x18\x04 \x01(\x08\"\xd2\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nlatent_dim\x18\x03 \x01(\x03\x12\x13\n\x0bimage_shape\x18\x04 \x03(\x03\x12(\n\x07\x65\x64itors\x18\x05 \x03(\x0b\x32\x17.curvedit.v1.EditorInfo\x12\x16\n\x0e\x64\x65\x66\x61ult_editor\x18\x06 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x07 \x01(\t\x12\x1d\n\x15max_items_per_request\x18\x08 \x01(\x03\x12\x12\n\ncan_encode\x18\t \x01(\x08\x12\x0e\n\x06\x66\x61mily\x18\n \x01(\t\x12\x0e\n\x06\x64igest\x18\x0b \x01(\t\x12.\n\tfallbacks\x18\x0c \x03(\x0b\x32\x1b.curvedit.v1.EngineFallback\x12(\n\x06routes\x18\r \x03(\x0b\x32\x18.curvedit.v1.EngineRoute\".\n\x0e\x45ngineFallback\x12\x0c\n\x04part\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"R\n\x0b\x45ngineRoute\x12\x11\n\toperation\x18\x01 \x01(\t\x12\x0e\n\x06\x62ucket\x18\x02 \x01(\x03\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x0f\n\x07seconds\x18\x04 \x01(\x01*W\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x14\n\x10IMAGE_FORMAT_RAW\x10\x02\x32\x82\x04\n\x11LatentEditService\x12M\n\nListModels\x12\x1e.curvedit.v1.ListModelsRequest\x1a\x1f.curvedit.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.curvedit.v1.GetModelRequest\x1a\x16.curvedit.v1.ModelInfo\x12;\n\x04\x45\x64it\x12\x18.curvedit.v1.EditRequest\x1a\x19.curvedit.v1.EditResponse\x12K\n\nEditStream\x12\x18.curvedit.v1.EditRequest\x1a\x1f.curvedit.v1.EditStreamResponse(\x01\x30\x01\x12\x46\n\x08Traverse\x12\x1c.curvedit.v1.TraverseRequest\x1a\x1a.curvedit.v1.TraverseFrame0\x01\x12G\n\x08Generate\x12\x1c.curvedit.v1.GenerateRequest\x1a\x1d.curvedit.v1.GenerateResponse\x12\x41\n\x06\x45ncode\x12\x1a.curvedit.v1.EncodeRequest\x1a\x1b.curvedit.v1.EncodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63urvedit/v1/latent_edit.proto\x12\x0b\x63urvedit.v1\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\\\n\x06Images\x12(\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x18.curvedit.v1.ImageFormat\x12\x0b\n\x03png\x18\x02 \x03(\x0c\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"4\n\x0f\x44irectionAmount\x12\x11\n\tdirection\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x02\"\x16\n\x05Seeds\x12\r\n\x05seeds\x18\x01 \x03(\x03\"C\n\x07\x41mounts\x12\x12\n\ndirections\x18\x01 \x03(\t\x12$\n\x07\x61mounts\x18\x02 \x01(\x0b\x32\x13.curvedit.v1.Tensor\"\xec\x02\n\x0b\x45\x64itRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x65\x64itor\x18\x02 \x01(\t\x12&\n\x07latents\x18\x03 \x01(\x0b\x32\x13.curvedit.v1.TensorH\x00\x12#\n\x05seeds\x18\x04 \x01(\x0b\x32\x12.curvedit.v1.SeedsH\x00\x12%\n\x06images\x18\n \x01(\x0b\x32\x13.curvedit.v1.ImagesH\x00\x12+\n\x05\x65\x64its\x18\x05 \x03(\x0b\x32\x1c.curvedit.v1.DirectionAmount\x12%\n\x07\x61mounts\x18\x06 \x01(\x0b\x32\x14.curvedit.v1.Amounts\x12\x15\n\rreturn_images\x18\x07 \x01(\x08\x12.\n\x0cimage_format\x18\x08 \x01(\x0e\x32\x18.curvedit.v1.ImageFormat\x12\n\n\x02id\x18\t \x01(\t\x12\x1a\n\x12repository_version\x18\x0b \x01(\x03\x42\x07\n\x05input\"\xa7\x01\n\x0c\x45\x64itResponse\x12$\n\x07latents\x18\x01 \x01(\x0b\x32\x13.curvedit.v1.Tensor\x12#\n\x06images\x18\x02 \x01(\x0b\x32\x13.curvedit.v1.Images\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\n\n\x02id\x18\x05 \x01(\t\x12\x1a\n\x12repository_version\x18\x06 \x01(\x03\"A\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x19\n\x11retry_pushback_ms\x18\x03 \x01(\x03\"}\n\x12\x45\x64itStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.curvedit.v1.EditResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.curvedit.v1.ErrorH\x00\x42\t\n\x07outcome\"\xfb\x01\n\x0fTraverseRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x65\x64itor\x18\x02 \x01(\t\x12%\n\x06latent\x18\x03 \x01(\x0b\x32\x13.curvedit.v1.TensorH\x00\x12\x0e\n\x04seed\x18\x04 \x01(\x03H\x00\x12\x11\n\tdirection\x18\x05 \x01(\t\x12\r\n\x05start\x18\x06 \x01(\x02\x12\x0c\n\x04stop\x18\x07 \x01(\x02\x12\r\n\x05steps\x18\x08 \x01(\x05\x12.\n\x0cimage_format\x18\t \x01(\x0e\x32\x18.curvedit.v1.ImageFormat\x12\x1a\n\x12repository_version\x18\n \x01(\x03\x42\x07\n\x05input\"\xaa\x01\n\rTraverseFrame\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x02\x12#\n\x06latent\x18\x03 \x01(\x0b\x32\x13.curvedit.v1.Tensor\x12\"\n\x05image\x18\x04 \x01(\x0b\x32\x13.curvedit.v1.Images\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x1a\n\x12repository_version\x18\x06 \x01(\x03\"_\n\rEncodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x06images\x18\x02 \x01(\x0b\x32\x13.curvedit.v1.Images\x12\x1a\n\x12repository_version\x18\x03 \x01(\x03\"x\n\x0e\x45ncodeResponse\x12$\n\x07latents\x18\x01 \x01(\x0b\x32\x13.curvedit.v1.Tensor\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x1a\n\x12repository_version\x18\x04 \x01(\x03\"\xc2\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x07latents\x18\x02 \x01(\x0b\x32\x13.curvedit.v1.TensorH\x00\x12#\n\x05seeds\x18\x03 \x01(\x0b\x32\x12.curvedit.v1.SeedsH\x00\x12.\n\x0cimage_format\x18\x04 \x01(\x0e\x32\x18.curvedit.v1.ImageFormat\x12\x1a\n\x12repository_version\x18\x05 \x01(\x03\x42\x07\n\x05input\"y\n\x10GenerateResponse\x12#\n\x06images\x18\x01 \x01(\x0b\x32\x13.curvedit.v1.Images\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x1a\n\x12repository_version\x18\x04 \x01(\x03\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.curvedit.v1.ModelInfo\";\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x12repository_version\x18\x02 \x01(\x03\"(\n\tDirection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\"i\n\nEditorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12*\n\ndirections\x18\x03 \x03(\x0b\x32\x16.curvedit.v1.Direction\x12\x13\n\x0b\x63ommutative\x18\x04 \x01(\x08\"\xee\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nlatent_dim\x18\x03 \x01(\x03\x12\x13\n\x0bimage_shape\x18\x04 \x03(\x03\x12(\n\x07\x65\x64itors\x18\x05 \x03(\x0b\x32\x17.curvedit.v1.EditorInfo\x12\x16\n\x0e\x64\x65\x66\x61ult_editor\x18\x06 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x07 \x01(\t\x12\x1d\n\x15max_items_per_request\x18\x08 \x01(\x03\x12\x12\n\ncan_encode\x18\t \x01(\x08\x12\x0e\n\x06\x66\x61mily\x18\n \x01(\t\x12\x0e\n\x06\x64igest\x18\x0b \x01(\t\x12.\n\tfallbacks\x18\x0c \x03(\x0b\x32\x1b.curvedit.v1.EngineFallback\x12(\n\x06routes\x18\r \x03(\x0b\x32\x18.curvedit.v1.EngineRoute\x12\x1a\n\x12repository_version\x18\x0e \x01(\x03\".\n\x0e\x45ngineFallback\x12\x0c\n\x04part\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"R\n\x0b\x45ngineRoute\x12\x11\n\toperation\x18\x01 \x01(\t\x12\x0e\n\x06\x62ucket\x18\x02 \x01(\x03\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x0f\n\x07seconds\x18\x04 \x01(\x01*W\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x14\n\x10IMAGE_FORMAT_RAW\x10\x02\x32\x82\x04\n\x11LatentEditService\x12M\n\nListModels\x12\x1e.curvedit.v1.ListModelsRequest\x1a\x1f.curvedit.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.curvedit.v1.GetModelRequest\x1a\x16.curvedit.v1.ModelInfo\x12;\n\x04\x45\x64it\x12\x18.curvedit.v1.EditRequest\x1a\x19.curvedit.v1.EditResponse\x12K\n\nEditStream\x12\x18.curvedit.v1.EditRequest\x1a\x1f.curvedit.v1.EditStreamResponse(\x01\x30\x01\x12\x46\n\x08Traverse\x12\x1c.curvedit.v1.TraverseRequest\x1a\x1a.curvedit.v1.TraverseFrame0\x01\x12G\n\x08Generate\x12\x1c.curvedit.v1.GenerateRequest\x1a\x1d.curvedit.v1.GenerateResponse\x12\x41\n\x06\x45ncode\x12\x1a.curvedit.v1.EncodeRequest\x1a\x1b.curvedit.v1.EncodeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'curvedit.v1.latent_edit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMAGEFORMAT']._serialized_start=2537
-  _globals['_IMAGEFORMAT']._serialized_end=2624
+  _globals['_IMAGEFORMAT']._serialized_start=2817
+  _globals['_IMAGEFORMAT']._serialized_end=2904
   _globals['_TENSOR']._serialized_start=46
   _globals['_TENSOR']._serialized_end=83
   _globals['_IMAGES']._serialized_start=85
@@ -44,41 +44,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AMOUNTS']._serialized_start=257
   _globals['_AMOUNTS']._serialized_end=324
   _globals['_EDITREQUEST']._serialized_start=327
-  _globals['_EDITREQUEST']._serialized_end=663
-  _globals['_EDITRESPONSE']._serialized_start=666
-  _globals['_EDITRESPONSE']._serialized_end=805
-  _globals['_ERROR']._serialized_start=807
-  _globals['_ERROR']._serialized_end=872
-  _globals['_EDITSTREAMRESPONSE']._serialized_start=874
-  _globals['_EDITSTREAMRESPONSE']._serialized_end=999
-  _globals['_TRAVERSEREQUEST']._serialized_start=1002
-  _globals['_TRAVERSEREQUEST']._serialized_end=1225
-  _globals['_TRAVERSEFRAME']._serialized_start=1228
-  _globals['_TRAVERSEFRAME']._serialized_end=1370
-  _globals['_ENCODEREQUEST']._serialized_start=1372
-  _globals['_ENCODEREQUEST']._serialized_end=1439
-  _globals['_ENCODERESPONSE']._serialized_start=1441
-  _globals['_ENCODERESPONSE']._serialized_end=1533
-  _globals['_GENERATEREQUEST']._serialized_start=1536
-  _globals['_GENERATEREQUEST']._serialized_end=1702
-  _globals['_GENERATERESPONSE']._serialized_start=1704
-  _globals['_GENERATERESPONSE']._serialized_end=1797
-  _globals['_LISTMODELSREQUEST']._serialized_start=1799
-  _globals['_LISTMODELSREQUEST']._serialized_end=1818
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1820
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1880
-  _globals['_GETMODELREQUEST']._serialized_start=1882
-  _globals['_GETMODELREQUEST']._serialized_end=1913
-  _globals['_DIRECTION']._serialized_start=1915
-  _globals['_DIRECTION']._serialized_end=1955
-  _globals['_EDITORINFO']._serialized_start=1957
-  _globals['_EDITORINFO']._serialized_end=2062
-  _globals['_MODELINFO']._serialized_start=2065
-  _globals['_MODELINFO']._serialized_end=2403
-  _globals['_ENGINEFALLBACK']._serialized_start=2405
-  _globals['_ENGINEFALLBACK']._serialized_end=2451
-  _globals['_ENGINEROUTE']._serialized_start=2453
-  _globals['_ENGINEROUTE']._serialized_end=2535
-  _globals['_LATENTEDITSERVICE']._serialized_start=2627
-  _globals['_LATENTEDITSERVICE']._serialized_end=3141
+  _globals['_EDITREQUEST']._serialized_end=691
+  _globals['_EDITRESPONSE']._serialized_start=694
+  _globals['_EDITRESPONSE']._serialized_end=861
+  _globals['_ERROR']._serialized_start=863
+  _globals['_ERROR']._serialized_end=928
+  _globals['_EDITSTREAMRESPONSE']._serialized_start=930
+  _globals['_EDITSTREAMRESPONSE']._serialized_end=1055
+  _globals['_TRAVERSEREQUEST']._serialized_start=1058
+  _globals['_TRAVERSEREQUEST']._serialized_end=1309
+  _globals['_TRAVERSEFRAME']._serialized_start=1312
+  _globals['_TRAVERSEFRAME']._serialized_end=1482
+  _globals['_ENCODEREQUEST']._serialized_start=1484
+  _globals['_ENCODEREQUEST']._serialized_end=1579
+  _globals['_ENCODERESPONSE']._serialized_start=1581
+  _globals['_ENCODERESPONSE']._serialized_end=1701
+  _globals['_GENERATEREQUEST']._serialized_start=1704
+  _globals['_GENERATEREQUEST']._serialized_end=1898
+  _globals['_GENERATERESPONSE']._serialized_start=1900
+  _globals['_GENERATERESPONSE']._serialized_end=2021
+  _globals['_LISTMODELSREQUEST']._serialized_start=2023
+  _globals['_LISTMODELSREQUEST']._serialized_end=2042
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2044
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2104
+  _globals['_GETMODELREQUEST']._serialized_start=2106
+  _globals['_GETMODELREQUEST']._serialized_end=2165
+  _globals['_DIRECTION']._serialized_start=2167
+  _globals['_DIRECTION']._serialized_end=2207
+  _globals['_EDITORINFO']._serialized_start=2209
+  _globals['_EDITORINFO']._serialized_end=2314
+  _globals['_MODELINFO']._serialized_start=2317
+  _globals['_MODELINFO']._serialized_end=2683
+  _globals['_ENGINEFALLBACK']._serialized_start=2685
+  _globals['_ENGINEFALLBACK']._serialized_end=2731
+  _globals['_ENGINEROUTE']._serialized_start=2733
+  _globals['_ENGINEROUTE']._serialized_end=2815
+  _globals['_LATENTEDITSERVICE']._serialized_start=2907
+  _globals['_LATENTEDITSERVICE']._serialized_end=3421
 # @@protoc_insertion_point(module_scope)

@@ -59,7 +59,7 @@ class Amounts(_message.Message):
     def __init__(self, directions: _Optional[_Iterable[str]] = ..., amounts: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class EditRequest(_message.Message):
-    __slots__ = ("model", "editor", "latents", "seeds", "images", "edits", "amounts", "return_images", "image_format", "id")
+    __slots__ = ("model", "editor", "latents", "seeds", "images", "edits", "amounts", "return_images", "image_format", "id", "repository_version")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EDITOR_FIELD_NUMBER: _ClassVar[int]
     LATENTS_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class EditRequest(_message.Message):
     RETURN_IMAGES_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_VERSION_FIELD_NUMBER: _ClassVar[int]
     model: str
     editor: str
     latents: Tensor
@@ -80,21 +81,24 @@ class EditRequest(_message.Message):
     return_images: bool
     image_format: ImageFormat
     id: str
-    def __init__(self, model: _Optional[str] = ..., editor: _Optional[str] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., seeds: _Optional[_Union[Seeds, _Mapping]] = ..., images: _Optional[_Union[Images, _Mapping]] = ..., edits: _Optional[_Iterable[_Union[DirectionAmount, _Mapping]]] = ..., amounts: _Optional[_Union[Amounts, _Mapping]] = ..., return_images: _Optional[bool] = ..., image_format: _Optional[_Union[ImageFormat, str]] = ..., id: _Optional[str] = ...) -> None: ...
+    repository_version: int
+    def __init__(self, model: _Optional[str] = ..., editor: _Optional[str] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., seeds: _Optional[_Union[Seeds, _Mapping]] = ..., images: _Optional[_Union[Images, _Mapping]] = ..., edits: _Optional[_Iterable[_Union[DirectionAmount, _Mapping]]] = ..., amounts: _Optional[_Union[Amounts, _Mapping]] = ..., return_images: _Optional[bool] = ..., image_format: _Optional[_Union[ImageFormat, str]] = ..., id: _Optional[str] = ..., repository_version: _Optional[int] = ...) -> None: ...
 
 class EditResponse(_message.Message):
-    __slots__ = ("latents", "images", "model", "model_version", "id")
+    __slots__ = ("latents", "images", "model", "model_version", "id", "repository_version")
     LATENTS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_VERSION_FIELD_NUMBER: _ClassVar[int]
     latents: Tensor
     images: Images
     model: str
     model_version: str
     id: str
-    def __init__(self, latents: _Optional[_Union[Tensor, _Mapping]] = ..., images: _Optional[_Union[Images, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+    repository_version: int
+    def __init__(self, latents: _Optional[_Union[Tensor, _Mapping]] = ..., images: _Optional[_Union[Images, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., id: _Optional[str] = ..., repository_version: _Optional[int] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "retry_pushback_ms")
@@ -117,7 +121,7 @@ class EditStreamResponse(_message.Message):
     def __init__(self, id: _Optional[str] = ..., result: _Optional[_Union[EditResponse, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class TraverseRequest(_message.Message):
-    __slots__ = ("model", "editor", "latent", "seed", "direction", "start", "stop", "steps", "image_format")
+    __slots__ = ("model", "editor", "latent", "seed", "direction", "start", "stop", "steps", "image_format", "repository_version")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EDITOR_FIELD_NUMBER: _ClassVar[int]
     LATENT_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +131,7 @@ class TraverseRequest(_message.Message):
     STOP_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_VERSION_FIELD_NUMBER: _ClassVar[int]
     model: str
     editor: str
     latent: Tensor
@@ -136,61 +141,72 @@ class TraverseRequest(_message.Message):
     stop: float
     steps: int
     image_format: ImageFormat
-    def __init__(self, model: _Optional[str] = ..., editor: _Optional[str] = ..., latent: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ..., direction: _Optional[str] = ..., start: _Optional[float] = ..., stop: _Optional[float] = ..., steps: _Optional[int] = ..., image_format: _Optional[_Union[ImageFormat, str]] = ...) -> None: ...
+    repository_version: int
+    def __init__(self, model: _Optional[str] = ..., editor: _Optional[str] = ..., latent: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ..., direction: _Optional[str] = ..., start: _Optional[float] = ..., stop: _Optional[float] = ..., steps: _Optional[int] = ..., image_format: _Optional[_Union[ImageFormat, str]] = ..., repository_version: _Optional[int] = ...) -> None: ...
 
 class TraverseFrame(_message.Message):
-    __slots__ = ("index", "amount", "latent", "image", "model_version")
+    __slots__ = ("index", "amount", "latent", "image", "model_version", "repository_version")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     LATENT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_VERSION_FIELD_NUMBER: _ClassVar[int]
     index: int
     amount: float
     latent: Tensor
     image: Images
     model_version: str
-    def __init__(self, index: _Optional[int] = ..., amount: _Optional[float] = ..., latent: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[_Union[Images, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    repository_version: int
+    def __init__(self, index: _Optional[int] = ..., amount: _Optional[float] = ..., latent: _Optional[_Union[Tensor, _Mapping]] = ..., image: _Optional[_Union[Images, _Mapping]] = ..., model_version: _Optional[str] = ..., repository_version: _Optional[int] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
-    __slots__ = ("model", "images")
+    __slots__ = ("model", "images", "repository_version")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_VERSION_FIELD_NUMBER: _ClassVar[int]
     model: str
     images: Images
-    def __init__(self, model: _Optional[str] = ..., images: _Optional[_Union[Images, _Mapping]] = ...) -> None: ...
+    repository_version: int
+    def __init__(self, model: _Optional[str] = ..., images: _Optional[_Union[Images, _Mapping]] = ..., repository_version: _Optional[int] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
-    __slots__ = ("latents", "model", "model_version")
+    __slots__ = ("latents", "model", "model_version", "repository_version")
     LATENTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_VERSION_FIELD_NUMBER: _ClassVar[int]
     latents: Tensor
     model: str
     model_version: str
-    def __init__(self, latents: _Optional[_Union[Tensor, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+    repository_version: int
+    def __init__(self, latents: _Optional[_Union[Tensor, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., repository_version: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "latents", "seeds", "image_format")
+    __slots__ = ("model", "latents", "seeds", "image_format", "repository_version")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LATENTS_FIELD_NUMBER: _ClassVar[int]
     SEEDS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_VERSION_FIELD_NUMBER: _ClassVar[int]
     model: str
     latents: Tensor
     seeds: Seeds
     image_format: ImageFormat
-    def __init__(self, model: _Optional[str] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., seeds: _Optional[_Union[Seeds, _Mapping]] = ..., image_format: _Optional[_Union[ImageFormat, str]] = ...) -> None: ...
+    repository_version: int
+    def __init__(self, model: _Optional[str] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., seeds: _Optional[_Union[Seeds, _Mapping]] = ..., image_format: _Optional[_Union[ImageFormat, str]] = ..., repository_version: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("images", "model", "model_version")
+    __slots__ = ("images", "model", "model_version", "repository_version")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_VERSION_FIELD_NUMBER: _ClassVar[int]
     images: Images
     model: str
     model_version: str
-    def __init__(self, images: _Optional[_Union[Images, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+    repository_version: int
+    def __init__(self, images: _Optional[_Union[Images, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., repository_version: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -203,10 +219,12 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "repository_version")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    repository_version: int
+    def __init__(self, name: _Optional[str] = ..., repository_version: _Optional[int] = ...) -> None: ...
 
 class Direction(_message.Message):
     __slots__ = ("name", "index")
@@ -229,7 +247,7 @@ class EditorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., directions: _Optional[_Iterable[_Union[Direction, _Mapping]]] = ..., commutative: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "latent_dim", "image_shape", "editors", "default_editor", "engine", "max_items_per_request", "can_encode", "family", "digest", "fallbacks", "routes")
+    __slots__ = ("name", "version", "latent_dim", "image_shape", "editors", "default_editor", "engine", "max_items_per_request", "can_encode", "family", "digest", "fallbacks", "routes", "repository_version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LATENT_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -243,6 +261,7 @@ class ModelInfo(_message.Message):
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     FALLBACKS_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
+    REPOSITORY_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     latent_dim: int
@@ -256,7 +275,8 @@ class ModelInfo(_message.Message):
     digest: str
     fallbacks: _containers.RepeatedCompositeFieldContainer[EngineFallback]
     routes: _containers.RepeatedCompositeFieldContainer[EngineRoute]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., latent_dim: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., editors: _Optional[_Iterable[_Union[EditorInfo, _Mapping]]] = ..., default_editor: _Optional[str] = ..., engine: _Optional[str] = ..., max_items_per_request: _Optional[int] = ..., can_encode: _Optional[bool] = ..., family: _Optional[str] = ..., digest: _Optional[str] = ..., fallbacks: _Optional[_Iterable[_Union[EngineFallback, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[EngineRoute, _Mapping]]] = ...) -> None: ...
+    repository_version: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., latent_dim: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., editors: _Optional[_Iterable[_Union[EditorInfo, _Mapping]]] = ..., default_editor: _Optional[str] = ..., engine: _Optional[str] = ..., max_items_per_request: _Optional[int] = ..., can_encode: _Optional[bool] = ..., family: _Optional[str] = ..., digest: _Optional[str] = ..., fallbacks: _Optional[_Iterable[_Union[EngineFallback, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[EngineRoute, _Mapping]]] = ..., repository_version: _Optional[int] = ...) -> None: ...
 
 class EngineFallback(_message.Message):
     __slots__ = ("part", "reason")
