@@ -10,8 +10,9 @@ rounds that take the servers in turn, so load from other processes falls on all 
 shared).
 This process is the load generator (asyncio, grpc.aio), so client and server do not share an interpreter:
 single-item ``Edit`` calls at each concurrency, and one ``EditStream`` sending chunks as ``curvedit batch``
-does. Each cell reports requests/s, items/s, client p50/p95/p99 and the server's mean executed batch (scraped
-from its ``/metrics``); then the in-process engine runs at the same batch size for comparison.
+does. Each cell reports requests/s (the median round's; "spread": the rounds' range as a % of it), items/s,
+client p50/p95/p99 over all rounds and the server's mean executed batch (scraped from its ``/metrics``); then
+the in-process engine runs at the same batch size for comparison.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Cell:
     mean_batch: float = float("nan")  # server-side items / executed batches during the cell
     batch_compute_ms: float = float("nan")  # server-side mean compute time of one batch
     engine_items_per_s: float = float("nan")  # in-process engine at the same batch size
+    round_requests_per_s: tuple[float, ...] = ()  # each round's, in order
 
 
 class ServerProcess:
@@ -254,10 +256,11 @@ def _sample(server: ServerProcess, mode: str, conc: int, items: int, latents, ed
 
 def _cell(label: str, name: str, mode: str, conc: int, items: int, samples: list, duration: float) -> Cell:
     """A cell from its rounds: the median round's requests/s, percentiles over every round's latencies."""
-    rates = sorted(n / duration for n, _, _, _ in samples)
-    rate = rates[len(rates) // 2]
+    rates = tuple(n / duration for n, _, _, _ in samples)
+    rate = sorted(rates)[len(rates) // 2]
     p50, p95, p99 = _percentiles([x for _, lat, _, _ in samples for x in lat])
-    cell = Cell(label, name, mode, conc, items, rate, rate * items, p50, p95, p99, sum(s[2] for s in samples))
+    cell = Cell(label, name, mode, conc, items, rate, rate * items, p50, p95, p99, sum(s[2] for s in samples),
+                round_requests_per_s=rates)
     batches = sum(s[3]["nv_inference_exec_count"] for s in samples)
     if batches > 0:
         cell.mean_batch = sum(s[3]["nv_inference_count"] for s in samples) / batches
@@ -267,13 +270,21 @@ def _cell(label: str, name: str, mode: str, conc: int, items: int, samples: list
 
 
 HEADER = (f"{'model':<22} {'server':<11} {'mode':<6} {'conc':>5} {'items':>5} {'req/s':>9} {'items/s':>10} "
-          f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'err':>4} {'batch':>6} {'cmp ms':>7} {'engine it/s':>12}")
+          f"{'spread':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'err':>4} {'batch':>6} {'cmp ms':>7} "
+          f"{'engine it/s':>12}")
 
 
 def _row(c: Cell) -> str:
     return (f"{c.model:<22} {c.server:<11} {c.mode:<6} {c.concurrency:>5} {c.items_per_request:>5} "
-            f"{c.requests_per_s:>9.0f} {c.items_per_s:>10.0f} {c.p50_ms:>8.2f} {c.p95_ms:>8.2f} {c.p99_ms:>8.2f} "
-            f"{c.errors:>4} {c.mean_batch:>6.1f} {c.batch_compute_ms:>7.2f} {c.engine_items_per_s:>12.0f}")
+            f"{c.requests_per_s:>9.0f} {c.items_per_s:>10.0f} {_spread(c):>6.0f}% "
+            f"{c.p50_ms:>8.2f} {c.p95_ms:>8.2f} {c.p99_ms:>8.2f} {c.errors:>4} "
+            f"{c.mean_batch:>6.1f} {c.batch_compute_ms:>7.2f} {c.engine_items_per_s:>12.0f}")
+
+
+def _spread(c: Cell) -> float:
+    """The rounds' requests/s range as a percentage of the median (0 with one round)."""
+    rates = c.round_requests_per_s
+    return 100 * (max(rates) - min(rates)) / c.requests_per_s if rates and c.requests_per_s else float("nan")
 
 
 def summarize(cells: list[Cell]) -> list[dict]:

@@ -25,6 +25,7 @@ def test_a_cell_reports_the_median_rounds_rate_and_percentiles_over_every_round(
               sample(200, [0.002] * 10, errors=2, batches=10, items=20, compute_us=2000)]
     cell = _cell("shipped", "batched", "unary", 8, 1, rounds, duration=2.0)
     assert cell.requests_per_s == 100.0 and cell.items_per_s == 100.0  # median of 50, 150, 100 req/s
+    assert cell.round_requests_per_s == (50.0, 150.0, 100.0)
     assert cell.p50_ms == pytest.approx(2.0) and cell.p99_ms == pytest.approx(3.0)
     assert cell.errors == 3
     assert cell.mean_batch == pytest.approx(100 / 40) and cell.batch_compute_ms == pytest.approx(6000 / 40 / 1e3)
