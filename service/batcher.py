@@ -10,6 +10,12 @@ compute stages that are busy, so its policy is unit-tested with a fake clock. La
   (``"delay"``; Triton's rule: measuring from the poll instead makes latency depend on traffic). With the default
   delay of 0 it leaves the moment the stage frees, as Triton's default dynamic batcher does: batches form from
   whatever queued while the previous one ran. A delay > 0 trades latency under load for larger batches.
+* under sustained load (a delay > 0, and the stage's last batch waited for company and found some: ``"delay"`` or
+  ``"full"`` with two or more requests) items that reach the idle stage fill too, instead of leaving at once.
+  Closed-loop clients come back just after their batch ends; without this the first of them would leave alone,
+  every other batch would be a single item, and the batches' fixed cost would cap throughput below the
+  pre-latency-first batcher's. The first batch that waits and finds no company returns the stage to idle dispatch,
+  so a lone client pays the delay at most once after a burst.
 
 The queue is bounded in items; stale entries (deadline passed, future already done because the client went
 away) are dropped before they can reach compute. ``BatchRunner`` (``runner``) is the asyncio loop around it.
@@ -130,6 +136,7 @@ class BatchQueue:
         self.item_seconds = 1e-4  # running estimate of compute time per item, for retry pushback
         self._queues: OrderedDict[Hashable, deque[Entry]] = OrderedDict()
         self._items: dict[Hashable, int] = {}
+        self._loaded: set[Hashable] = set()  # stages whose last batch waited for company and found some
 
     def pushback_ms(self) -> int:
         """How long a rejected client should wait: the time to compute what is queued, 10 ms .. 5 s."""
@@ -175,7 +182,7 @@ class BatchQueue:
         if self._items[key] >= self.max_batch_size:
             return "full"
         oldest = self._queues[key][0]
-        if not oldest.filling:
+        if not oldest.filling and stage_of(key) not in self._loaded:
             return "idle"
         return "delay" if now - oldest.arrival >= self.max_queue_delay_s else None
 
@@ -210,6 +217,10 @@ class BatchQueue:
         self._set(key, queue)
         if not taken:
             return None
+        if self.max_queue_delay_s > 0 and reason != "idle" and len(taken) > 1:
+            self._loaded.add(stage_of(key))
+        else:
+            self._loaded.discard(stage_of(key))
         return Batch(key, taken, bucket_for(size, self.max_batch_size), released=now, reason=reason)
 
     @staticmethod

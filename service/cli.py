@@ -83,9 +83,9 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     add("--max-batch-size", type=int, default=None,
         help=f"most items in one batch (default {d.max_batch_size}; 1 = batching off)")
     add("--max-queue-delay-ms", type=float, default=None, metavar="MS",
-        help="a batch leaves at once when its model's compute is idle; items queued while it computes wait for "
-             "it to finish, then at most this long (from the oldest) for company, in ms "
-             f"(default {d.max_queue_delay_ms:g})")
+        help="a batch leaves at once when its model's compute is idle (not under sustained load); items queued "
+             "while it computes wait for it to finish, then at most this long (from the oldest) for company, "
+             f"in ms (default {d.max_queue_delay_ms:g})")
     add("--max-queue-size", type=int, default=None, metavar="ITEMS",
         help=f"items waiting for a batch before new requests get RESOURCE_EXHAUSTED (default {d.max_queue_size})")
     add("--max-items-per-request", type=int, default=None, metavar="ITEMS",

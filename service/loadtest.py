@@ -1,15 +1,18 @@
 """``curvedit bench serve``: load on a real ``curvedit serve`` process, beside its yardsticks, in one run.
 
-For each model (the shipped one, and a synthetic d=512/h=512/8-layer bundle made on the fly) it starts, one
-after another, as separate processes: the server with batching (``--max-batch-size``; one per
-``--max-queue-delay-ms`` given, the first named ``batched``), the server with batching off (``--max-batch-size
-1``), a no-op grpc.aio server (``curvedit.service.noop``: gRPC's own ceiling here) and, with
-``--baseline-pythonpath``, the batched server of another curvedit install (``today``: an older commit built into
-that folder, so "not lower than today" is measured in the same run).
+For each model (the shipped one, and a synthetic d=512/h=512/8-layer bundle made on the fly) it starts, as
+separate processes: the server with batching (``--max-batch-size``; one per ``--max-queue-delay-ms`` given, the
+first named ``batched``), the server with batching off (``--max-batch-size 1``), a no-op grpc.aio server
+(``curvedit.service.noop``: gRPC's own ceiling here) and, with ``--baseline-pythonpath``, the batched server of
+another curvedit install (``today``: an older commit built into that folder, so "not lower than today" is
+measured in the same run). All servers of a model run at once, and every cell is measured in ``--rounds``
+rounds that take the servers in turn, so load from other processes falls on all of them alike (this machine is
+shared).
 This process is the load generator (asyncio, grpc.aio), so client and server do not share an interpreter:
 single-item ``Edit`` calls at each concurrency, and one ``EditStream`` sending chunks as ``curvedit batch``
-does. Each cell reports requests/s, items/s, client p50/p95/p99 and the server's mean executed batch (scraped
-from its ``/metrics``); then the in-process engine runs at the same batch size for comparison.
+does. Each cell reports requests/s (the median round's; "spread": the rounds' range as a % of it), items/s,
+client p50/p95/p99 over all rounds and the server's mean executed batch (scraped from its ``/metrics``); then
+the in-process engine runs at the same batch size for comparison.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class Cell:
     mean_batch: float = float("nan")  # server-side items / executed batches during the cell
     batch_compute_ms: float = float("nan")  # server-side mean compute time of one batch
     engine_items_per_s: float = float("nan")  # in-process engine at the same batch size
+    round_requests_per_s: tuple[float, ...] = ()  # each round's, in order
 
 
 class ServerProcess:
@@ -65,7 +69,10 @@ class ServerProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if pythonpath:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        # `python -m` puts the working directory first on sys.path: run from the install itself, so a source
+        # checkout in the current directory cannot shadow the other curvedit.
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                     cwd=pythonpath or None)
         lines = []
         for line in self.proc.stdout:
             lines.append(line)
@@ -208,31 +215,23 @@ def run_model(label: str, bundle: Path, args) -> list[Cell]:
     rng = np.random.default_rng(0)
     latents = rng.standard_normal((max(4096, args.chunk * 8), model.latent_dim)).astype(np.float32)
     edits = {model.directions[0]: 1.0}
-    cells = []
-    for name, (argv, pythonpath) in _servers(bundle, args).items():
-        server = ServerProcess(argv, pythonpath)
-        target = f"127.0.0.1:{server.port}"
-        try:
-            plan = [("unary", c, 1) for c in args.concurrency] + [("stream", args.in_flight, args.chunk)]
-            for mode, conc, items in plan:
-                before = server.metrics()
-                if mode == "unary":
-                    n, lat, errors = asyncio.run(unary_load(target, latents, edits, conc, args.duration))
-                else:
-                    n, lat, errors = asyncio.run(stream_load(target, latents, edits, items, conc, args.duration))
-                after = server.metrics()
-                p50, p95, p99 = _percentiles(lat)
-                cell = Cell(label, name, mode, conc, items, n / args.duration, n * items / args.duration,
-                            p50, p95, p99, errors)
-                batches = after.get("nv_inference_exec_count", 0) - before.get("nv_inference_exec_count", 0)
-                if batches > 0:
-                    cell.mean_batch = (after["nv_inference_count"] - before.get("nv_inference_count", 0)) / batches
-                    compute_us = (after["nv_inference_compute_infer_duration_us"]
-                                  - before.get("nv_inference_compute_infer_duration_us", 0))
-                    cell.batch_compute_ms = compute_us / batches / 1000
+    servers = {}
+    try:
+        for name, (argv, pythonpath) in _servers(bundle, args).items():  # all up at once: cells interleave
+            servers[name] = ServerProcess(argv, pythonpath)
+        cells = []
+        plan = [("unary", c, 1) for c in args.concurrency] + [("stream", args.in_flight, args.chunk)]
+        for mode, conc, items in plan:
+            samples: dict[str, list] = {name: [] for name in servers}
+            for _ in range(args.rounds):  # round by round over the servers: load from elsewhere hits all alike
+                for name, server in servers.items():
+                    samples[name].append(_sample(server, mode, conc, items, latents, edits, args.duration))
+            for name in servers:
+                cell = _cell(label, name, mode, conc, items, samples[name], args.duration)
                 cells.append(cell)
                 print(_row(cell), flush=True)
-        finally:
+    finally:
+        for server in servers.values():
             server.stop()
     for cell in cells:  # the engine at the batch size the server actually executed (or the chunk for noop)
         batch = cell.mean_batch if cell.mean_batch == cell.mean_batch else cell.items_per_request
@@ -241,14 +240,51 @@ def run_model(label: str, bundle: Path, args) -> list[Cell]:
     return cells
 
 
+def _sample(server: ServerProcess, mode: str, conc: int, items: int, latents, edits, duration: float) -> tuple:
+    """One measurement of one server: (requests, latencies, errors, metric deltas)."""
+    target = f"127.0.0.1:{server.port}"
+    before = server.metrics()
+    if mode == "unary":
+        n, lat, errors = asyncio.run(unary_load(target, latents, edits, conc, duration))
+    else:
+        n, lat, errors = asyncio.run(stream_load(target, latents, edits, items, conc, duration))
+    after = server.metrics()
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in (
+        "nv_inference_exec_count", "nv_inference_count", "nv_inference_compute_infer_duration_us")}
+    return n, lat, errors, delta
+
+
+def _cell(label: str, name: str, mode: str, conc: int, items: int, samples: list, duration: float) -> Cell:
+    """A cell from its rounds: the median round's requests/s, percentiles over every round's latencies."""
+    rates = tuple(n / duration for n, _, _, _ in samples)
+    rate = sorted(rates)[len(rates) // 2]
+    p50, p95, p99 = _percentiles([x for _, lat, _, _ in samples for x in lat])
+    cell = Cell(label, name, mode, conc, items, rate, rate * items, p50, p95, p99, sum(s[2] for s in samples),
+                round_requests_per_s=rates)
+    batches = sum(s[3]["nv_inference_exec_count"] for s in samples)
+    if batches > 0:
+        cell.mean_batch = sum(s[3]["nv_inference_count"] for s in samples) / batches
+        compute_us = sum(s[3]["nv_inference_compute_infer_duration_us"] for s in samples)
+        cell.batch_compute_ms = compute_us / batches / 1e3
+    return cell
+
+
 HEADER = (f"{'model':<22} {'server':<11} {'mode':<6} {'conc':>5} {'items':>5} {'req/s':>9} {'items/s':>10} "
-          f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'err':>4} {'batch':>6} {'cmp ms':>7} {'engine it/s':>12}")
+          f"{'spread':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'err':>4} {'batch':>6} {'cmp ms':>7} "
+          f"{'engine it/s':>12}")
 
 
 def _row(c: Cell) -> str:
     return (f"{c.model:<22} {c.server:<11} {c.mode:<6} {c.concurrency:>5} {c.items_per_request:>5} "
-            f"{c.requests_per_s:>9.0f} {c.items_per_s:>10.0f} {c.p50_ms:>8.2f} {c.p95_ms:>8.2f} {c.p99_ms:>8.2f} "
-            f"{c.errors:>4} {c.mean_batch:>6.1f} {c.batch_compute_ms:>7.2f} {c.engine_items_per_s:>12.0f}")
+            f"{c.requests_per_s:>9.0f} {c.items_per_s:>10.0f} {_spread(c):>6.0f}% "
+            f"{c.p50_ms:>8.2f} {c.p95_ms:>8.2f} {c.p99_ms:>8.2f} {c.errors:>4} "
+            f"{c.mean_batch:>6.1f} {c.batch_compute_ms:>7.2f} {c.engine_items_per_s:>12.0f}")
+
+
+def _spread(c: Cell) -> float:
+    """The rounds' requests/s range as a percentage of the median (0 with one round)."""
+    rates = c.round_requests_per_s
+    return 100 * (max(rates) - min(rates)) / c.requests_per_s if rates and c.requests_per_s else float("nan")
 
 
 def summarize(cells: list[Cell]) -> list[dict]:
@@ -292,6 +328,13 @@ def _engine_at_chunk(cells: list[Cell], model: str) -> float:
     return noop[0].engine_items_per_s if noop else float("nan")
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="curvedit bench serve", description=__doc__)
     add_options(parser)
@@ -304,7 +347,10 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", default="1,8,64,256", type=lambda s: [int(x) for x in s.split(",")],
                    help="comma list of client concurrencies (default 1,8,64,256)")
     p.add_argument("--duration", type=float, default=3.0,
-                   help="seconds measured per cell, after 0.5 s warm-up (default 3)")
+                   help="seconds measured per cell and round, after 0.5 s warm-up (default 3)")
+    p.add_argument("--rounds", type=_at_least_one, default=3,
+                   help="rounds per cell, the servers taken in turn within each (default 3); a cell reports the "
+                        "median round's requests/s and percentiles over all rounds")
     p.add_argument("--max-batch-size", type=int, default=256, help="the batched server's (default 256)")
     p.add_argument("--max-queue-delay-ms", default=[5.0], type=lambda s: [float(x) for x in s.split(",")],
                    help="the batched server's; a comma list runs one batched server per value, the first named "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -121,8 +122,10 @@ async def http_load(port: int, path: str, payload: bytes, concurrency: int, dura
 
 
 def _start(argv: list[str], marker: str, env: dict | None = None, timeout: float = 180) -> subprocess.Popen:
+    """``argv`` in a session of its own, once it prints ``marker``: LitServe's workers (forked by the server)
+    outlive a terminated parent, so ``_stop`` ends the whole process group."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True)
     deadline, lines = time.monotonic() + timeout, []
     for line in proc.stdout:
         lines.append(line)
@@ -131,7 +134,7 @@ def _start(argv: list[str], marker: str, env: dict | None = None, timeout: float
             return proc
         if time.monotonic() > deadline:
             break
-    proc.kill()
+    _stop(proc, grace=0.0)
     raise RuntimeError("server did not start:\n" + "".join(lines[-30:]))
 
 
@@ -156,13 +159,25 @@ def _ready(port: int, path: str, payload: bytes, timeout: float = 120) -> None:
     raise RuntimeError(f"no 200 from 127.0.0.1:{port}{path} within {timeout:g} s")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
+def _signal_group(proc: subprocess.Popen, sig: int) -> bool:
+    """Send ``sig`` to the server's process group; False once no process is left in it."""
     try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        os.killpg(proc.pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM to the server and its workers; SIGKILL to whatever is left after ``grace`` seconds."""
+    _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if proc.poll() is not None and not _signal_group(proc, 0):
+            break
+        time.sleep(0.1)
+    _signal_group(proc, signal.SIGKILL)
+    proc.wait()
 
 
 def _free_port() -> int:

@@ -81,6 +81,40 @@ def test_delay_counts_from_the_oldest_item_not_the_poll():
     assert len(q) == 0 and q.next_wakeup(0.010) is None
 
 
+def loaded_queue(delay: float) -> BatchQueue:
+    """A queue whose stage just ran a batch that waited for company and found it (two requests, by delay)."""
+    q = BatchQueue(max_batch_size=8, max_queue_delay_s=delay, max_queue_size=100)
+    q.put([entry(t=0.000, filling=True), entry(t=0.001, filling=True)])
+    assert q.pop_ready(delay).reason == "delay"
+    return q
+
+
+def test_under_load_a_request_at_the_idle_stage_fills_the_next_batch():
+    q = loaded_queue(0.010)  # closed-loop clients: the first back after their batch must not leave alone
+    q.put([entry(t=0.020)])
+    q.put([entry(t=0.021)])
+    assert q.pop_ready(0.021) is None and q.next_wakeup(0.021) == pytest.approx(0.009)
+    batch = q.pop_ready(0.031)
+    assert batch.size == 2 and batch.reason == "delay"
+
+
+def test_a_batch_that_waited_alone_returns_the_stage_to_idle_dispatch():
+    q = loaded_queue(0.010)
+    q.put([entry(t=0.020)])  # the burst is over: this one waits the delay once, and finds nobody
+    batch = q.pop_ready(0.031)
+    assert batch.size == 1 and batch.reason == "delay"
+    q.put([entry(t=0.040)])
+    batch = q.pop_ready(0.040)
+    assert batch.size == 1 and batch.reason == "idle"
+
+
+def test_with_no_delay_a_loaded_stage_still_dispatches_at_once():
+    q = loaded_queue(0.0)
+    q.put([entry(t=0.020)])
+    batch = q.pop_ready(0.020)
+    assert batch.size == 1 and batch.reason == "idle"
+
+
 def test_full_batch_released_at_once_and_capped_at_max():
     q = BatchQueue(max_batch_size=4, max_queue_delay_s=1.0, max_queue_size=100)
     q.put([entry(n=3, t=0.0, filling=True)])

@@ -6,10 +6,12 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from curvedit.service.peers import _exchange, http_load
+from curvedit.service.peers import _exchange, _start, _stop, http_load
 
 
 @pytest.mark.slow
@@ -74,3 +76,29 @@ def test_the_load_generator_counts_refusals_as_errors():
 
     latencies, errors = asyncio.run(scenario())
     assert latencies == [] and errors > 0
+
+
+def test_stopping_a_server_ends_the_workers_it_forked(tmp_path):
+    """LitServe's workers outlived a terminated parent (and kept polling) until the whole group was ended."""
+    pid_file = tmp_path / "worker.pid"
+    script = ("import subprocess, sys, time\n"
+              "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+              f"open({str(pid_file)!r}, 'w').write(str(worker.pid))\n"
+              "print('READY', flush=True)\n"
+              "time.sleep(120)\n")
+    server = _start([sys.executable, "-c", script], "READY")
+    worker = int(pid_file.read_text())
+    _stop(server, grace=5.0)
+    assert server.returncode is not None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _alive(worker):
+        time.sleep(0.05)
+    assert not _alive(worker)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's reaping is left
