@@ -9,6 +9,7 @@ from curvedit.models.families import GENERATOR_FAMILIES, build_generator, famili
 from curvedit.models.labelled_editors import AxesEditor
 from curvedit.models.pixelcnn import DEFAULT_SEED, PixelCNN, PixelCNNConfig, dequantise, quantise
 from curvedit.models.train_pixelcnn import PixelCNNTrainConfig, train_pixelcnn
+from curvedit.recipes import RECIPES
 
 TINY = PixelCNNConfig(channels=8, layers=3, kernel=3, head=16, encoder_channels=8, encoder_hidden=32)
 
@@ -121,3 +122,14 @@ def test_a_finished_run_reloads_from_its_checkpoint_and_refuses_other_settings(t
     with pytest.raises(ValueError, match="another PixelCNN"):
         train_pixelcnn(tmp_path, TINY, PixelCNNTrainConfig(steps=6, batch_size=4, encoder_from=None),
                        progress=False)
+
+
+def test_the_recipe_conditions_on_the_shapes_vae_encoder_and_reuses_its_editors():
+    """``h`` is the shapes-vae's latent, so its editors apply as they are; the encoder copied into the PixelCNN
+    must have the VAE's shape, and the sampling loop is not exported as one ONNX graph."""
+    recipe, vae = RECIPES["shapes-pixelcnn"], RECIPES["shapes-vae"].config
+    assert recipe.family == "pixelcnn" and recipe.editors_from == "shapes-vae" and recipe.editors == ()
+    assert recipe.train_config.encoder_from == "shapes-vae" and recipe.regressor == "shapes32"
+    assert (recipe.config.latent_dim, recipe.config.encoder_channels, recipe.config.encoder_hidden) == (
+        vae.latent_dim, vae.base_channels, vae.hidden)
+    assert recipe.skip_graphs == ("generator.onnx",)
