@@ -171,6 +171,10 @@ class PixelCNN(GeneratorFamily):
 
     # -- sampling ----------------------------------------------------------------------------------------------
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+            # Fail at once: tracing would unroll 256 steps and then fail on the seeded generators anyway.
+            raise RuntimeError("the PixelCNN samples pixel by pixel in a Python loop and has no one-graph export; "
+                               "its generator runs on PyTorch")
         return dequantise(self.sample(z, [DEFAULT_SEED] * len(z)), self.config.levels)
 
     @torch.no_grad()

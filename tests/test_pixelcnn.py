@@ -133,3 +133,16 @@ def test_the_recipe_conditions_on_the_shapes_vae_encoder_and_reuses_its_editors(
     assert (recipe.config.latent_dim, recipe.config.encoder_channels, recipe.config.encoder_hidden) == (
         vae.latent_dim, vae.base_channels, vae.hidden)
     assert recipe.skip_graphs == ("generator.onnx",)
+
+
+@pytest.mark.parametrize(("exporter", "reason"), [("torchscript", "no one-graph export"),
+                                                  ("dynamo", "dynamo export failed")])
+def test_exporting_the_sampler_fails_at_once_with_a_reason(model, exporter, reason):
+    """Engines that export on demand fall back to PyTorch on an ``ExportError``; the sampler says so up front."""
+    from curvedit.export.graphs import GeneratorGraph, GraphSpec, Port
+    from curvedit.export.onnx_export import ExportError, build_graph
+
+    spec = GraphSpec("generator", "generator.onnx", GeneratorGraph(model).eval(), (Port("z", ("batch", 8)),),
+                     (Port("image", ("batch", 16, 16, 3), "uint8"),), None, ())
+    with pytest.raises(ExportError, match=reason):
+        build_graph(spec, exporter)
