@@ -146,3 +146,20 @@ def test_exporting_the_sampler_fails_at_once_with_a_reason(model, exporter, reas
                      (Port("image", ("batch", 16, 16, 3), "uint8"),), None, ())
     with pytest.raises(ExportError, match=reason):
         build_graph(spec, exporter)
+
+
+def test_a_bundle_without_a_generator_graph_serves_through_pytorch_on_every_engine(tmp_path, model):
+    """No ``generator.onnx``: the ONNX Runtime engine falls back to PyTorch for the generator and gives the same
+    images and latents as the torch engine."""
+    import curvedit
+
+    path = write_bundle(tmp_path / "b", name="tiny-pixelcnn", version="0", generator=model,
+                        editors={"axes": (AxesEditor(8, ["x", "y"], [0, 1]), "supervised", {})},
+                        default_editor="axes")
+    torch_model, ort_model = curvedit.load(path, engine="torch"), curvedit.load(path, engine="onnxruntime")
+    z = torch_model.edit(torch_model.sample(3, seed=4), {"x": 1.0})
+    images = torch_model.generate(z)
+    assert images.shape == (3, 16, 16, 3)
+    assert (ort_model.generate(z) == images).all()
+    torch.testing.assert_close(torch.from_numpy(ort_model.encode(images)),
+                               torch.from_numpy(torch_model.encode(images)), rtol=1e-4, atol=1e-4)
