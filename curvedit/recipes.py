@@ -21,10 +21,12 @@ from curvedit.models.families import GENERATOR_FAMILIES, GeneratorFamily, build_
 from curvedit.models.files import write_json
 from curvedit.models.generator import GeneratorConfig
 from curvedit.models.infogan import InfoGANConfig, InfoGANTrainConfig
+from curvedit.models.pixelcnn import PixelCNNConfig
 from curvedit.models.regressor import FactorRegressor, RegressorTrainConfig, train_regressor
 from curvedit.models.renderer import FACTOR_NAMES
 from curvedit.models.train_editor import EditorTrainConfig
 from curvedit.models.train_generator import GANTrainConfig
+from curvedit.models.train_pixelcnn import PixelCNNTrainConfig
 from curvedit.models.vae import VAEConfig, VAETrainConfig
 
 # The shipped DeCurvEd editors' training (supervised: 2,500 steps at lr 1e-3, light log-det regulariser).
@@ -65,6 +67,12 @@ class Recipe:
     editors: tuple[EditorStage, ...]
     regressor: str | None  # "train": train one; a shipped model's name: reuse its regressor; None: no regressor
     version: str = "1.0.0"
+    # A shipped model whose editors are reused as they are, for a generator conditioned on that model's latent
+    # space (the PixelCNN on the shapes-vae's z; its sampling has no gradient to train editors through).
+    editors_from: str | None = None
+    # Graphs not to export: an autoregressive sampler is a loop of 256 network passes, not one graph; such a
+    # bundle serves through the torch engine.
+    skip_graphs: tuple[str, ...] = ()
 
     @property
     def directions(self) -> list[str]:
@@ -78,6 +86,7 @@ _DIGITS_EDITOR_TRAINING = EditorTrainConfig(mode="unsupervised", steps=3000, lr=
 BETA = 4.0
 BETAVAE_STEPS = 4000
 INFOGAN_STEPS = 2000
+PIXELCNN_STEPS = 4000
 
 RECIPES: dict[str, Recipe] = {
     "shapes32": Recipe("shapes32", "dcgan", GeneratorConfig(latent_dim=8), GANTrainConfig(steps=10000),
@@ -100,7 +109,26 @@ RECIPES: dict[str, Recipe] = {
     "shapes-infogan": Recipe("shapes-infogan", "infogan", InfoGANConfig(codes=6, noise=2),
                              InfoGANTrainConfig(steps=INFOGAN_STEPS), _shapes_editors(axes=True),
                              regressor="shapes32"),
+    # A conditional PixelCNN (16×16, 64 colours) on h = the shapes-vae encoder's z: DeCurvEd edits h with the
+    # shapes-vae's own editors, and the PixelCNN renders them.
+    "shapes-pixelcnn": Recipe("shapes-pixelcnn", "pixelcnn", PixelCNNConfig(),
+                              PixelCNNTrainConfig(steps=PIXELCNN_STEPS, encoder_from="shapes-vae"), (),
+                              regressor="shapes32", editors_from="shapes-vae", skip_graphs=("generator.onnx",)),
 }
+
+
+def _reused_editors(name: str, log) -> tuple[dict, str]:
+    """A shipped model's editors as ``write_bundle`` takes them, and its default editor's name."""
+    from curvedit.api import load
+
+    bundle = load(name, engine="torch").bundle
+    editors = {}
+    for editor_name, editor in bundle.editors.items():
+        entry = bundle.manifest["editors"][editor_name]
+        report = {**entry.get("training", {}), "reused_from": f"{name} {bundle.digest[:12]}"}
+        editors[editor_name] = (editor, entry["mode"], report)
+    log(f"editors: {sorted(editors)} reused from the shipped {name}")
+    return editors, bundle.default_editor
 
 
 def _regressor(recipe: Recipe, run: Path, steps: int, seed: int, log) -> FactorRegressor | None:
@@ -162,7 +190,9 @@ def run_recipe(name: str, out: Path, run: Path, seed: int = 0, generator_steps: 
     start, had = time.time(), (run / "generator" / "generator.safetensors").is_file()
     generator = train_run_generator(run / "generator", recipe.family, recipe.config, train_config)
     seconds["generator"] = "reused" if had else round(time.time() - start)
-    editors = {}
+    editors, default_editor = {}, recipe.editors[0].name if recipe.editors else None
+    if recipe.editors_from is not None:
+        editors, default_editor = _reused_editors(recipe.editors_from, log)
     for stage in recipe.editors:
         config = replace(stage.train, seed=seed, **({"steps": editor_steps} if editor_steps is not None
                                                     and EDITOR_KINDS[stage.method].needs_training else {}))
@@ -177,10 +207,14 @@ def run_recipe(name: str, out: Path, run: Path, seed: int = 0, generator_steps: 
     training = {"command": f"curvedit train recipe {name}", "seed": seed, "generator": train_config.to_dict(),
                 "seconds": seconds}
     write_bundle(out, name=name, version=recipe.version, generator=generator, editors=editors,
-                 default_editor=recipe.editors[0].name, regressor=regressor, seed=seed, training=training)
+                 default_editor=default_editor, regressor=regressor, seed=seed, training=training)
     if export:
+        from curvedit.bundle import load_bundle
+        from curvedit.export.graphs import bundle_specs
         from curvedit.export.onnx_export import export_bundle
 
-        results = export_bundle(out)
+        specs = bundle_specs(load_bundle(out))
+        graphs = [spec.filename for spec in specs if spec.filename not in recipe.skip_graphs]
+        results = export_bundle(out, only=graphs)
         log(f"onnx: {sum(r.written for r in results)} of {len(results)} graphs verified and written")
     return seconds

@@ -69,7 +69,7 @@ def test_a_model_without_an_encoder_names_the_families_that_have_one(tiny_bundle
     gan = curvedit.load(tiny_bundle, engine="torch")
     assert not gan.can_encode
     for call in (lambda: gan.encode(images), lambda: gan.edit_images(images, {"x": 1.0})):
-        with pytest.raises(ValueError, match=r"has no encoder.*families that can: \['vae'\]"):
+        with pytest.raises(ValueError, match=r"has no encoder.*families that can: \[.*'vae'.*\]"):
             call()
 
 

@@ -1,0 +1,234 @@
+"""The conditional PixelCNN family: an autoregressive image model ``p(x | h)`` whose conditioning vector ``h``
+plays the latent's role, so DeCurvEd edits ``h``.
+
+Images are 16×16 with colours quantised to ``levels`` values per channel; each pixel is one categorical over the
+``levels³`` colours, so there are no sub-pixel masks. The network is the gated PixelCNN: a vertical stack (rows
+above) and a horizontal stack (pixels to the left in the row), gated units ``tanh(a) ⊙ σ(b)`` with ``V h`` added to
+``a`` and ``b`` in every layer of both stacks, the vertical stack fed to the horizontal one shifted down a row (no
+blind spot), and residual connections in the horizontal stack.
+
+``h`` is the ``shapes-vae`` encoder's posterior mean (a PixelVAE-style decoder on a frozen encoder): ``encode``
+upsamples the 16×16 image ×2 (nearest) and runs that encoder, so real images can be encoded, and ``h ~ N(0, I)``
+is the contract's standard prior.
+
+Sampling is seeded and batch-independent: row i draws pixel j by inverse CDF from ``u[j]`` of
+``torch.rand(H·W, generator=manual_seed(seeds[i]))``, so equal ``(h, seed)`` give equal images at any batch size or
+position. ``decode(z)`` samples with ``DEFAULT_SEED``. The fast loop (``sample(..., fast=True)``) computes the
+conditioning once, the vertical stack once per row on the rows its receptive field reaches, and per pixel only the
+horizontal stack on the columns it reaches; it gives the same images as the naive loop (a full forward per pixel).
+
+Reference: van den Oord et al., "Conditional Image Generation with PixelCNN Decoders", NeurIPS 2016; Gulrajani et
+al., "PixelVAE", ICLR 2017.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from curvedit.models.families import GeneratorFamily, register_family
+from curvedit.models.vae import VAE, VAEConfig
+
+DEFAULT_SEED = 0
+
+
+@dataclass(frozen=True)
+class PixelCNNConfig:
+    latent_dim: int = 8
+    image_size: int = 16
+    levels: int = 4  # per colour channel: levels³ colours
+    channels: int = 32
+    layers: int = 6
+    kernel: int = 5  # odd: the vertical stack sees kernel // 2 rows up and columns each side per layer
+    head: int = 64
+    encoder_channels: int = 32  # of the conditioning encoder (the VAE's, on images upsampled to 32×32)
+    encoder_hidden: int = 256
+
+    def __post_init__(self):
+        if self.image_size != 16:
+            raise ValueError(f"the PixelCNN is built for 16×16 images, got image_size={self.image_size}")
+        if self.kernel < 3 or self.kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd and >= 3, got {self.kernel}")
+        if not 2 <= self.levels <= 8 or self.layers < 1 or self.latent_dim < 1:
+            raise ValueError(f"need 2 <= levels <= 8, layers >= 1, latent_dim >= 1; got {self.levels}, "
+                             f"{self.layers}, {self.latent_dim}")
+
+    @property
+    def classes(self) -> int:
+        return self.levels**3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def quantise(images: torch.Tensor, levels: int) -> torch.Tensor:
+    """Images ``[n, 3, H, W]`` in [-1, 1] → colour classes ``[n, H, W]`` (long), ``r·L² + g·L + b``."""
+    idx = ((images.clamp(-1, 1) + 1) / 2 * (levels - 1)).round().long()
+    return idx[:, 0] * levels**2 + idx[:, 1] * levels + idx[:, 2]
+
+
+def dequantise(classes: torch.Tensor, levels: int) -> torch.Tensor:
+    """Colour classes ``[n, H, W]`` → images ``[n, 3, H, W]`` in [-1, 1]."""
+    idx = torch.stack([classes // levels**2, classes // levels % levels, classes % levels], dim=1)
+    return idx.float() / (levels - 1) * 2 - 1
+
+
+def _gate(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=1)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+class GatedLayer(nn.Module):
+    """One gated layer of both stacks. The first layer's horizontal convolution is masked type A (it does not see
+    the current pixel) and has no residual connection."""
+
+    def __init__(self, c: int, k: int, latent_dim: int, first: bool):
+        super().__init__()
+        self.p, self.first = k // 2, first
+        self.v_conv = nn.Conv2d(c, 2 * c, (k // 2 + 1, k))
+        self.h_conv = nn.Conv2d(c, 2 * c, (1, k // 2 + 1))
+        self.v_to_h = nn.Conv2d(2 * c, 2 * c, 1)
+        self.h_out = nn.Conv2d(c, c, 1)
+        self.cond = nn.Linear(latent_dim, 4 * c)  # V h for [vertical a, b | horizontal a, b]
+        mask = torch.ones(1, 1, 1, k // 2 + 1)
+        if first:
+            mask[..., -1] = 0.0
+        self.register_buffer("mask", mask, persistent=False)
+
+    def vertical(self, v: torch.Tensor, cond_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``v [n, c, rows, W]`` → ``(gated [n, c, rows, W], pre-activation [n, 2c, rows, W])``; output row i sees
+        input rows i − k//2 … i (zeros above the first)."""
+        pre = self.v_conv(F.pad(v, (self.p, self.p, self.p, 0)))
+        return _gate(pre + cond_v), pre
+
+    def horizontal(self, h: torch.Tensor, above: torch.Tensor, cond_h: torch.Tensor) -> torch.Tensor:
+        """``h [n, c, rows, cols]``, ``above`` = the vertical pre-activation of the row above
+        ``[n, 2c, rows, cols]`` → ``[n, c, rows, cols]``; column j sees columns j − k//2 … j (… j − 1 in the
+        first layer)."""
+        weight = self.h_conv.weight * self.mask if self.first else self.h_conv.weight
+        pre = F.conv2d(F.pad(h, (self.p, 0, 0, 0)), weight, self.h_conv.bias) + self.v_to_h(above) + cond_h
+        out = self.h_out(_gate(pre))
+        return out if self.first else h + out
+
+
+@register_family
+class PixelCNN(GeneratorFamily):
+    """``decode(h [n, d]) → [n, 3, 16, 16]`` in [-1, 1] (seeded sampling); ``encode(images) → h [n, d]``."""
+
+    family = "pixelcnn"
+    config_class = PixelCNNConfig
+    can_encode = True
+
+    def __init__(self, config: PixelCNNConfig = PixelCNNConfig()):
+        super().__init__(config)
+        c, k = config.channels, config.kernel
+        vae = VAE(VAEConfig(latent_dim=config.latent_dim, base_channels=config.encoder_channels,
+                            hidden=config.encoder_hidden))
+        self.encoder = vae.encoder  # frozen in training: the conditioning space is the VAE's latent space
+        self.embed = nn.Embedding(config.classes, c)
+        self.layers = nn.ModuleList(GatedLayer(c, k, config.latent_dim, i == 0) for i in range(config.layers))
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(c, config.head, 1), nn.ReLU(),
+                                  nn.Conv2d(config.head, config.classes, 1))
+        self.reach = config.layers * (k // 2)  # rows up (vertical) and columns left (horizontal) a pixel sees
+
+    # -- conditioning ------------------------------------------------------------------------------------------
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        mean, _ = self.encoder(F.interpolate(images, scale_factor=2, mode="nearest")).chunk(2, dim=1)
+        return mean
+
+    def conditioning(self, h: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``h [n, d]`` → per layer ``(V_v h, V_h h)``, each ``[n, 2c, 1, 1]``: computed once per image."""
+        return [tuple(t[..., None, None] for t in layer.cond(h).chunk(2, dim=1)) for layer in self.layers]
+
+    def linear_map(self) -> torch.Tensor:
+        return torch.cat([layer.cond.weight for layer in self.layers])
+
+    def edit_features(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(torch.cat([layer.cond(z) for layer in self.layers], dim=1))
+
+    # -- the network -------------------------------------------------------------------------------------------
+    def logits(self, classes: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced: colour classes ``[n, H, W]``, ``h [n, d]`` → logits ``[n, levels³, H, W]``; position
+        (r, c) depends only on pixels before it in raster order."""
+        return self._logits(classes, self.conditioning(h))
+
+    def _logits(self, classes: torch.Tensor, cond) -> torch.Tensor:
+        return self.stacks(self.embed(classes).permute(0, 3, 1, 2), cond)
+
+    def stacks(self, x: torch.Tensor, cond) -> torch.Tensor:
+        """Embedded pixels ``[n, c, H, W]`` and ``conditioning(h)`` → logits ``[n, levels³, H, W]`` (the tests
+        differentiate this to check the masks)."""
+        v = h = x
+        for layer, (cond_v, cond_h) in zip(self.layers, cond, strict=True):
+            v, pre = layer.vertical(v, cond_v)
+            h = layer.horizontal(h, F.pad(pre, (0, 0, 1, 0))[:, :, :-1], cond_h)
+        return self.head(h)
+
+    # -- sampling ----------------------------------------------------------------------------------------------
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+            # Fail at once: tracing would unroll 256 steps and then fail on the seeded generators anyway.
+            raise RuntimeError("the PixelCNN samples pixel by pixel in a Python loop and has no one-graph export; "
+                               "its generator runs on PyTorch")
+        return dequantise(self.sample(z, [DEFAULT_SEED] * len(z)), self.config.levels)
+
+    @torch.no_grad()
+    def sample(self, h: torch.Tensor, seeds: Sequence[int], fast: bool = True) -> torch.Tensor:
+        """``h [n, d]`` and one seed per row → colour classes ``[n, H, W]`` (long); ``dequantise`` makes images.
+        ``fast=False`` is the naive loop (a full forward per pixel), kept as the reference."""
+        if len(seeds) != len(h):
+            raise ValueError(f"need one seed per latent: {len(seeds)} seeds for {len(h)} latents")
+        size = self.config.image_size
+        noise = torch.stack([torch.rand(size * size, generator=torch.Generator().manual_seed(int(s)))
+                             for s in seeds]).to(h.device)
+        classes = torch.zeros(len(h), size, size, dtype=torch.long, device=h.device)
+        cond = self.conditioning(h)
+        step = self._fast_rows if fast else self._naive_rows
+        for r, logits_of in step(classes, cond):
+            for col in range(size):
+                classes[:, r, col] = _draw(logits_of(col), noise[:, r * size + col])
+        return classes
+
+    def _naive_rows(self, classes: torch.Tensor, cond):
+        for r in range(classes.shape[1]):
+            yield r, lambda col, r=r: self._logits(classes, cond)[:, :, r, col]
+
+    def _fast_rows(self, classes: torch.Tensor, cond):
+        """Per row: the vertical stack over the ``reach`` rows above, once; per pixel: the horizontal stack over
+        the ``reach`` columns to its left. Zero padding at a crop's edge only reaches ``reach − 1`` rows/columns
+        in, so the target pixel is exact."""
+        n, size, c2 = classes.shape[0], classes.shape[1], 2 * self.config.channels
+        for r in range(size):
+            if r == 0:
+                above = [classes.new_zeros(n, c2, 1, size, dtype=torch.float32)] * len(self.layers)
+            else:
+                v = self.embed(classes[:, max(0, r - 1 - self.reach):r]).permute(0, 3, 1, 2)
+                above = []
+                for layer, (cond_v, _) in zip(self.layers, cond, strict=True):
+                    v, pre = layer.vertical(v, cond_v)
+                    above.append(pre[:, :, -1:])
+            yield r, lambda col, r=r, above=above: self._pixel(classes, cond, above, r, col)
+
+    def _pixel(self, classes, cond, above, r: int, col: int) -> torch.Tensor:
+        c0 = max(0, col - self.reach)
+        h = self.embed(classes[:, r:r + 1, c0:col + 1]).permute(0, 3, 1, 2)
+        for layer, (_, cond_h), a in zip(self.layers, cond, above, strict=True):
+            h = layer.horizontal(h, a[..., c0:col + 1], cond_h)
+        return self.head(h[..., -1:])[:, :, 0, 0]
+
+    @classmethod
+    def train_recipe(cls, run_dir: Path, config: PixelCNNConfig, train_config, progress: bool = True) -> PixelCNN:
+        from curvedit.models.train_pixelcnn import train_pixelcnn
+
+        return train_pixelcnn(run_dir, config, train_config, progress)
+
+
+def _draw(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw: ``logits [n, K]``, ``u [n]`` in [0, 1) → classes ``[n]``."""
+    cdf = torch.softmax(logits, dim=1).cumsum(dim=1)
+    return (cdf < u[:, None]).sum(dim=1).clamp(max=logits.shape[1] - 1)
