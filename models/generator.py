@@ -76,21 +76,24 @@ class Generator(GeneratorFamily):
         return train_generator(run_dir, config, train_config, progress)
 
 
+def critic_layers(c: int) -> list[nn.Module]:
+    """The SNGAN critic's convolutional body, images ``[batch, 3, 32, 32]`` → features ``[batch, 4c, 4, 4]``;
+    shared by the GAN's critic and InfoGAN's (whose Q head reads the same features)."""
+    return [spectral_norm(nn.Conv2d(3, c, 4, 2, 1)),  # 16×16
+            nn.LeakyReLU(0.1),
+            spectral_norm(nn.Conv2d(c, 2 * c, 4, 2, 1)),  # 8×8
+            nn.LeakyReLU(0.1),
+            spectral_norm(nn.Conv2d(2 * c, 4 * c, 4, 2, 1)),  # 4×4
+            nn.LeakyReLU(0.1)]
+
+
 class Discriminator(nn.Module):
     """Images ``[batch, 3, 32, 32]`` → realness scores ``[batch]``; spectral norm on every layer."""
 
     def __init__(self, base_channels: int = 32):
         super().__init__()
         c = base_channels
-
-        self.body = nn.Sequential(
-            spectral_norm(nn.Conv2d(3, c, 4, 2, 1)),  # 16×16
-            nn.LeakyReLU(0.1),
-            spectral_norm(nn.Conv2d(c, 2 * c, 4, 2, 1)),  # 8×8
-            nn.LeakyReLU(0.1),
-            spectral_norm(nn.Conv2d(2 * c, 4 * c, 4, 2, 1)),  # 4×4
-            nn.LeakyReLU(0.1),
-        )
+        self.body = nn.Sequential(*critic_layers(c))
         self.head = spectral_norm(nn.Linear(4 * c * 4 * 4, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from curvedit.models.families import register_family
-from curvedit.models.generator import Generator
+from curvedit.models.generator import Generator, critic_layers
 
 
 @dataclass(frozen=True)
@@ -101,15 +101,7 @@ class InfoDiscriminator(nn.Module):
     def __init__(self, codes: int, base_channels: int = 32):
         super().__init__()
         c = base_channels
-        self.body = nn.Sequential(
-            spectral_norm(nn.Conv2d(3, c, 4, 2, 1)),  # 16×16
-            nn.LeakyReLU(0.1),
-            spectral_norm(nn.Conv2d(c, 2 * c, 4, 2, 1)),  # 8×8
-            nn.LeakyReLU(0.1),
-            spectral_norm(nn.Conv2d(2 * c, 4 * c, 4, 2, 1)),  # 4×4
-            nn.LeakyReLU(0.1),
-            nn.Flatten(),
-        )
+        self.body = nn.Sequential(*critic_layers(c), nn.Flatten())  # the same layer indices as before
         self.head = spectral_norm(nn.Linear(4 * c * 16, 1))
         self.q = nn.Sequential(nn.Linear(4 * c * 16, 128), nn.LeakyReLU(0.1), nn.Linear(128, codes))
 

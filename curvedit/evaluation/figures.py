@@ -89,17 +89,7 @@ def purity_plot(results: list[dict], path: Path, size: tuple[int, int] = (560, 3
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     xs = [c for b in charts for c in [b["curvature"]]] or [0.0, 1.0]
-    x_lo, x_hi = min(xs), max(max(xs), min(xs) + 1e-6)
-
-    def to_px(x: float, y: float) -> tuple[float, float]:
-        return (left + (x - x_lo) / (x_hi - x_lo) * (w - left - right), top + (1 - y) * (h - top - bottom))
-
-    draw.line([to_px(x_lo, 0), to_px(x_hi, 0)], fill="black")
-    draw.line([to_px(x_lo, 0), to_px(x_lo, 1)], fill="black")
-    for y in np.linspace(0, 1, 6):
-        px = to_px(x_lo, float(y))
-        draw.line([(px[0] - 4, px[1]), px], fill="black")
-        draw.text((px[0] - 34, px[1] - 6), f"{y:.1f}", fill="black", font=_FONT)
+    to_px = _purity_axes(draw, size, (left, right, top, bottom), min(xs), max(max(xs), min(xs) + 1e-6))
     for x in sorted(set(xs)):
         px = to_px(x, 0)
         draw.line([px, (px[0], px[1] + 4)], fill="black")
@@ -121,6 +111,23 @@ def purity_plot(results: list[dict], path: Path, size: tuple[int, int] = (560, 3
         draw.line([(w - right + 10, ly + 6), (w - right + 30, ly + 6)], fill=colour, width=2)
         draw.text((w - right + 34, ly), name, fill="black", font=_FONT)
     return save_png(image, path)
+
+
+def _purity_axes(draw, size: tuple[int, int], margins: tuple[int, int, int, int], x_lo: float, x_hi: float):
+    """Draw the x axis and a purity axis (0 … 1, ticks every 0.2) inside ``margins`` (left, right, top, bottom);
+    returns the map from (x, purity) to pixels."""
+    (w, h), (left, right, top, bottom) = size, margins
+
+    def to_px(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - x_lo) / (x_hi - x_lo) * (w - left - right), top + (1 - y) * (h - top - bottom))
+
+    draw.line([to_px(x_lo, 0), to_px(x_hi, 0)], fill="black")
+    draw.line([to_px(x_lo, 0), to_px(x_lo, 1)], fill="black")
+    for y in np.linspace(0, 1, 6):
+        px = to_px(x_lo, float(y))
+        draw.line([(px[0] - 4, px[1]), px], fill="black")
+        draw.text((px[0] - 34, px[1] - 6), f"{y:.1f}", fill="black", font=_FONT)
+    return to_px
 
 
 def _lerp(p, q, s):
@@ -151,16 +158,7 @@ def quality_purity(results: list[dict], path: Path, size: tuple[int, int] = (620
     if not bundles:
         return save_png(image, path)
     xs = [b["quality"]["frechet_to_real"] for b in bundles]
-    x_lo, x_hi = 0.0, max(xs) * 1.1 + 1e-6
-
-    def to_px(x: float, y: float) -> tuple[float, float]:
-        return (left + (x - x_lo) / (x_hi - x_lo) * (w - left - right), top + (1 - y) * (h - top - bottom))
-
-    draw.line([to_px(x_lo, 0), to_px(x_hi, 0)], fill="black")
-    draw.line([to_px(x_lo, 0), to_px(x_lo, 1)], fill="black")
-    for y in np.linspace(0, 1, 6):
-        px = to_px(x_lo, float(y))
-        draw.text((px[0] - 34, px[1] - 6), f"{y:.1f}", fill="black", font=_FONT)
+    to_px = _purity_axes(draw, size, (left, right, top, bottom), 0.0, max(xs) * 1.1 + 1e-6)
     names = sorted({name for b in bundles for name, e in b["editors"].items() if "factors" in e})
     for b, x in zip(bundles, xs, strict=True):
         px = to_px(x, 0)
