@@ -2,6 +2,7 @@
 the vertical stack once per row on the rows it reaches, the horizontal stack per pixel on the columns it reaches).
 
     python benchmarks/bench_pixelcnn.py --batches 1 16 256 --repeats 3 --csv benchmarks/cpu_pixelcnn.csv
+    python benchmarks/bench_pixelcnn.py --device cuda --csv out/gpu_pixelcnn.csv   # on a GPU
 
 Both loops run side by side on the same latents and seeds, interleaved per repeat (the machine is shared and its
 load moves); the table gives medians, the fast/naive ratio, and whether the two loops' images were identical.
@@ -25,7 +26,7 @@ from curvedit.models.pixelcnn import PixelCNN, PixelCNNConfig
 
 def images_per_second(model: PixelCNN, h: torch.Tensor, seeds: list[int], fast: bool):
     start = time.perf_counter()
-    classes = model.sample(h, seeds, fast=fast)
+    classes = model.sample(h, seeds, fast=fast).cpu()  # .cpu() waits for a GPU to finish
     return len(h) / (time.perf_counter() - start), classes
 
 
@@ -34,6 +35,7 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--bundle", help="a bundle directory with a PixelCNN generator (default: random weights)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--csv", help="write the rows here")
     args = p.parse_args(argv)
     if args.bundle:
@@ -45,11 +47,12 @@ def main(argv=None) -> int:
     else:
         torch.manual_seed(0)
         model = PixelCNN(PixelCNNConfig()).eval()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}, "
+    model = model.to(args.device)
+    print(f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}, "
           f"config {model.config}", file=sys.stderr)
     rows = []
     for batch in args.batches:
-        h = torch.randn(batch, model.latent_dim, generator=torch.Generator().manual_seed(batch))
+        h = torch.randn(batch, model.latent_dim, generator=torch.Generator().manual_seed(batch)).to(args.device)
         seeds = list(range(batch))
         naive, fast, identical = [], [], True
         for _ in range(args.repeats):

@@ -27,9 +27,16 @@ import torch
 import triton
 import triton.language as tl
 
-from curvedit.kernels.configs import PRECISIONS, LaunchConfig, bucket_size, column_config_for, triton_available
-from curvedit.kernels.coupling import _check_layer, _tanh, check_latents, coupling_reference
-from curvedit.kernels.edit import check_amounts, edit_reference
+from curvedit.kernels.configs import PRECISIONS, LaunchConfig, column_config_for, triton_available
+from curvedit.kernels.coupling import (
+    _affine_columns,
+    _check_layer,
+    _linear_silu_columns,
+    _pass_x1_columns,
+    check_latents,
+    coupling_reference,
+)
+from curvedit.kernels.edit import EditPlan, edit, edit_reference
 from curvedit.kernels.packing import PackedFlow
 
 __all__ = ["ColumnEditPlan", "column_coupling", "column_edit", "edit_reference"]
@@ -40,29 +47,12 @@ def _dense_silu_kernel(a_ptr, idx_ptr, w_ptr, b_ptr, out_ptr, B,
                        A_STRIDE: tl.constexpr, GATHER: tl.constexpr, K: tl.constexpr, N: tl.constexpr,
                        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        PRECISION: tl.constexpr):
-    """out[rows, cols] = silu(A[rows, src] @ W[:, cols] + b[cols]) for one (row block, column block); A's
-    columns go through ``idx_ptr`` when GATHER."""
+    """Stages 1 and 2 for one (row block, column block): the fused kernels' dense + SiLU on ``BLOCK_N`` output
+    columns."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < B
-    n_mask = cols_n < N
-    acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        cols_k = k0 + tl.arange(0, BLOCK_K)
-        k_mask = cols_k < K
-        if GATHER:  # noqa: SIM108 (a constexpr branch; kept as a statement, which every triton lowers)
-            src_cols = tl.load(idx_ptr + cols_k, mask=k_mask, other=0)
-        else:
-            src_cols = cols_k
-        a = tl.load(a_ptr + rows[:, None] * A_STRIDE + src_cols[None, :], mask=row_mask[:, None] & k_mask[None, :],
-                    other=0.0)
-        w = tl.load(w_ptr + cols_k[:, None] * N + cols_n[None, :], mask=k_mask[:, None] & n_mask[None, :],
-                    other=0.0)
-        acc = tl.dot(a.to(w.dtype), w, acc, input_precision=PRECISION)
-    acc += tl.load(b_ptr + cols_n, mask=n_mask, other=0.0)[None, :]
-    h = acc / (1.0 + tl.exp(-acc))
-    tl.store(out_ptr + rows[:, None] * N + cols_n[None, :], h.to(out_ptr.dtype.element_ty),
-             mask=row_mask[:, None] & n_mask[None, :])
+    _linear_silu_columns(a_ptr, A_STRIDE, idx_ptr, GATHER, w_ptr, b_ptr, out_ptr, rows, rows < B,
+                         tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N), K, N, BLOCK_B, BLOCK_N, BLOCK_K,
+                         PRECISION)
 
 
 @triton.jit
@@ -77,44 +67,12 @@ def _affine_kernel(src, dst, h2, w3, b3, inv_perm, clamp, B,
     block = tl.program_id(1)
     rest_blocks = (REST + BLOCK_N - 1) // BLOCK_N
     if block < rest_blocks:
-        cols_j = block * BLOCK_N + tl.arange(0, BLOCK_N)
-        j_mask = cols_j < REST
-        acc_s = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
-        acc_t = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, H, BLOCK_K):
-            cols_k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = cols_k < H
-            a = tl.load(h2 + rows[:, None] * H + cols_k[None, :], mask=row_mask[:, None] & k_mask[None, :],
-                        other=0.0)
-            w_mask = k_mask[:, None] & j_mask[None, :]
-            w_s = tl.load(w3 + cols_k[:, None] * (2 * REST) + cols_j[None, :], mask=w_mask, other=0.0)
-            w_t = tl.load(w3 + cols_k[:, None] * (2 * REST) + REST + cols_j[None, :], mask=w_mask, other=0.0)
-            a = a.to(w_s.dtype)
-            acc_s = tl.dot(a, w_s, acc_s, input_precision=PRECISION)
-            acc_t = tl.dot(a, w_t, acc_t, input_precision=PRECISION)
-        s_raw = acc_s + tl.load(b3 + cols_j, mask=j_mask, other=0.0)[None, :]
-        shift = acc_t + tl.load(b3 + REST + cols_j, mask=j_mask, other=0.0)[None, :]
-        s = clamp * _tanh(s_raw / clamp)
-        mask = row_mask[:, None] & j_mask[None, :]
-        concat_cols = SPLIT + cols_j
-        perm_cols = tl.load(inv_perm + concat_cols, mask=j_mask, other=0)
-        if REVERSE:
-            y2 = tl.load(src + rows[:, None] * D + perm_cols[None, :], mask=mask, other=0.0)
-            tl.store(dst + rows[:, None] * D + concat_cols[None, :], (y2 - shift) * tl.exp(-s), mask=mask)
-        else:
-            x2 = tl.load(src + rows[:, None] * D + concat_cols[None, :], mask=mask, other=0.0)
-            tl.store(dst + rows[:, None] * D + perm_cols[None, :], x2 * tl.exp(s) + shift, mask=mask)
+        _affine_columns(src, dst, h2, w3, b3, inv_perm, clamp, rows, row_mask,
+                        block * BLOCK_N + tl.arange(0, BLOCK_N), D, SPLIT, REST, H, REVERSE, BLOCK_B, BLOCK_N,
+                        BLOCK_K, PRECISION)
     else:
         cols = (block - rest_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
-        c_mask = cols < SPLIT
-        mask = row_mask[:, None] & c_mask[None, :]
-        perm_cols = tl.load(inv_perm + cols, mask=c_mask, other=0)
-        if REVERSE:
-            x1 = tl.load(src + rows[:, None] * D + perm_cols[None, :], mask=mask, other=0.0)
-            tl.store(dst + rows[:, None] * D + cols[None, :], x1, mask=mask)
-        else:
-            x1 = tl.load(src + rows[:, None] * D + cols[None, :], mask=mask, other=0.0)
-            tl.store(dst + rows[:, None] * D + perm_cols[None, :], x1, mask=mask)
+        _pass_x1_columns(src, dst, inv_perm, rows, row_mask, cols, D, SPLIT, REVERSE)
 
 
 def _layer(src: torch.Tensor, dst: torch.Tensor, h1: torch.Tensor, h2: torch.Tensor, packed: PackedFlow,
@@ -134,25 +92,14 @@ def _layer(src: torch.Tensor, dst: torch.Tensor, h1: torch.Tensor, h2: torch.Ten
                                 D=p.dim, SPLIT=p.split, REST=p.rest, H=p.hidden, REVERSE=reverse, **tiles)
 
 
-class ColumnEditPlan:
-    """``EditPlan``'s interface (``z [bucket, d]``, ``t [bucket, K]``, ``out [bucket, d]``, ``launch()``) on the
-    column-parallel kernels: fixed buffers, so a CUDA graph captured around ``launch()`` can be replayed."""
+class ColumnEditPlan(EditPlan):
+    """``EditPlan`` (fixed buffers ``z [bucket, d]``, ``t [bucket, K]``, ``out [bucket, d]``, ``launch()``) on the
+    column-parallel kernels, so a CUDA graph captured around ``launch()`` can be replayed."""
 
     def __init__(self, packed: PackedFlow, bucket: int, directions: int):
-        if bucket < 1 or not 1 <= directions <= packed.dim:
-            raise ValueError(f"need bucket >= 1 and 1 <= directions <= {packed.dim}, got {bucket}, {directions}")
-        device, d, h = packed.device, packed.dim, packed.hidden
-        self.packed, self.bucket, self.directions = packed, bucket, directions
+        super().__init__(packed, bucket, directions)
         self.config = column_config_for(packed.precision)
-        self.z = torch.zeros(bucket, d, device=device)
-        self.t = torch.zeros(bucket, directions, device=device)
-        self.out = torch.zeros(bucket, d, device=device)
-        self._ping = torch.zeros(bucket, d, device=device)
-        self._pong = torch.zeros(bucket, d, device=device)
-        self._mixed = torch.zeros(bucket, d, device=device) if packed.mixing is not None else None
-        self._edited = torch.zeros(bucket, d, device=device) if packed.mixing is not None else None
-        self._h1 = torch.empty(bucket, h, device=device, dtype=packed.mlp_dtype)
-        self._h2 = torch.empty_like(self._h1)
+        self._pong = torch.zeros(bucket, packed.dim, device=packed.device)
 
     def launch(self) -> None:
         p = self.packed
@@ -162,7 +109,7 @@ class ColumnEditPlan:
         steps = [(layer, False) for layer in range(p.layers)]
         steps += [(layer, True) for layer in reversed(range(p.layers))]
         for i, (layer, reverse) in enumerate(steps):
-            dst = final if i == len(steps) - 1 else (self._ping, self._pong)[i % 2]
+            dst = final if i == len(steps) - 1 else (self._tmp, self._pong)[i % 2]
             _layer(src, dst, self._h1, self._h2, p, layer, reverse, self.config)
             if i == p.layers - 1:  # f(z) is complete: shift it by t (zero-padded to d)
                 dst[:, : self.directions].add_(self.t)
@@ -172,19 +119,8 @@ class ColumnEditPlan:
 
 
 def column_edit(z: torch.Tensor, amounts: torch.Tensor, packed: PackedFlow, bucket: bool = True) -> torch.Tensor:
-    """``z' = f⁻¹(f(z) + t)`` on the column-parallel kernels: ``z [B, d]``, ``amounts [B, K]`` (float32, on the
-    flow's device) → ``[B, d]``. Bucketing as in ``kernels.edit.edit``; the reference runs where Triton cannot."""
-    z = check_latents(z, packed, "z")
-    amounts = check_amounts(amounts, z, packed)
-    if not triton_available(z.device):
-        return edit_reference(z, amounts, packed)
-    batch = z.shape[0]
-    size = bucket_size(batch, 16 if z.device.type == "cuda" else 1) if bucket else batch
-    plan = ColumnEditPlan(packed, size, amounts.shape[1])
-    plan.z[:batch].copy_(z)
-    plan.t[:batch].copy_(amounts)
-    plan.launch()
-    return plan.out[:batch]
+    """``z' = f⁻¹(f(z) + t)`` on the column-parallel kernels; otherwise as ``kernels.edit.edit``."""
+    return edit(z, amounts, packed, bucket, plan_type=ColumnEditPlan)
 
 
 def column_coupling(x: torch.Tensor, packed: PackedFlow, layer: int, reverse: bool = False) -> torch.Tensor:

@@ -31,31 +31,93 @@ def _tanh(x):
 
 
 @triton.jit
+def _linear_silu_columns(a_ptr, A_STRIDE: tl.constexpr, idx_ptr, GATHER: tl.constexpr, w_ptr, b_ptr, out_ptr,
+                         rows, row_mask, cols_n, K: tl.constexpr, N: tl.constexpr, BLOCK_B: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """out[rows, cols_n] = silu(A[rows, src] @ W[:, cols_n] + b[cols_n]) for one block of output columns; A's
+    columns go through ``idx_ptr`` when GATHER."""
+    n_mask = cols_n < N
+    acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        cols_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = cols_k < K
+        if GATHER:  # noqa: SIM108 (a constexpr branch; kept as a statement, which every triton lowers)
+            src_cols = tl.load(idx_ptr + cols_k, mask=k_mask, other=0)
+        else:
+            src_cols = cols_k
+        # .cg reads through L2: in the fused kernels the scratch was written by other threads of this block
+        # before the barrier (the column kernels' inputs come from an earlier launch, where it costs nothing).
+        a = tl.load(a_ptr + rows[:, None] * A_STRIDE + src_cols[None, :],
+                    mask=row_mask[:, None] & k_mask[None, :], other=0.0, cache_modifier=".cg")
+        w = tl.load(w_ptr + cols_k[:, None] * N + cols_n[None, :],
+                    mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+        acc = tl.dot(a.to(w.dtype), w, acc, input_precision=PRECISION)
+    acc += tl.load(b_ptr + cols_n, mask=n_mask, other=0.0)[None, :]
+    h = acc / (1.0 + tl.exp(-acc))
+    tl.store(out_ptr + rows[:, None] * N + cols_n[None, :], h.to(out_ptr.dtype.element_ty),
+             mask=row_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
 def _linear_silu(a_ptr, A_STRIDE: tl.constexpr, idx_ptr, GATHER: tl.constexpr, w_ptr, b_ptr, out_ptr,
                  rows, row_mask, K: tl.constexpr, N: tl.constexpr, BLOCK_B: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    """out[rows, :N] = silu(A[rows, cols] @ W[K, N] + b); A's columns go through ``idx_ptr`` when GATHER."""
+    """out[rows, :N] = silu(A[rows, cols] @ W[K, N] + b), one block of output columns after another."""
     for n0 in range(0, N, BLOCK_N):
-        cols_n = n0 + tl.arange(0, BLOCK_N)
-        n_mask = cols_n < N
-        acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            cols_k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = cols_k < K
-            if GATHER:  # noqa: SIM108 (a constexpr branch; kept as a statement, which every triton lowers)
-                src_cols = tl.load(idx_ptr + cols_k, mask=k_mask, other=0)
-            else:
-                src_cols = cols_k
-            # .cg reads through L2: the scratch was written by other threads of this block before the barrier.
-            a = tl.load(a_ptr + rows[:, None] * A_STRIDE + src_cols[None, :],
-                        mask=row_mask[:, None] & k_mask[None, :], other=0.0, cache_modifier=".cg")
-            w = tl.load(w_ptr + cols_k[:, None] * N + cols_n[None, :],
-                        mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-            acc = tl.dot(a.to(w.dtype), w, acc, input_precision=PRECISION)
-        acc += tl.load(b_ptr + cols_n, mask=n_mask, other=0.0)[None, :]
-        h = acc / (1.0 + tl.exp(-acc))
-        tl.store(out_ptr + rows[:, None] * N + cols_n[None, :], h.to(out_ptr.dtype.element_ty),
-                 mask=row_mask[:, None] & n_mask[None, :])
+        _linear_silu_columns(a_ptr, A_STRIDE, idx_ptr, GATHER, w_ptr, b_ptr, out_ptr, rows, row_mask,
+                             n0 + tl.arange(0, BLOCK_N), K, N, BLOCK_B, BLOCK_N, BLOCK_K, PRECISION)
+
+
+@triton.jit
+def _affine_columns(src, dst, h2, w3, b3, inv_perm, clamp, rows, row_mask, cols_j,
+                    D: tl.constexpr, SPLIT: tl.constexpr, REST: tl.constexpr, H: tl.constexpr,
+                    REVERSE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    PRECISION: tl.constexpr):
+    """For one block ``cols_j`` of x2's columns: s, t = h2 @ W3 + b3, s = c·tanh(s/c), then y2 = x2·exp(s) + t
+    (inverse: x2 = (y2 − t)·exp(−s)), stored through the permutation. Returns each row's sum of s over the block
+    (its share of log|det|)."""
+    j_mask = cols_j < REST
+    acc_s = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
+    acc_t = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        cols_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = cols_k < H
+        a = tl.load(h2 + rows[:, None] * H + cols_k[None, :], mask=row_mask[:, None] & k_mask[None, :],
+                    other=0.0, cache_modifier=".cg")
+        w_mask = k_mask[:, None] & j_mask[None, :]
+        w_s = tl.load(w3 + cols_k[:, None] * (2 * REST) + cols_j[None, :], mask=w_mask, other=0.0)
+        w_t = tl.load(w3 + cols_k[:, None] * (2 * REST) + REST + cols_j[None, :], mask=w_mask, other=0.0)
+        a = a.to(w_s.dtype)
+        acc_s = tl.dot(a, w_s, acc_s, input_precision=PRECISION)
+        acc_t = tl.dot(a, w_t, acc_t, input_precision=PRECISION)
+    s_raw = acc_s + tl.load(b3 + cols_j, mask=j_mask, other=0.0)[None, :]
+    shift = acc_t + tl.load(b3 + REST + cols_j, mask=j_mask, other=0.0)[None, :]
+    s = clamp * _tanh(s_raw / clamp)
+    mask = row_mask[:, None] & j_mask[None, :]
+    concat_cols = SPLIT + cols_j
+    perm_cols = tl.load(inv_perm + concat_cols, mask=j_mask, other=0)
+    if REVERSE:
+        y2 = tl.load(src + rows[:, None] * D + perm_cols[None, :], mask=mask, other=0.0, cache_modifier=".cg")
+        tl.store(dst + rows[:, None] * D + concat_cols[None, :], (y2 - shift) * tl.exp(-s), mask=mask)
+    else:
+        x2 = tl.load(src + rows[:, None] * D + concat_cols[None, :], mask=mask, other=0.0, cache_modifier=".cg")
+        tl.store(dst + rows[:, None] * D + perm_cols[None, :], x2 * tl.exp(s) + shift, mask=mask)
+    return tl.sum(tl.where(mask, s, 0.0), axis=1)
+
+
+@triton.jit
+def _pass_x1_columns(src, dst, inv_perm, rows, row_mask, cols, D: tl.constexpr, SPLIT: tl.constexpr,
+                     REVERSE: tl.constexpr):
+    """x1 passes through unchanged, moved by the permutation (inverse: moved back), for one block of columns."""
+    c_mask = cols < SPLIT
+    mask = row_mask[:, None] & c_mask[None, :]
+    perm_cols = tl.load(inv_perm + cols, mask=c_mask, other=0)
+    if REVERSE:
+        x1 = tl.load(src + rows[:, None] * D + perm_cols[None, :], mask=mask, other=0.0, cache_modifier=".cg")
+        tl.store(dst + rows[:, None] * D + cols[None, :], x1, mask=mask)
+    else:
+        x1 = tl.load(src + rows[:, None] * D + cols[None, :], mask=mask, other=0.0, cache_modifier=".cg")
+        tl.store(dst + rows[:, None] * D + perm_cols[None, :], x1, mask=mask)
 
 
 @triton.jit
@@ -74,47 +136,10 @@ def _coupling_rows(src, dst, ld_ptr, h1, h2, w1, b1, w2, b2, w3, b3, inv_perm, c
     tl.debug_barrier()
     ld = tl.zeros([BLOCK_B], dtype=tl.float32)
     for j0 in range(0, REST, BLOCK_N):
-        cols_j = j0 + tl.arange(0, BLOCK_N)
-        j_mask = cols_j < REST
-        acc_s = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
-        acc_t = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, H, BLOCK_K):
-            cols_k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = cols_k < H
-            a = tl.load(h2 + rows[:, None] * H + cols_k[None, :], mask=row_mask[:, None] & k_mask[None, :],
-                        other=0.0, cache_modifier=".cg")
-            w_mask = k_mask[:, None] & j_mask[None, :]
-            w_s = tl.load(w3 + cols_k[:, None] * (2 * REST) + cols_j[None, :], mask=w_mask, other=0.0)
-            w_t = tl.load(w3 + cols_k[:, None] * (2 * REST) + REST + cols_j[None, :], mask=w_mask, other=0.0)
-            a = a.to(w_s.dtype)
-            acc_s = tl.dot(a, w_s, acc_s, input_precision=PRECISION)
-            acc_t = tl.dot(a, w_t, acc_t, input_precision=PRECISION)
-        s_raw = acc_s + tl.load(b3 + cols_j, mask=j_mask, other=0.0)[None, :]
-        shift = acc_t + tl.load(b3 + REST + cols_j, mask=j_mask, other=0.0)[None, :]
-        s = clamp * _tanh(s_raw / clamp)
-        mask = row_mask[:, None] & j_mask[None, :]
-        concat_cols = SPLIT + cols_j
-        perm_cols = tl.load(inv_perm + concat_cols, mask=j_mask, other=0)
-        if REVERSE:
-            y2 = tl.load(src + rows[:, None] * D + perm_cols[None, :], mask=mask, other=0.0, cache_modifier=".cg")
-            tl.store(dst + rows[:, None] * D + concat_cols[None, :], (y2 - shift) * tl.exp(-s), mask=mask)
-        else:
-            x2 = tl.load(src + rows[:, None] * D + concat_cols[None, :], mask=mask, other=0.0,
-                         cache_modifier=".cg")
-            tl.store(dst + rows[:, None] * D + perm_cols[None, :], x2 * tl.exp(s) + shift, mask=mask)
-        ld += tl.sum(tl.where(mask, s, 0.0), axis=1)
-    # x1 passes through unchanged, moved by the permutation.
+        ld += _affine_columns(src, dst, h2, w3, b3, inv_perm, clamp, rows, row_mask, j0 + tl.arange(0, BLOCK_N),
+                              D, SPLIT, REST, H, REVERSE, BLOCK_B, BLOCK_N, BLOCK_K, PRECISION)
     for c0 in range(0, SPLIT, BLOCK_N):
-        cols = c0 + tl.arange(0, BLOCK_N)
-        c_mask = cols < SPLIT
-        mask = row_mask[:, None] & c_mask[None, :]
-        perm_cols = tl.load(inv_perm + cols, mask=c_mask, other=0)
-        if REVERSE:
-            x1 = tl.load(src + rows[:, None] * D + perm_cols[None, :], mask=mask, other=0.0, cache_modifier=".cg")
-            tl.store(dst + rows[:, None] * D + cols[None, :], x1, mask=mask)
-        else:
-            x1 = tl.load(src + rows[:, None] * D + cols[None, :], mask=mask, other=0.0, cache_modifier=".cg")
-            tl.store(dst + rows[:, None] * D + perm_cols[None, :], x1, mask=mask)
+        _pass_x1_columns(src, dst, inv_perm, rows, row_mask, c0 + tl.arange(0, BLOCK_N), D, SPLIT, REVERSE)
     if WRITE_LD:
         if REVERSE:
             ld = -ld

@@ -125,11 +125,13 @@ def edit_reference(z: torch.Tensor, amounts: torch.Tensor, packed: PackedFlow) -
     return x if packed.mixing is None else x @ packed.mixing_inverse
 
 
-def edit(z: torch.Tensor, amounts: torch.Tensor, packed: PackedFlow, bucket: bool = True) -> torch.Tensor:
+def edit(z: torch.Tensor, amounts: torch.Tensor, packed: PackedFlow, bucket: bool = True,
+         plan_type: type[EditPlan] = EditPlan) -> torch.Tensor:
     """``z' = f⁻¹(f(z) + t)``: ``z [B, d]``, ``amounts [B, K]`` (float32, on the flow's device) → ``[B, d]``.
 
     With ``bucket`` the batch is padded with zero rows to a power of two (at least 16 on a GPU, the smallest
-    tensor-core tile) and only the real rows are returned. Runs the reference where Triton cannot run.
+    tensor-core tile) and only the real rows are returned; ``plan_type`` picks the kernels (``EditPlan``: one fused
+    launch; ``columns.ColumnEditPlan``: column-parallel). Runs the reference where Triton cannot run.
     """
     z = check_latents(z, packed, "z")
     amounts = check_amounts(amounts, z, packed)
@@ -137,7 +139,7 @@ def edit(z: torch.Tensor, amounts: torch.Tensor, packed: PackedFlow, bucket: boo
         return edit_reference(z, amounts, packed)
     batch = z.shape[0]
     size = bucket_size(batch, 16 if z.device.type == "cuda" else 1) if bucket else batch
-    plan = EditPlan(packed, size, amounts.shape[1])
+    plan = plan_type(packed, size, amounts.shape[1])
     plan.z[:batch].copy_(z)
     plan.t[:batch].copy_(amounts)
     plan.launch()
