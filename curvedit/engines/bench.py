@@ -131,7 +131,10 @@ def bench_flow(label: str, bundle: Bundle, device: str, args: argparse.Namespace
                   flush=True)
 
 
-def _sample_in_rounds(timed: list, device: str, rounds: int = 3) -> None:
+SLOW_ROW_SAMPLES = 5
+
+
+def _sample_in_rounds(timed: list, device: str, rounds: int = SLOW_ROW_SAMPLES) -> None:
     """Take each row's ``repeats`` samples in ``rounds`` rounds over all backends, so a burst of load from
     elsewhere hits every backend alike. Within a round each backend's samples are consecutive, after a pause
     and one untimed call: thread pools that spin (ONNX Runtime's, OpenMP's) slow each other down when calls
@@ -181,7 +184,10 @@ def _prepare_rows(label, batch, backends, z, t, expected, device, args, results,
             for _ in range(min(args.warmup, 1) if slow else args.warmup):
                 call()
             synchronize(device)
-            timed.append((row, sampler(call, device), [], min(args.repeats, 3) if slow else args.repeats))
+            # A slow row's samples are one per round, so they interleave with the other backends' (with 3
+            # back to back, one burst of load from elsewhere once decided a row: E1/E2 in RESULTS.md).
+            timed.append((row, sampler(call, device), [], min(args.repeats, SLOW_ROW_SAMPLES) if slow
+                          else args.repeats))
         except Exception as exc:  # a failing backend is a result, not the end of the run
             row.note = _error(exc)
         results.save()
@@ -300,8 +306,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-call-s", type=float, default=5.0,
                         help="skip a backend's larger batches once one call would exceed this (default 5 s)")
     parser.add_argument("--slow-call-s", type=float, default=0.3,
-                        help="rows whose call takes longer (s) get 1 warm-up call and at most 3 samples "
-                             "(default 0.3)")
+                        help="rows whose call takes longer (s) get 1 warm-up call and at most 5 samples, one "
+                             "per round (default 0.3)")
 
 
 def register(sub) -> None:
