@@ -109,7 +109,10 @@ def _denying(handler: grpc.RpcMethodHandler, method: str, on_refused) -> grpc.Rp
         if getattr(handler, kind) is not None:
             async def deny(_request, context, kind=kind):
                 on_refused(method, kind)
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
+                # Set, not abort: the status leaves once the handler returns, after the interceptors have
+                # counted the RPC, so a client that sees UNAUTHENTICATED finds it counted.
+                context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+                context.set_details(UNAUTHENTICATED)
             return handler._replace(**{kind: deny})
     return handler
 

@@ -53,6 +53,13 @@ async def _refuse(corrupt: Corrupt, context) -> None:
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, corrupt.error.message)
 
 
+def _refuse_unary(corrupt: Corrupt, context) -> None:
+    """Set, not abort: the status leaves when the handler returns, after the interceptors have counted the RPC,
+    so a client that sees INVALID_ARGUMENT finds it counted. (Streams abort: their behaviour must stop.)"""
+    context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+    context.set_details(corrupt.error.message)
+
+
 def _guarded(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """A foreign service's handler that refuses ``Corrupt`` requests before its behaviour runs."""
     if handler.unary_unary is not None:
@@ -60,7 +67,7 @@ def _guarded(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
         async def unary_unary(request, context):
             if isinstance(request, Corrupt):
-                return await _refuse(request, context)
+                return _refuse_unary(request, context)
             return await behaviour(request, context)
         return handler._replace(unary_unary=unary_unary)
     if handler.unary_stream is not None:
