@@ -48,8 +48,8 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         model = PixelCNN(PixelCNNConfig()).eval()
     model = model.to(args.device)
-    print(f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}, "
-          f"config {model.config}", file=sys.stderr)
+    print(f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"load {os.getloadavg()[0]:.2f}, config {model.config}", file=sys.stderr)
     rows = []
     for batch in args.batches:
         h = torch.randn(batch, model.latent_dim, generator=torch.Generator().manual_seed(batch)).to(args.device)

@@ -88,7 +88,10 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 def from_uint8(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 ``[batch, H, W, 3]`` → float32 ``[batch, 3, H, W]`` in [-1, 1] on ``device`` (inverse of
     ``to_uint8`` up to rounding)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    array = np.ascontiguousarray(images)
+    if not array.flags.writeable:  # e.g. a request's bytes: torch warns on read-only buffers (uint8: a cheap copy)
+        array = array.copy()
+    tensor = torch.from_numpy(array).to(device)
     return tensor.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 

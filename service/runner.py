@@ -137,6 +137,14 @@ class BatchRunner:
         for executor in self.executors.values():
             executor.shutdown(wait=False, cancel_futures=True)
 
+    async def cancel_batches(self) -> None:
+        """Cancel the batch tasks still waiting for their stage's thread (shutdown), so that none outlives the
+        event loop; their entries were already failed (``fail_all``) or their clients gone."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def _guard(self, name: str, *args) -> None:
         if self.observer is None:
             return

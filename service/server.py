@@ -288,6 +288,7 @@ class EditServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner_task
         self.runner.shutdown()
+        await self.runner.cancel_batches()
         await self.http.stop()
         if self._httpd is not None:
             self._httpd.shutdown()
