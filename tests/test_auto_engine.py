@@ -14,7 +14,7 @@ import curvedit
 from curvedit.bundle import add_editor, load_bundle
 from curvedit.client import Client
 from curvedit.engines import make_engine
-from curvedit.engines.auto_engine import AutoEngine
+from curvedit.engines.auto_engine import AutoEngine, choose
 from curvedit.engines.base import ShapePolicy
 from curvedit.service.background import BackgroundServer
 from curvedit.service.config import ServeConfig
@@ -118,3 +118,11 @@ def test_modelinfo_and_metrics_say_which_backend_won_and_what_falls_back(tiny_bu
         assert fallback.part == "edit:frozen" and fallback.reason.startswith("torch: ")
         assert metric(bg.server.metrics_port, "curvedit_engine_fallback", part="edit:frozen", path="torch") == 1
         assert list(client.get_model("tiny").routes) == []
+
+
+def test_a_bucket_leaves_the_default_only_for_a_clear_win():
+    # Within the margin the default keeps the bucket (a near tie is noise; mixed backends cost in the tail).
+    assert choose({"onnxruntime": 1.00, "torch": 0.97}, "onnxruntime") == "onnxruntime"
+    assert choose({"onnxruntime": 1.00, "torch": 0.90}, "onnxruntime") == "torch"
+    assert choose({"onnxruntime": 1.00, "torch": 0.97}, "onnxruntime", margin=0.0) == "torch"
+    assert choose({"torch": 0.5, "triton": 0.1}, "onnxruntime") == "triton"  # the default could not run

@@ -11,9 +11,10 @@ nothing at load. The server calibrates at warm-up over its batch buckets; ``rout
 (``ModelInfo.routes``, ``curvedit_engine_route_seconds``). ``name`` says what runs: the one backend every route
 chose (or ``default`` before calibration), else ``"auto"``.
 
-A batch of ``n`` rows takes the route of the smallest calibrated bucket holding it (beyond the largest: the
-largest's). Every candidate computes the same function on the same checked inputs; their results agree to fp32
-tolerance (the engine tests check each against torch).
+A bucket leaves the default backend only for one measured more than ``SWITCH_MARGIN`` (5%) faster there
+(see ``choose``). A batch of ``n`` rows takes the route of the smallest calibrated bucket holding it (beyond the
+largest: the largest's). Every candidate computes the same function on the same checked inputs; their results
+agree to fp32 tolerance (the engine tests check each against torch).
 """
 
 from __future__ import annotations
@@ -31,6 +32,23 @@ from curvedit.engines.base import ShapePolicy
 CPU_CANDIDATES = ("onnxruntime", "torch")
 CUDA_CANDIDATES = ("triton", "onnxruntime", "torch")
 KNOWN = ("onnxruntime", "torch", "triton", "torch.compile")
+
+
+SWITCH_MARGIN = 0.05  # a bucket leaves the default backend only for one measured this much faster
+
+
+def choose(medians: dict[str, float], default: str, margin: float = SWITCH_MARGIN) -> str:
+    """The fastest backend by median seconds, but the default unless that one is more than ``margin`` faster.
+
+    Why the margin: calibration is a few calls per bucket, and on a loaded machine its winner between two
+    backends within a few percent is a coin toss; a server whose buckets land on different backends pays for it
+    in the tail (ONNX Runtime's spinning pool and torch's OpenMP pool slow each other down when calls
+    alternate). Staying on the default costs at most ``margin`` at a bucket, the tolerance ``bench engine``
+    holds ``auto`` to."""
+    best = min(medians, key=medians.get)
+    if default in medians and medians[best] > (1 - margin) * medians[default]:
+        return default
+    return best
 
 
 @dataclass(frozen=True)
@@ -140,8 +158,9 @@ class AutoEngine:
                         t0 = time.perf_counter()
                         call()
                         samples[name].append(time.perf_counter() - t0)
-                best = min(samples, key=lambda name: statistics.median(samples[name]))
-                routes[bucket] = Route(operation, bucket, best, statistics.median(samples[best]))
+                medians = {name: statistics.median(times) for name, times in samples.items()}
+                best = choose(medians, self.default)
+                routes[bucket] = Route(operation, bucket, best, medians[best])
             self._routes.setdefault(operation, {}).update(routes)
         return self.routes()
 
