@@ -194,15 +194,23 @@ def _serve_argv(bundle: Path, max_batch: int, delay_ms: float, engine: str, http
             "--engine", engine]
 
 
+def _has_http_port(pythonpath: str) -> bool:
+    """Whether the curvedit installed in ``pythonpath`` knows ``serve --http-port`` (HTTP since #10)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pythonpath, os.environ.get("PYTHONPATH")]))}
+    help_text = subprocess.run([sys.executable, "-m", "curvedit.cli", "serve", "--help"], capture_output=True,
+                               text=True, env=env, cwd=pythonpath, timeout=120).stdout
+    return "--http-port" in help_text
+
+
 def _servers(bundle: Path, args) -> dict[str, tuple[list[str], str | None]]:
     """``{name: (argv, PYTHONPATH to put first)}`` of every server a model is measured on, in order."""
     delays = args.max_queue_delay_ms
     servers = {("batched" if i == 0 else f"batched-{d:g}ms"): (_serve_argv(bundle, args.max_batch_size, d,
                                                                            args.engine), None)
                for i, d in enumerate(delays)}
-    if args.baseline_pythonpath:  # an older curvedit: it has no --http-port (nor HTTP)
+    if args.baseline_pythonpath:  # an older curvedit: HTTP off if it has --http-port, else it has no HTTP
         servers["today"] = (_serve_argv(bundle, args.max_batch_size, args.baseline_delay_ms, args.engine,
-                                        http=False), args.baseline_pythonpath)
+                                        http=_has_http_port(args.baseline_pythonpath)), args.baseline_pythonpath)
     servers["off"] = (_serve_argv(bundle, 1, 0, args.engine), None)
     servers["noop"] = ([sys.executable, "-m", "curvedit.service.noop", "--port", "0"], None)
     return servers
