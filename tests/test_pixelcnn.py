@@ -38,7 +38,30 @@ def test_bad_configs_are_refused(bad):
 
 def test_quantised_colours_round_trip():
     classes = torch.arange(64).reshape(1, 8, 8)
-    assert torch.equal(quantise(dequantise(classes, 4), 4), classes)
+    assert torch.equal(quantise(dequantise(classes, PixelCNNConfig()), PixelCNNConfig()), classes)
+
+
+def test_the_palette_holds_the_shapes_background_grey_exactly():
+    """The renders' background (0.1 of full scale: 25.5 grey levels) quantises to the palette's 26, the
+    background of the drawn real images (``real_images.BACKGROUND``) and of the pixel instrument; every palette
+    colour renders to exactly its own grey levels."""
+    from curvedit.evaluation.real_images import BACKGROUND
+    from curvedit.models.files import to_uint8
+    from curvedit.models.renderer import render, sample_factors
+
+    config = PixelCNNConfig()
+    assert config.palette.tolist() == [26, 98, 170, 242]
+    factors = sample_factors(4, torch.Generator().manual_seed(0))
+    renders = torch.nn.functional.avg_pool2d(render(factors) * 2 - 1, 2)
+    corners = to_uint8(dequantise(quantise(renders, config), config))[:, 0, 0]
+    assert (corners == torch.tensor(BACKGROUND).numpy()).all()
+    every = to_uint8(dequantise(torch.arange(64).reshape(1, 8, 8), config)).reshape(-1, 3)
+    assert set(every.flatten().tolist()) == {26, 98, 170, 242}
+
+
+def test_a_palette_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="palette_low < palette_high"):
+        PixelCNNConfig(palette_low=200, palette_high=100)
 
 
 @pytest.mark.parametrize("position", [(0, 0), (0, 5), (3, 0), (7, 7), (15, 15), (9, 14)])
@@ -63,7 +86,7 @@ def test_equal_latent_and_seed_give_equal_images_at_any_batch_position(model):
     assert torch.equal(batch, model.sample(h, [5, 6, 7, 8]))
     assert torch.equal(batch[2:3], model.sample(h[2:3], [7]))
     assert not torch.equal(batch, model.sample(h, [9, 10, 11, 12]))
-    assert torch.equal(model.decode(h), dequantise(model.sample(h, [DEFAULT_SEED] * 4), TINY.levels))
+    assert torch.equal(model.decode(h), dequantise(model.sample(h, [DEFAULT_SEED] * 4), TINY))
 
 
 def test_conditioning_changes_the_output(model):
