@@ -149,13 +149,13 @@ def test_a_finished_run_reloads_from_its_checkpoint_and_refuses_other_settings(t
 
 def test_the_recipe_conditions_on_the_shapes_vae_encoder_and_reuses_its_editors():
     """``h`` is the shapes-vae's latent, so its editors apply as they are; the encoder copied into the PixelCNN
-    must have the VAE's shape, and the sampling loop is not exported as one ONNX graph."""
+    must have the VAE's shape, and it is stored once (half precision, no encoder graph)."""
     recipe, vae = RECIPES["shapes-pixelcnn"], RECIPES["shapes-vae"].config
     assert recipe.family == "pixelcnn" and recipe.editors_from == "shapes-vae" and recipe.editors == ()
     assert recipe.train_config.encoder_from == "shapes-vae" and recipe.regressor == "shapes32"
     assert (recipe.config.latent_dim, recipe.config.encoder_channels, recipe.config.encoder_hidden) == (
         vae.latent_dim, vae.base_channels, vae.hidden)
-    assert recipe.skip_graphs == ("generator.onnx",)
+    assert set(recipe.skip_graphs) == {"encoder.onnx"} and recipe.generator_float16 == ("encoder.",)
 
 
 @pytest.mark.parametrize(("exporter", "reason"), [("torchscript", "no one-graph export"),
@@ -186,3 +186,23 @@ def test_a_bundle_without_a_generator_graph_serves_through_pytorch_on_every_engi
     assert (ort_model.generate(z) == images).all()
     torch.testing.assert_close(torch.from_numpy(ort_model.encode(images)),
                                torch.from_numpy(torch_model.encode(images)), rtol=1e-4, atol=1e-4)
+
+
+def test_weights_stored_in_half_precision_load_back_as_float32(tmp_path, model):
+    """``generator_float16`` stores the named weights as float16 in the file (and says so in the manifest); the
+    loaded module is float32 and equals the original rounded to half precision; the other weights are exact."""
+    from safetensors.torch import load_file
+
+    path = write_bundle(tmp_path / "b", name="tiny-pixelcnn", version="0", generator=model,
+                        editors={"axes": (AxesEditor(8, ["x", "y"], [0, 1]), "supervised", {})},
+                        default_editor="axes", generator_float16=("encoder.",))
+    dtypes = {key: value.dtype for key, value in load_file(path / "generator.safetensors").items()}
+    assert {d for k, d in dtypes.items() if k.startswith("encoder.")} == {torch.float16}
+    assert {d for k, d in dtypes.items() if not k.startswith("encoder.")} == {torch.float32}
+    bundle = load_bundle(path)
+    assert bundle.manifest["generator"]["float16"] == ["encoder."]
+    loaded, original = bundle.generator.state_dict(), model.state_dict()
+    assert all(v.dtype == torch.float32 for v in loaded.values())
+    for key, value in original.items():
+        expected = value.half().float() if key.startswith("encoder.") else value
+        assert torch.equal(loaded[key], expected), key

@@ -102,8 +102,8 @@ class AutoEngine:
     def edit(self, editor: str, z: np.ndarray, amounts: np.ndarray) -> np.ndarray:
         return self._for(f"edit:{editor}", len(z)).edit(editor, z, amounts)
 
-    def generate(self, z: np.ndarray) -> np.ndarray:
-        return self._for("generate", len(z)).generate(z)
+    def generate(self, z: np.ndarray, seeds: np.ndarray | None = None, check=None) -> np.ndarray:
+        return self._for("generate", len(z)).generate(z, seeds, check)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         return self._for("encode", len(images)).encode(images)
