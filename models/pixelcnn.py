@@ -143,6 +143,7 @@ class PixelCNN(GeneratorFamily):
     family = "pixelcnn"
     config_class = PixelCNNConfig
     can_encode = True
+    samples = True
 
     def __init__(self, config: PixelCNNConfig = PixelCNNConfig()):
         super().__init__(config)

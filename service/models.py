@@ -24,6 +24,7 @@ import numpy as np
 import curvedit
 from curvedit.engines import resolve_engine
 from curvedit.service.batcher import Batch, bucket_sizes
+from curvedit.service.errors import Cancelled, DeadlineExpired
 from curvedit.v1 import latent_edit_pb2 as pb
 
 EDIT, EDIT_IMAGES, GENERATE = "edit", "edit+images", "generate"
@@ -110,7 +111,7 @@ class ServedModel:
             kind = kind[len(ENCODE) + 1 :]
         if kind == GENERATE:
             t = time.perf_counter()
-            images = runtime.generate(z)
+            images = runtime.generate(z, batch.seeds(), sampling_check(batch) if self.model.samples else None)
             stages["generator"] = time.perf_counter() - t
             return (images,)
         t = time.perf_counter()
@@ -120,9 +121,16 @@ class ServedModel:
             return (edited,)
         t = time.perf_counter()
         finite = np.isfinite(edited).all(axis=1)
-        images = runtime.generate(edited if finite.all() else np.where(finite[:, None], edited, 0))
+        images = runtime.generate(edited if finite.all() else np.where(finite[:, None], edited, 0), batch.seeds(),
+                                  sampling_check(batch) if self.model.samples else None)
         stages["generator"] = time.perf_counter() - t
         return edited, images
+
+    def sampling_seeds(self, seed: int | None, n: int) -> np.ndarray | None:
+        """A request's per-row sampling seeds int64 ``[n]`` (its one ``seed`` for every row), or ``None`` (seed
+        0, ``pixelcnn.DEFAULT_SEED``); each entry carries its own, so requests with different seeds share a
+        batch. ``InputError`` for a seed out of range."""
+        return None if seed is None else self.model.check_seeds(seed, n)
 
     def warm_up(self, max_batch_size: int) -> dict[tuple[str, str, int], float]:
         """Run every bucket once per editor, and the generator, so no request pays a first-shape cost (the auto
@@ -167,6 +175,21 @@ class ServedModel:
                 cost.set((self.key, editor, key), b, seconds)
                 if encode is not None:
                     cost.set((self.key, editor, from_images(key)), b, seconds + encode)
+
+
+def sampling_check(batch: Batch):
+    """``check(step)`` for a sampling generator: counts the batch's steps and stops the work (raising
+    ``DeadlineExpired`` or ``Cancelled``) once every request in the batch is gone."""
+
+    def check(step: int) -> None:
+        batch.steps = step
+        reason = batch.abandoned()
+        if reason == "deadline":
+            raise DeadlineExpired(f"sampling (step {step} of the batch)", computing=True)
+        if reason is not None:
+            raise Cancelled()
+
+    return check
 
 
 def serving_model(path, engine: str = "auto", expect_digest: str | None = None,

@@ -21,7 +21,8 @@ def model():
 
 
 def test_pixelcnn_is_a_registered_family_that_encodes(model):
-    assert GENERATOR_FAMILIES["pixelcnn"] is PixelCNN and "pixelcnn" in families_that_encode()
+    assert GENERATOR_FAMILIES["pixelcnn"] is PixelCNN and "pixelcnn" in families_that_encode() and model.samples
+    assert not any(cls.samples for name, cls in GENERATOR_FAMILIES.items() if name != "pixelcnn")
     rebuilt = build_generator("pixelcnn", TINY.to_dict())
     assert rebuilt.config == TINY and rebuilt.image_shape == (16, 16, 3) and rebuilt.latent_dim == 8
     images = model.decode(torch.randn(3, 8))
