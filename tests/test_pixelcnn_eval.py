@@ -29,3 +29,14 @@ def test_a_sampler_is_evaluated_on_h_and_from_few_images(tmp_path):
     row = generator_rows([result])[0]
     assert len(row) == len(GENERATOR_COLUMNS) and row[-1].count("(") == 1
     assert rows([result])[0][:2] == ["tiny", "axes"]
+
+
+def test_the_factor_regressor_reads_16_pixel_images_as_their_nearest_32_pixel_upsampling():
+    from curvedit.models.regressor import FactorRegressor
+
+    torch.manual_seed(0)
+    regressor, small = FactorRegressor().eval(), torch.rand(3, 3, 16, 16) * 2 - 1
+    big = small.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    with torch.no_grad():
+        torch.testing.assert_close(regressor(small), regressor(big))
+        assert regressor.features(small).shape == (3, 128)
