@@ -206,13 +206,26 @@ def serving_model(path, engine: str = "auto", expect_digest: str | None = None,
     return curvedit.load(path, engine=engine, engine_options=options, expect_digest=expect_digest)
 
 
+def default_models() -> tuple[str, ...]:
+    """The models ``serve`` runs when none is named: every shipped model whose generator does not sample. A
+    sampler's warm-up samples every batch bucket (``shapes-pixelcnn`` on the 2-core machine: 31 s with the
+    onnxruntime engine, 239 s with the auto engine, which first times both backends at every bucket), so it is
+    served when named: ``--model shapes-pixelcnn``."""
+    from curvedit.api import resolve_model
+    from curvedit.bundle import read_manifest
+    from curvedit.models.families import GENERATOR_FAMILIES
+
+    return tuple(name for name in curvedit.list_models()
+                 if not GENERATOR_FAMILIES[read_manifest(resolve_model(name))["generator"]["kind"]].samples)
+
+
 def load_models(paths: tuple[str, ...], engine: str, expect_digests: tuple[str, ...] = (),
                 ort_threads: int = 0) -> dict[str, ServedModel]:
-    """Load every model (a shipped model's name or a bundle path; none = every shipped model, the default
+    """Load every model (a shipped model's name or a bundle path; none = ``default_models()``, the default
     ``shapes32`` first), each pinned to ``expect_digests[i]`` when given; refuse duplicate names. Insertion
     order = given order; the first is the default."""
     models: dict[str, ServedModel] = {}
-    paths = paths or tuple(curvedit.list_models())
+    paths = paths or default_models()
     digests = expect_digests or (None,) * len(paths)
     for path, digest in zip(paths, digests, strict=True):
         served = ServedModel(serving_model(path, engine, digest, ort_threads))

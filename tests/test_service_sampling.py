@@ -143,3 +143,11 @@ def _request(z, seed):
     if seed is not None:
         request.sampling_seed = seed
     return request
+
+
+def test_serve_runs_every_shipped_model_but_the_sampler_unless_it_is_named():
+    """Its warm-up samples every batch bucket (minutes with the auto engine on 2 cores): ``--model`` names it."""
+    from curvedit.service.models import default_models
+
+    assert default_models()[0] == "shapes32"
+    assert set(default_models()) == set(curvedit.list_models()) - {"shapes-pixelcnn"}
