@@ -51,3 +51,28 @@ def test_the_onnxruntime_engine_samples_the_torch_engines_images(bundle_path):
     assert (images == torch_model.runtime.generate(z, seeds)).all()
     assert (images == ort_model.runtime.generate(z[::-1].copy(), seeds[::-1].copy())[::-1]).all()
     assert (ort_model.generate(z) == torch_model.generate(z)).all()  # the default seed
+
+
+def test_a_triton_repository_of_a_sampler_is_refused_with_the_fix(bundle_path, tmp_path):
+    from curvedit.export.triton_repo import write_triton_repo
+
+    with pytest.raises(ValueError, match="curvedit serve"):
+        write_triton_repo(bundle_path, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True, [0, 1], "7", 2**63])
+def test_a_bad_seed_is_refused_naming_the_fix(bundle_path, seed):
+    model = curvedit.load(bundle_path, engine="torch")
+    with pytest.raises(curvedit.InputError, match="seed"):
+        model.generate(model.sample(3, seed=0), seed=seed)
+
+
+def test_a_seed_per_row_and_deterministic_generators_ignore_it(bundle_path):
+    model = curvedit.load(bundle_path, engine="torch")
+    z = model.sample(3, seed=0)
+    per_row = model.generate(z, seed=[4, 5, 6])
+    assert all((per_row[i] == model.generate(z[i : i + 1], seed=4 + i)[0]).all() for i in range(3))
+    shapes32 = curvedit.load("shapes32", engine="torch")
+    z = shapes32.sample(2, seed=0)
+    assert not shapes32.samples and (shapes32.generate(z, seed=5) == shapes32.generate(z)).all()
