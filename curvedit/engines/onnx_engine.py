@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from curvedit.bundle import Bundle, BundleError
-from curvedit.engines.base import ANY_SHAPE, seed_list
+from curvedit.engines.base import ANY_SHAPE, seed_list, to_tensor
 from curvedit.models.editors import DeCurvEd
 from curvedit.models.files import from_uint8, to_uint8
 from curvedit.models.pixelcnn import DEFAULT_SEED, PixelCNN, dequantise, sample_loop
@@ -260,13 +260,13 @@ class OnnxEngine:
         sessions = [self.session(key) for key in self._generator_keys()]
         if any(session is None for session in sessions):
             with torch.inference_mode():
-                return to_uint8(self.bundle.generator.render(torch.from_numpy(z), seed_list(seeds), check))
+                return to_uint8(self.bundle.generator.render(to_tensor(z, "cpu"), seed_list(seeds), check))
         if len(sessions) == 1:
             return sessions[0].run(None, {"z": z})[0]
         generator = self.bundle.generator
         seeds = [DEFAULT_SEED] * len(z) if seeds is None else seed_list(seeds)
         rows = step_rows(_tensor_call(sessions[0], ("classes", "h", "row")),
-                         _tensor_call(sessions[1], ("row_classes", "above", "h", "col")), torch.from_numpy(z))
+                         _tensor_call(sessions[1], ("row_classes", "above", "h", "col")), to_tensor(z, "cpu"))
         classes = sample_loop(rows, seeds, len(z), generator.config.image_size, "cpu", check)
         return to_uint8(dequantise(classes, generator.config))
 
