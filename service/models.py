@@ -209,8 +209,8 @@ def serving_model(path, engine: str = "auto", expect_digest: str | None = None,
 def default_models() -> tuple[str, ...]:
     """The models ``serve`` runs when none is named: every shipped model whose generator does not sample. A
     sampler's warm-up samples every batch bucket (``shapes-pixelcnn`` on the 2-core machine: 31 s with the
-    onnxruntime engine, 239 s with the auto engine, which first times both backends at every bucket), so it is
-    served when named: ``--model shapes-pixelcnn``."""
+    onnxruntime engine, 48 s with the auto engine, which first times both backends at every bucket; shapes-vae:
+    4 s), so it is served when named: ``--model shapes-pixelcnn``."""
     from curvedit.api import resolve_model
     from curvedit.bundle import read_manifest
     from curvedit.models.families import GENERATOR_FAMILIES
