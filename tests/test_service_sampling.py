@@ -146,7 +146,7 @@ def _request(z, seed):
 
 
 def test_serve_runs_every_shipped_model_but_the_sampler_unless_it_is_named():
-    """Its warm-up samples every batch bucket (minutes with the auto engine on 2 cores): ``--model`` names it."""
+    """Its warm-up samples every batch bucket (48 s with the auto engine on 2 cores): ``--model`` names it."""
     from curvedit.service.models import default_models
 
     assert default_models()[0] == "shapes32"
