@@ -238,10 +238,12 @@ def x_edit(bundle: Bundle) -> dict | None:
 def evaluate_bundle(bundle: Bundle, label: str, config: EvalConfig, progress=print) -> dict:
     """Every editor of ``bundle``, and its generator's quality; returns a JSON-ready dict.
 
-    A generator that samples (the PixelCNN: 256 network passes per image) gets the measurements that need few
-    renders: its quality and the ``x`` edit from images, and per editor the latent geometry (commutation, loops,
-    round trip, curvature on ``h``), typicality and cost; the per-editor image measurements (pixel and factor
-    commutation, purity, probe, edit Fréchet distance) are left out."""
+    A generator that samples (the PixelCNN: 256 network passes per image) gets the measurements that need fewer
+    renders: its quality and the ``x`` edit from images, per editor the latent geometry (commutation, loops,
+    round trip, curvature on ``h``), typicality and cost, and for the default editor alone purity (regressor and
+    pixels; every render with the default seed, so an edit's before and after share their random numbers); the
+    other image measurements (pixel and factor commutation, the probe, the edit Fréchet distance, other editors'
+    purity) are left out."""
     generator = bundle.generator.eval()
     renders = not generator.samples
     factors = factor_space(bundle)
@@ -257,7 +259,7 @@ def evaluate_bundle(bundle: Bundle, label: str, config: EvalConfig, progress=pri
     result["x_edit"] = x_edit(bundle)
     # Pixel statistics read the built-in renders' shapes; other data (digits) has no such factors.
     spread = (real_spread(config.pixel_spread_samples, size=generator.image_shape[0])
-              if data_name(bundle) == "shapes" and renders else None)
+              if data_name(bundle) == "shapes" else None)
     for name, editor in bundle.editors.items():
         t0 = time.time()
         editor.eval()
@@ -265,9 +267,10 @@ def evaluate_bundle(bundle: Bundle, label: str, config: EvalConfig, progress=pri
                  "directions": editor.directions, "needs_training": editor.needs_training,
                  "commutative_by_design": editor.commutative}
         entry["geometry"] = _geometry(editor, generator if renders else None, factors, z, config)
-        if factors is not None and renders:
+        purity_here = renders or name == bundle.default_editor
+        if factors is not None and purity_here:
             entry["factors"] = _disentanglement(editor, factors, z)
-        if spread is not None:
+        if spread is not None and purity_here:
             entry["pixels"] = _pixel_disentanglement(editor, generator, z, spread)
         entry["approach"] = editor.approach
         entry["probe_accuracy"] = probe_accuracy(editor, generator, config) if renders else None
