@@ -1,13 +1,15 @@
-"""PixelCNN sampling on torch: the naive loop (a full forward per pixel) against the fast loop (conditioning once,
-the vertical stack once per row on the rows it reaches, the horizontal stack per pixel on the columns it reaches).
+"""PixelCNN sampling per engine: torch's naive loop (a full forward per pixel), torch's fast loop (conditioning
+once, the vertical stack once per row on the rows it reaches, the horizontal stack per pixel on the columns it
+reaches) and ONNX Runtime's loop over the step graphs (``pixelcnn_rows.onnx`` once per row, ``pixelcnn_pixel.onnx``
+per pixel; ``models/pixelcnn_steps.py``).
 
     python benchmarks/bench_pixelcnn.py --batches 1 16 256 --repeats 3 --csv benchmarks/cpu_pixelcnn.csv
-    python benchmarks/bench_pixelcnn.py --device cuda --csv out/gpu_pixelcnn.csv   # on a GPU
 
-Both loops run side by side on the same latents and seeds, interleaved per repeat (the machine is shared and its
-load moves); the table gives medians, the fast/naive ratio, and whether the two loops' images were identical.
-Timings do not depend on the weights, so the default config is used at random initialisation unless
-``--bundle`` names a bundle whose generator is a PixelCNN.
+The engines run side by side on the same latents and seeds, interleaved per repeat (the machine is shared and its
+load moves); the table gives medians, the ratios to the naive loop, and whether each engine's images were
+identical to the naive loop's. ONNX Runtime gets as many intra-op threads as torch has. Timings do not depend on
+the weights, so the default config is used at random initialisation (its step graphs exported and verified in
+memory) unless ``--bundle`` names a bundle whose generator is a PixelCNN (its shipped graphs are used).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import csv
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
@@ -24,10 +27,44 @@ import torch
 from curvedit.models.pixelcnn import PixelCNN, PixelCNNConfig
 
 
-def images_per_second(model: PixelCNN, h: torch.Tensor, seeds: list[int], fast: bool):
+def images_per_second(sample, h: torch.Tensor, seeds: list[int]):
     start = time.perf_counter()
-    classes = model.sample(h, seeds, fast=fast).cpu()  # .cpu() waits for a GPU to finish
-    return len(h) / (time.perf_counter() - start), classes
+    images = sample(h, seeds)
+    return len(h) / (time.perf_counter() - start), images
+
+
+def engines(model: PixelCNN, bundle_path) -> dict:
+    """``{name: sample(h, seeds) → uint8 images}`` for the naive and fast torch loops and ONNX Runtime."""
+    import numpy as np
+
+    import curvedit
+    from curvedit.models.files import to_uint8
+    from curvedit.models.pixelcnn import dequantise
+
+    ort = curvedit.load(bundle_path, engine="onnxruntime",
+                        engine_options={"threads": torch.get_num_threads()}).runtime
+    ort.warm_up()
+    if ort.fallbacks():
+        raise SystemExit(f"ONNX Runtime falls back to torch: {ort.fallbacks()}")
+
+    def torch_loop(fast: bool):
+        return lambda h, seeds: to_uint8(dequantise(model.sample(h, seeds, fast=fast), model.config))
+
+    return {"naive": torch_loop(False), "fast": torch_loop(True),
+            "ort": lambda h, seeds: ort.generate(h.numpy(), np.asarray(seeds, np.int64))}
+
+
+def scratch_bundle(model: PixelCNN, directory: str) -> str:
+    """A bundle around ``model`` (one trivial editor) with its verified step graphs, for ONNX Runtime."""
+    from curvedit.bundle import write_bundle
+    from curvedit.export.onnx_export import export_bundle
+    from curvedit.models.labelled_editors import AxesEditor
+
+    path = write_bundle(f"{directory}/bundle", name="bench-pixelcnn", version="0", generator=model,
+                        editors={"axes": (AxesEditor(model.latent_dim, ["d0"], [0]), "supervised", {})},
+                        default_editor="axes")
+    export_bundle(path, exporter="torchscript", only=["pixelcnn_rows.onnx", "pixelcnn_pixel.onnx"])
+    return str(path)
 
 
 def main(argv=None) -> int:
@@ -35,44 +72,48 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--bundle", help="a bundle directory with a PixelCNN generator (default: random weights)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--csv", help="write the rows here")
     args = p.parse_args(argv)
+    scratch = tempfile.TemporaryDirectory()
     if args.bundle:
         from curvedit.bundle import load_bundle
 
-        model = load_bundle(args.bundle).generator
+        model, path = load_bundle(args.bundle).generator, args.bundle
         if not isinstance(model, PixelCNN):
             p.error(f"{args.bundle} holds a {model.family!r} generator, not a PixelCNN")
     else:
         torch.manual_seed(0)
         model = PixelCNN(PixelCNNConfig()).eval()
-    model = model.to(args.device)
-    print(f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load {os.getloadavg()[0]:.2f}, config {model.config}", file=sys.stderr)
+        path = scratch_bundle(model, scratch.name)
+    run = engines(model, path)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}, "
+          f"config {model.config}", file=sys.stderr)
     rows = []
     for batch in args.batches:
-        h = torch.randn(batch, model.latent_dim, generator=torch.Generator().manual_seed(batch)).to(args.device)
+        h = torch.randn(batch, model.latent_dim, generator=torch.Generator().manual_seed(batch))
         seeds = list(range(batch))
-        naive, fast, identical = [], [], True
+        rates = {name: [] for name in run}
+        identical = {name: True for name in run}
         for _ in range(args.repeats):
-            rate, a = images_per_second(model, h, seeds, fast=False)
-            naive.append(rate)
-            rate, b = images_per_second(model, h, seeds, fast=True)
-            fast.append(rate)
-            identical &= torch.equal(a, b)
-        row = {"batch": batch, "naive_images_s": statistics.median(naive),
-               "fast_images_s": statistics.median(fast), "identical": identical,
+            images = {}
+            for name, sample in run.items():
+                rate, images[name] = images_per_second(sample, h, seeds)
+                rates[name].append(rate)
+                identical[name] &= bool((images[name] == images["naive"]).all())
+        row = {"batch": batch, **{f"{name}_images_s": statistics.median(r) for name, r in rates.items()},
+               "fast_identical": identical["fast"], "ort_identical": identical["ort"],
                "load": round(os.getloadavg()[0], 2)}
-        row["ratio"] = row["fast_images_s"] / row["naive_images_s"]
         rows.append(row)
-        print(f"batch {batch}: naive {row['naive_images_s']:.2f}, fast {row['fast_images_s']:.2f} images/s",
-              file=sys.stderr)
-    print("| batch | naive images/s | fast images/s | fast / naive | identical images | 1-min load |")
-    print("|---|---|---|---|---|---|")
+        print(f"batch {batch}: " + ", ".join(f"{name} {row[f'{name}_images_s']:.2f}" for name in run)
+              + " images/s", file=sys.stderr)
+    print("| batch | torch naive images/s | torch fast images/s | onnxruntime images/s | fast / naive | "
+          "onnxruntime / naive | onnxruntime / fast | identical to naive (fast, onnxruntime) | 1-min load |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['batch']} | {r['naive_images_s']:.2f} | {r['fast_images_s']:.2f} | {r['ratio']:.1f}× | "
-              f"{r['identical']} | {r['load']} |")
+        naive, fast, ort = r["naive_images_s"], r["fast_images_s"], r["ort_images_s"]
+        print(f"| {r['batch']} | {naive:.2f} | {fast:.2f} | {ort:.2f} | {fast / naive:.1f}× | "
+              f"{ort / naive:.1f}× | {ort / fast:.2f}× | {r['fast_identical']}, {r['ort_identical']} | "
+              f"{r['load']} |")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

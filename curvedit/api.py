@@ -228,9 +228,30 @@ class Model:
         z = self.check_latents(z)
         return self._engine.edit(editor, z, self.amounts(edits, z.shape[0], editor))
 
-    def generate(self, z) -> np.ndarray:
-        """Images uint8 ``[n, H, W, 3]`` for latents ``[n, d]``."""
-        return self._engine.generate(self.check_latents(z))
+    @property
+    def samples(self) -> bool:
+        """Whether the generator samples (the PixelCNN): its images depend on a seed as well as the latent."""
+        return self.bundle.generator.samples
+
+    def check_seeds(self, seed, n: int) -> np.ndarray | None:
+        """A sampling ``seed`` for ``n`` rows — ``None``, one int for every row, or ``n`` ints — as int64
+        ``[n]`` (``None`` stays ``None``: the family's default seed)."""
+        if seed is None:
+            return None
+        seeds = np.atleast_1d(np.asarray(seed))
+        if seeds.ndim != 1 or seeds.dtype.kind not in "iu" or len(seeds) not in (1, n):
+            raise InputError(f"seed must be one integer or one per latent ({n}), got {seed!r}")
+        if (seeds < 0).any() or (seeds > np.iinfo(np.int64).max).any():
+            raise InputError(f"seeds must be in 0 … 2^63 − 1, got {seeds.min()} … {seeds.max()}")
+        return np.broadcast_to(seeds.astype(np.int64), (n,)).copy()
+
+    def generate(self, z, seed: int | Sequence[int] | None = None) -> np.ndarray:
+        """Images uint8 ``[n, H, W, 3]`` for latents ``[n, d]``. For a generator that samples (``samples``):
+        ``seed``, one int for every row or one per row, picks the draw, and equal ``(z, seed)`` give equal images
+        at any batch size or position; ``None`` is the family's default seed (0), so ``generate`` stays
+        deterministic. Other generators ignore it."""
+        z = self.check_latents(z)
+        return self._engine.generate(z, self.check_seeds(seed, len(z)))
 
     def require_encoder(self) -> None:
         """Raise ``ValueError`` naming the families that can encode, unless this model can."""

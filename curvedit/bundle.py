@@ -104,10 +104,13 @@ def weights_meta(role: str, kind: str, config: dict) -> dict:
     return json.loads(json.dumps({"role": role, "kind": kind, "config": config}))  # tuples → lists, as in JSON
 
 
-def save_weights(directory: Path, filename: str, module: torch.nn.Module, meta: dict) -> str:
+def save_weights(directory: Path, filename: str, module: torch.nn.Module, meta: dict,
+                 float16: tuple[str, ...] = ()) -> str:
     """Write ``module``'s weights as safetensors (atomically) with ``meta`` (what they are) in the file's
-    metadata; returns the file's sha256."""
+    metadata; returns the file's sha256. Float tensors whose names start with one of ``float16`` are stored in
+    half precision (loading casts them back to the module's float32)."""
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    state = {k: v.half() if v.is_floating_point() and k.startswith(float16) else v for k, v in state.items()}
     metadata = {_META_KEY: json.dumps(meta, sort_keys=True)}
     path = atomic_write(directory / filename, lambda tmp: save_file(state, tmp, metadata=metadata))
     return sha256_file(path)
@@ -128,8 +131,10 @@ def editor_entry(name: str, editor: Editor, mode: str, training: dict | None = N
 def write_bundle(path: str | Path, *, name: str, version: str, generator: GeneratorFamily,
                  editors: dict[str, tuple[Editor, str, dict]], default_editor: str,
                  regressor: FactorRegressor | None = None, seed: int | None = None,
-                 training: dict | None = None) -> Path:
-    """Write a complete bundle. ``editors`` maps a name to ``(editor, mode, training report/config)``.
+                 training: dict | None = None, generator_float16: tuple[str, ...] = ()) -> Path:
+    """Write a complete bundle. ``editors`` maps a name to ``(editor, mode, training report/config)``;
+    ``generator_float16``: prefixes of the generator's weights stored in half precision (recorded in the
+    manifest's ``generator`` entry as ``float16``).
 
     The bundle is built in a temporary directory beside ``path`` and then swapped in, so ``path`` holds either
     the old bundle or the complete new one, never a mix (no stale files of an earlier bundle survive). A
@@ -143,7 +148,8 @@ def write_bundle(path: str | Path, *, name: str, version: str, generator: Genera
     final.parent.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        _write_bundle_files(path, name, version, generator, editors, default_editor, regressor, seed, training)
+        _write_bundle_files(path, name, version, generator, editors, default_editor, regressor, seed, training,
+                            generator_float16)
         os.chmod(path, 0o755)  # mkdtemp makes it owner-only
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
@@ -159,9 +165,10 @@ def write_bundle(path: str | Path, *, name: str, version: str, generator: Genera
 
 
 def _write_bundle_files(path: Path, name, version, generator, editors, default_editor, regressor, seed,
-                        training) -> None:
+                        training, generator_float16) -> None:
     gen_meta = weights_meta("generator", generator.family, generator.config.to_dict())
-    files = {"generator.safetensors": save_weights(path, "generator.safetensors", generator.eval(), gen_meta)}
+    files = {"generator.safetensors": save_weights(path, "generator.safetensors", generator.eval(), gen_meta,
+                                                   generator_float16)}
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -171,7 +178,8 @@ def _write_bundle_files(path: Path, name, version, generator, editors, default_e
         "image_shape": list(generator.image_shape),
         "seed": seed,
         "training": training or {},
-        "generator": {"kind": generator.family, "config": gen_meta["config"], "file": "generator.safetensors"},
+        "generator": {"kind": generator.family, "config": gen_meta["config"], "file": "generator.safetensors",
+                      **({"float16": list(generator_float16)} if generator_float16 else {})},
         "default_editor": default_editor,
         "editors": {},
         "files": files,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from curvedit.bundle import save_weights, weights_meta, write_bundle
+from curvedit.bundle import read_manifest, save_weights, weights_meta, write_bundle, write_manifest
 from curvedit.models.editors import EDITOR_KINDS
 from curvedit.models.families import GENERATOR_FAMILIES, GeneratorFamily, build_generator
 from curvedit.models.files import write_json
@@ -70,9 +70,11 @@ class Recipe:
     # A shipped model whose editors are reused as they are, for a generator conditioned on that model's latent
     # space (the PixelCNN on the shapes-vae's z; its sampling has no gradient to train editors through).
     editors_from: str | None = None
-    # Graphs not to export: an autoregressive sampler is a loop of 256 network passes, not one graph; such a
-    # bundle serves through the torch engine.
-    skip_graphs: tuple[str, ...] = ()
+    # Graphs not to ship, each with the reason, recorded in the manifest as ``onnx_not_shipped`` (the ONNX
+    # Runtime engine runs those parts on PyTorch).
+    skip_graphs: dict[str, str] = field(default_factory=dict)
+    # Prefixes of the generator's weights stored in half precision (``write_bundle``'s ``generator_float16``).
+    generator_float16: tuple[str, ...] = ()
 
     @property
     def directions(self) -> list[str]:
@@ -87,6 +89,8 @@ BETA = 4.0
 BETAVAE_STEPS = 4000
 INFOGAN_STEPS = 2000
 PIXELCNN_STEPS = 4000
+PIXELCNN_ENCODER_STORED_ONCE = ("the frozen conditioning encoder is stored once, in generator.safetensors "
+                                "(float16); ONNX Runtime encodes through PyTorch")
 
 RECIPES: dict[str, Recipe] = {
     "shapes32": Recipe("shapes32", "dcgan", GeneratorConfig(latent_dim=8), GANTrainConfig(steps=10000),
@@ -110,10 +114,13 @@ RECIPES: dict[str, Recipe] = {
                              InfoGANTrainConfig(steps=INFOGAN_STEPS), _shapes_editors(axes=True),
                              regressor="shapes32"),
     # A conditional PixelCNN (16×16, 64 colours) on h = the shapes-vae encoder's z: DeCurvEd edits h with the
-    # shapes-vae's own editors, and the PixelCNN renders them.
+    # shapes-vae's own editors, and the PixelCNN renders them. The frozen encoder is stored once, in half
+    # precision (tests/test_shipped_models.py holds it to the shapes-vae's float32 encoder), and not as a graph.
     "shapes-pixelcnn": Recipe("shapes-pixelcnn", "pixelcnn", PixelCNNConfig(),
                               PixelCNNTrainConfig(steps=PIXELCNN_STEPS, encoder_from="shapes-vae"), (),
-                              regressor="shapes32", editors_from="shapes-vae", skip_graphs=("generator.onnx",)),
+                              regressor="shapes32", editors_from="shapes-vae",
+                              skip_graphs={"encoder.onnx": PIXELCNN_ENCODER_STORED_ONCE},
+                              generator_float16=("encoder.",)),
 }
 
 
@@ -207,7 +214,11 @@ def run_recipe(name: str, out: Path, run: Path, seed: int = 0, generator_steps: 
     training = {"command": f"curvedit train recipe {name}", "seed": seed, "generator": train_config.to_dict(),
                 "seconds": seconds}
     write_bundle(out, name=name, version=recipe.version, generator=generator, editors=editors,
-                 default_editor=default_editor, regressor=regressor, seed=seed, training=training)
+                 default_editor=default_editor, regressor=regressor, seed=seed, training=training,
+                 generator_float16=recipe.generator_float16)
+    if recipe.skip_graphs:
+        manifest = read_manifest(out)
+        write_manifest(out, {**manifest, "onnx_not_shipped": dict(recipe.skip_graphs)})
     if export:
         from curvedit.bundle import load_bundle
         from curvedit.export.graphs import bundle_specs

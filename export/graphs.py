@@ -4,6 +4,9 @@ Graphs (every one has a dynamic leading ``batch`` axis):
 
 - ``generator.onnx``: ``z`` float32 ``[batch, d]`` → ``image`` uint8 ``[batch, H, W, 3]``, the same pixels as
   ``Model.generate`` (clamp to [-1, 1], scale to [0, 255], round half to even, NHWC).
+- ``pixelcnn_rows.onnx`` and ``pixelcnn_pixel.onnx`` instead of ``generator.onnx`` for a PixelCNN, whose sampling
+  is a loop of network passes: its per-step networks (``models/pixelcnn_steps.py``), int64 colour classes and
+  positions in, float32 state and logits out.
 - ``encoder.onnx`` (generator families that can encode): ``image`` uint8 ``[batch, H, W, 3]`` → ``z`` float32
   ``[batch, d]``, the same latents as ``Model.encode``.
 - ``flow_forward.onnx``: ``z`` ``[batch, d]`` → ``v = f(z)`` ``[batch, d]`` (default editor, DeCurvEd only).
@@ -27,6 +30,8 @@ from torch import nn
 from curvedit.bundle import Bundle
 from curvedit.export.feature_major import BatchMajorEdit, FeatureMajorDecode, FeatureMajorEdit, FeatureMajorEncode
 from curvedit.models.editors import DeCurvEd, Editor
+from curvedit.models.pixelcnn import PixelCNN
+from curvedit.models.pixelcnn_steps import PixelStep, RowStep
 
 
 class GeneratorGraph(nn.Module):
@@ -84,6 +89,7 @@ class Port:
     name: str
     shape: tuple
     dtype: str = "float32"
+    high: int | None = None  # int64 ports: example values are drawn from 0 … high − 1
 
     def to_dict(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
@@ -108,14 +114,16 @@ class GraphSpec:
         return (self.reference if self.reference is not None else self.module)(*inputs)
 
     def example_inputs(self, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
-        """Random inputs with ``batch`` rows for every input port: float32 standard normal (like latents), or
-        uint8 uniform 0..255 (images)."""
+        """Random inputs with ``batch`` rows for every input port: float32 standard normal (like latents), uint8
+        uniform 0..255 (images), or int64 uniform 0 … ``high`` − 1 (colour classes, positions)."""
         gen = torch.Generator().manual_seed(seed)
         inputs = []
         for port in self.inputs:
             shape = (batch, *port.shape[1:])
             if port.dtype == "uint8":
                 inputs.append(torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8))
+            elif port.dtype == "int64":
+                inputs.append(torch.randint(0, port.high, shape, generator=gen))
             else:
                 inputs.append(torch.randn(shape, generator=gen))
         return tuple(inputs)
@@ -179,6 +187,27 @@ def generator_spec(bundle: Bundle) -> GraphSpec:
                      None, _sources(bundle, bundle.manifest["generator"]["file"]))
 
 
+def pixelcnn_step_specs(bundle: Bundle) -> list[GraphSpec]:
+    """``pixelcnn_rows.onnx`` and ``pixelcnn_pixel.onnx``: a sampling generator's per-step networks
+    (``models/pixelcnn_steps.py``), which the ONNX Runtime engine loops over; nothing for other families."""
+    generator = bundle.generator.eval()
+    if not isinstance(generator, PixelCNN):
+        return []
+    config, sources = generator.config, _sources(bundle, bundle.manifest["generator"]["file"])
+    size, state = config.image_size, (len(generator.layers), 2 * config.channels, config.image_size)
+    h = Port("h", ("batch", generator.latent_dim))
+    above = Port("above", ("batch", *state))
+    return [
+        GraphSpec("pixelcnn_rows", "pixelcnn_rows.onnx", RowStep(generator).eval(),
+                  (Port("classes", ("batch", size, size), "int64", config.classes), h,
+                   Port("row", ("batch",), "int64", size)), (above,), None, sources),
+        GraphSpec("pixelcnn_pixel", "pixelcnn_pixel.onnx", PixelStep(generator).eval(),
+                  (Port("row_classes", ("batch", size), "int64", config.classes), above, h,
+                   Port("col", ("batch",), "int64", size)), (Port("logits", ("batch", config.classes)),), None,
+                  sources),
+    ]
+
+
 def encoder_specs(bundle: Bundle) -> list[GraphSpec]:
     """``encoder.onnx`` when the bundle's generator family can encode, else nothing."""
     if not bundle.generator.can_encode:
@@ -211,6 +240,7 @@ def bundle_specs(bundle: Bundle) -> list[GraphSpec]:
     """Every graph for ``bundle``: generator (and encoder), the default editor's flow halves and edit, then the
     other editors."""
     others = [name for name in bundle.editors if name != bundle.default_editor]
-    return [generator_spec(bundle), *encoder_specs(bundle), *flow_specs(bundle),
+    generator = pixelcnn_step_specs(bundle) or [generator_spec(bundle)]  # a sampler is a loop of step graphs
+    return [*generator, *encoder_specs(bundle), *flow_specs(bundle),
             *editor_specs(bundle, bundle.default_editor),
             *(spec for name in others for spec in editor_specs(bundle, name))]

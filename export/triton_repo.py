@@ -65,6 +65,10 @@ def write_triton_repo(model: str | Path, out: str | Path, max_batch_size: int = 
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
     bundle = load_bundle(Path(model))
+    if bundle.generator.samples:
+        raise ValueError(f"{bundle.manifest.get('name', bundle.path.name)} samples its images in a loop of 256 "
+                         "step-graph calls, which a Triton ensemble cannot express; serve it with `curvedit serve "
+                         "--model NAME` (its edit graphs are in the bundle)")
     out = Path(out)
     name = bundle.manifest.get("name", bundle.path.name)
     version = bundle.version

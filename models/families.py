@@ -68,6 +68,7 @@ class GeneratorFamily(nn.Module):
     family: ClassVar[str] = ""
     config_class: ClassVar[type]
     can_encode: ClassVar[bool] = False
+    samples: ClassVar[bool] = False  # decode draws random numbers: ``render`` takes seeds and a step check
 
     def __init__(self, config):
         super().__init__()
@@ -88,6 +89,12 @@ class GeneratorFamily(nn.Module):
         raise NotImplementedError
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decode(z)
+
+    def render(self, z: torch.Tensor, seeds: Sequence[int] | None = None, check=None) -> torch.Tensor:
+        """``decode`` with the options of families that sample (``samples``): ``seeds`` (one per row; ``None``:
+        the family's default) and ``check(step)``, called between sampling steps (it may raise to stop the
+        work). Deterministic families ignore both."""
         return self.decode(z)
 
     def sample_latents(self, seeds: Sequence[int]) -> np.ndarray:

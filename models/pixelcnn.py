@@ -1,21 +1,25 @@
 """The conditional PixelCNN family: an autoregressive image model ``p(x | h)`` whose conditioning vector ``h``
 plays the latent's role, so DeCurvEd edits ``h``.
 
-Images are 16×16 with colours quantised to ``levels`` values per channel; each pixel is one categorical over the
-``levels³`` colours, so there are no sub-pixel masks. The network is the gated PixelCNN: a vertical stack (rows
-above) and a horizontal stack (pixels to the left in the row), gated units ``tanh(a) ⊙ σ(b)`` with ``V h`` added to
-``a`` and ``b`` in every layer of both stacks, the vertical stack fed to the horizontal one shifted down a row (no
-blind spot), and residual connections in the horizontal stack.
+Images are 16×16 with colours quantised to ``levels`` values per channel, evenly spaced grey levels from
+``palette_low`` to ``palette_high`` (26 … 242: the shapes' background grey, 26, is a palette colour, and the
+shapes' channels span 36 … 242); each pixel is one categorical over the ``levels³`` colours, so there are no
+sub-pixel masks. The network is the gated PixelCNN: a vertical stack (rows above) and a horizontal stack (pixels to
+the left in the row), gated units ``tanh(a) ⊙ σ(b)`` with ``V h`` added to ``a`` and ``b`` in every layer of both
+stacks, the vertical stack fed to the horizontal one shifted down a row (no blind spot), and residual connections
+in the horizontal stack.
 
 ``h`` is the ``shapes-vae`` encoder's posterior mean (a PixelVAE-style decoder on a frozen encoder): ``encode``
-upsamples the 16×16 image ×2 (nearest) and runs that encoder, so real images can be encoded, and ``h ~ N(0, I)``
-is the contract's standard prior.
+upsamples the 16×16 image ×2 (nearest) and runs that encoder, so real images can be encoded, and ``h ~ N(0, I)`` is
+the contract's standard prior.
 
-Sampling is seeded and batch-independent: row i draws pixel j by inverse CDF from ``u[j]`` of
-``torch.rand(H·W, generator=manual_seed(seeds[i]))``, so equal ``(h, seed)`` give equal images at any batch size or
-position. ``decode(z)`` samples with ``DEFAULT_SEED``. The fast loop (``sample(..., fast=True)``) computes the
-conditioning once, the vertical stack once per row on the rows its receptive field reaches, and per pixel only the
-horizontal stack on the columns it reaches; it gives the same images as the naive loop (a full forward per pixel).
+Sampling is seeded and batch-independent: row i draws pixel j by inverse CDF from ``u[j]`` of ``torch.rand(H·W,
+generator=manual_seed(seeds[i]))``, so equal ``(h, seed)`` give equal images at any batch size or position.
+``decode(z)`` samples with ``DEFAULT_SEED``; ``render(z, seeds, check)`` with given seeds, calling ``check``
+between steps (the service stops a cancelled request's work there). The fast loop (``sample(..., fast=True)``)
+computes the conditioning once, the vertical stack once per row on the rows its receptive field reaches, and per
+pixel only the horizontal stack on the columns it reaches; it gives the same images as the naive loop (a full
+forward per pixel).
 
 Reference: van den Oord et al., "Conditional Image Generation with PixelCNN Decoders", NeurIPS 2016; Gulrajani et
 al., "PixelVAE", ICLR 2017.
@@ -48,6 +52,8 @@ class PixelCNNConfig:
     head: int = 64
     encoder_channels: int = 32  # of the conditioning encoder (the VAE's, on images upsampled to 32×32)
     encoder_hidden: int = 256
+    palette_low: int = 26  # grey levels (uint8) of the first and last palette value per channel: the renders'
+    palette_high: int = 242  # background, 0.1 of full scale (25.5), is 26 as drawn; 242: their brightest channel
 
     def __post_init__(self):
         if self.image_size != 16:
@@ -57,25 +63,39 @@ class PixelCNNConfig:
         if not 2 <= self.levels <= 8 or self.layers < 1 or self.latent_dim < 1:
             raise ValueError(f"need 2 <= levels <= 8, layers >= 1, latent_dim >= 1; got {self.levels}, "
                              f"{self.layers}, {self.latent_dim}")
+        if not 0 <= self.palette_low < self.palette_high <= 255:
+            raise ValueError(f"need 0 <= palette_low < palette_high <= 255 (grey levels), got {self.palette_low}, "
+                             f"{self.palette_high}")
 
     @property
     def classes(self) -> int:
         return self.levels**3
 
+    @property
+    def palette(self) -> torch.Tensor:
+        """The per-channel values, grey levels ``[levels]`` (float, whole numbers)."""
+        step = (self.palette_high - self.palette_low) / (self.levels - 1)
+        return torch.tensor([round(self.palette_low + i * step) for i in range(self.levels)], dtype=torch.float32)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def quantise(images: torch.Tensor, levels: int) -> torch.Tensor:
-    """Images ``[n, 3, H, W]`` in [-1, 1] → colour classes ``[n, H, W]`` (long), ``r·L² + g·L + b``."""
-    idx = ((images.clamp(-1, 1) + 1) / 2 * (levels - 1)).round().long()
+def quantise(images: torch.Tensor, config: PixelCNNConfig) -> torch.Tensor:
+    """Images ``[n, 3, H, W]`` in [-1, 1] → colour classes ``[n, H, W]`` (long), ``r·L² + g·L + b``: each channel
+    to its nearest palette value."""
+    grey = (images.clamp(-1, 1) + 1) * 127.5
+    idx = (grey[..., None] - config.palette.to(images.device)).abs().argmin(dim=-1)
+    levels = config.levels
     return idx[:, 0] * levels**2 + idx[:, 1] * levels + idx[:, 2]
 
 
-def dequantise(classes: torch.Tensor, levels: int) -> torch.Tensor:
-    """Colour classes ``[n, H, W]`` → images ``[n, 3, H, W]`` in [-1, 1]."""
+def dequantise(classes: torch.Tensor, config: PixelCNNConfig) -> torch.Tensor:
+    """Colour classes ``[n, H, W]`` → images ``[n, 3, H, W]`` in [-1, 1], whose uint8 rendering (``(x + 1) ·
+    127.5``, rounded) is exactly the palette's grey levels."""
+    levels = config.levels
     idx = torch.stack([classes // levels**2, classes // levels % levels, classes % levels], dim=1)
-    return idx.float() / (levels - 1) * 2 - 1
+    return config.palette.to(classes.device)[idx] / 127.5 - 1
 
 
 def _gate(x: torch.Tensor) -> torch.Tensor:
@@ -123,6 +143,7 @@ class PixelCNN(GeneratorFamily):
     family = "pixelcnn"
     config_class = PixelCNNConfig
     can_encode = True
+    samples = True
 
     def __init__(self, config: PixelCNNConfig = PixelCNNConfig()):
         super().__init__(config)
@@ -171,28 +192,26 @@ class PixelCNN(GeneratorFamily):
 
     # -- sampling ----------------------------------------------------------------------------------------------
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.render(z)
+
+    def render(self, z: torch.Tensor, seeds: Sequence[int] | None = None, check=None) -> torch.Tensor:
+        """Sampled images ``[n, 3, 16, 16]`` in [-1, 1]; ``seeds`` one per row (``None``: ``DEFAULT_SEED`` for
+        every row); ``check(step)`` runs after each of the 256 pixel steps and may raise to stop."""
         if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
             # Fail at once: tracing would unroll 256 steps and then fail on the seeded generators anyway.
             raise RuntimeError("the PixelCNN samples pixel by pixel in a Python loop and has no one-graph export; "
-                               "its generator runs on PyTorch")
-        return dequantise(self.sample(z, [DEFAULT_SEED] * len(z)), self.config.levels)
+                               "its ONNX graphs are the per-step networks (models/pixelcnn_steps.py)")
+        seeds = [DEFAULT_SEED] * len(z) if seeds is None else seeds
+        return dequantise(self.sample(z, seeds, check=check), self.config)
 
     @torch.no_grad()
-    def sample(self, h: torch.Tensor, seeds: Sequence[int], fast: bool = True) -> torch.Tensor:
+    def sample(self, h: torch.Tensor, seeds: Sequence[int], fast: bool = True, check=None) -> torch.Tensor:
         """``h [n, d]`` and one seed per row → colour classes ``[n, H, W]`` (long); ``dequantise`` makes images.
         ``fast=False`` is the naive loop (a full forward per pixel), kept as the reference."""
-        if len(seeds) != len(h):
-            raise ValueError(f"need one seed per latent: {len(seeds)} seeds for {len(h)} latents")
-        size = self.config.image_size
-        noise = torch.stack([torch.rand(size * size, generator=torch.Generator().manual_seed(int(s)))
-                             for s in seeds]).to(h.device)
-        classes = torch.zeros(len(h), size, size, dtype=torch.long, device=h.device)
         cond = self.conditioning(h)
         step = self._fast_rows if fast else self._naive_rows
-        for r, logits_of in step(classes, cond):
-            for col in range(size):
-                classes[:, r, col] = _draw(logits_of(col), noise[:, r * size + col])
-        return classes
+        return sample_loop(lambda classes: step(classes, cond), seeds, len(h), self.config.image_size, h.device,
+                           check)
 
     def _naive_rows(self, classes: torch.Tensor, cond):
         for r in range(classes.shape[1]):
@@ -226,6 +245,27 @@ class PixelCNN(GeneratorFamily):
         from curvedit.models.train_pixelcnn import train_pixelcnn
 
         return train_pixelcnn(run_dir, config, train_config, progress)
+
+
+def sampling_noise(seeds: Sequence[int], size: int) -> torch.Tensor:
+    """``[n, size²]`` uniforms: row i is ``torch.rand(size², generator=manual_seed(seeds[i]))``."""
+    return torch.stack([torch.rand(size * size, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+def sample_loop(rows, seeds: Sequence[int], n: int, size: int, device, check=None) -> torch.Tensor:
+    """The raster-order sampling loop every engine shares: ``rows(classes)`` yields ``(r, logits_of)`` per row,
+    ``logits_of(col) → [n, K]`` from the ``classes [n, size, size]`` drawn so far; each pixel is drawn by inverse
+    CDF from its seed's uniform; ``check(step)`` runs after each pixel step (``step`` = pixels done)."""
+    if len(seeds) != n:
+        raise ValueError(f"need one seed per latent: {len(seeds)} seeds for {n} latents")
+    noise = sampling_noise(seeds, size).to(device)
+    classes = torch.zeros(n, size, size, dtype=torch.long, device=device)
+    for r, logits_of in rows(classes):
+        for col in range(size):
+            classes[:, r, col] = _draw(logits_of(col), noise[:, r * size + col])
+            if check is not None:
+                check(r * size + col + 1)
+    return classes
 
 
 def _draw(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

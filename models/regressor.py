@@ -14,11 +14,14 @@ from curvedit.models.renderer import FACTOR_NAMES, NUM_FACTORS, RenderedShapes
 
 
 class FactorRegressor(nn.Module):
-    """Images ``[batch, 3, 32, 32]`` in [-1, 1] → standardised factors ``[batch, 6]``.
+    """Images ``[batch, 3, 32, 32]`` in [-1, 1] → standardised factors ``[batch, 6]``; images of another square
+    size (the 16×16 PixelCNN's) are first resized to 32×32, nearest neighbour, as that family's encoder sees them.
 
     Also exposes ``features(images) -> [batch, 128]``, the penultimate activations used by evaluation's
     Fréchet distance. ``factor_names[j]`` names output j.
     """
+
+    size = 32
 
     factor_names = FACTOR_NAMES
 
@@ -45,10 +48,12 @@ class FactorRegressor(nn.Module):
         return {"channels": self.channels}
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] != self.size:
+            images = nn.functional.interpolate(images, size=(self.size, self.size), mode="nearest")
         return self.body(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(images))
+        return self.head(self.features(images))
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def training_pair(model: PixelCNN, images32: torch.Tensor) -> tuple[torch.Tensor
     small = F.avg_pool2d(images32, 2)
     with torch.no_grad():
         h = model.encode(small)
-    return quantise(small, model.config.levels), h
+    return quantise(small, model.config), h
 
 
 def nll_per_pixel(model: PixelCNN, classes: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -126,5 +126,5 @@ def write_samples(model: PixelCNN, run_dir: Path, held_out: torch.Tensor) -> Non
     model.eval()
     classes, h = training_pair(model, held_out)
     samples = model.sample(h, list(range(len(h))))
-    grid = torch.cat([dequantise(classes, model.config.levels), dequantise(samples, model.config.levels)])
+    grid = torch.cat([dequantise(classes, model.config), dequantise(samples, model.config)])
     save_png(image_grid(to_uint8(grid), len(h), zoom=4), run_dir / "samples.png")

@@ -66,7 +66,8 @@ def as_array(inputs) -> np.ndarray:
 @dataclass(eq=False)
 class Entry:
     """Queued work: ``z`` float32 ``[n, d]`` (or uint8 images, or a lazy input with ``len`` / slicing /
-    ``array()``), ``amounts`` float32 ``[n, K]`` or ``None``; times on the batcher's clock."""
+    ``array()``), ``amounts`` float32 ``[n, K]`` or ``None``, ``seeds`` int64 ``[n]`` (the sampling seeds of a
+    generator that samples) or ``None`` (seed 0); times on the batcher's clock."""
 
     key: Hashable
     z: Any
@@ -79,10 +80,21 @@ class Entry:
     filling: bool = False  # arrived while its stage was busy: waits up to max_queue_delay once the stage frees
     start: int = 0  # its first row within its request
     finish: Callable[[tuple[np.ndarray, ...], int], Any] | None = None  # (rows, start), on the compute thread
+    seeds: np.ndarray | None = None
 
     @property
     def n(self) -> int:
         return len(self.z)
+
+
+def stale(e: Entry, now: float | None) -> str | None:
+    """Why ``e`` need not run: ``"deadline"`` (passed at ``now``; ``None``: not checked), ``"cancelled"``
+    (its future is done: the client went away, or a sibling chunk failed), else ``None``."""
+    if e.deadline is not None and now is not None and now >= e.deadline:
+        return "deadline"
+    if e.future is not None and e.future.done():
+        return "cancelled"
+    return None
 
 
 @dataclass(eq=False)
@@ -95,6 +107,17 @@ class Batch:
     released: float = 0.0
     reason: str = ""  # "idle", "full" or "delay": why the batch was released
     stages: dict[str, float] = field(default_factory=dict)  # compute seconds per stage, set by compute
+    steps: int = 0  # sampling steps computed (generators that sample), counted by compute
+    clock: Callable[[], float] | None = None  # the runner's, to tell an abandoned batch while it computes
+
+    def abandoned(self) -> str | None:
+        """``"deadline"`` or ``"cancelled"`` once every entry's request is gone (see ``stale``), so a long
+        computation (sampling, step by step) can stop; ``None`` while one still waits for the result."""
+        now = self.clock() if self.clock is not None else None
+        reasons = {stale(e, now) for e in self.entries}
+        if None in reasons or not reasons:
+            return None
+        return "deadline" if "deadline" in reasons else "cancelled"
 
     @property
     def size(self) -> int:
@@ -109,6 +132,13 @@ class Batch:
         z = joined([as_array(e.z) for e in self.entries])
         has_amounts = self.entries[0].amounts is not None
         return z, joined([e.amounts for e in self.entries]) if has_amounts else None
+
+    def seeds(self) -> np.ndarray | None:
+        """The sampling seeds int64 ``[size]`` (an entry without seeds: 0 for each of its rows), or ``None`` when
+        no entry has any; so requests with different seeds, or none, share a batch."""
+        if all(e.seeds is None for e in self.entries):
+            return None
+        return np.concatenate([np.zeros(e.n, np.int64) if e.seeds is None else e.seeds for e in self.entries])
 
     def split(self, outputs: tuple[np.ndarray, ...]) -> list[tuple[np.ndarray, ...]]:
         """Per entry, its rows of each output array."""
@@ -225,11 +255,7 @@ class BatchQueue:
 
     @staticmethod
     def _stale(e: Entry, now: float) -> str | None:
-        if e.deadline is not None and now >= e.deadline:
-            return "deadline"
-        if e.future is not None and e.future.done():
-            return "cancelled"
-        return None
+        return stale(e, now)
 
     def next_wakeup(self, now: float, busy: Collection[Hashable] = ()) -> float | None:
         """Seconds until some key on a free stage may leave (0 = now), ``None`` if none will without an event

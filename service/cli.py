@@ -58,7 +58,8 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
         help=f"/metrics port (default {d.metrics_port}; 0 = any free port, -1 = off)")
     add("--model", action="append", default=None, metavar="NAME|PATH",
         help="a shipped model's name or a bundle directory, repeatable; the first is the default model "
-             "(default: every shipped model, shapes32 first)")
+             "(default: every shipped model whose generator does not sample, shapes32 first; "
+             "shapes-pixelcnn when named)")
     add("--model-repository", default=None, metavar="DIR",
         help="serve the models of DIR/<name>/<version>/ (each version a bundle, Triton's layout) instead of "
              "--model: the newest version of each takes requests, new versions are verified and warmed up before "

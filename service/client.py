@@ -101,10 +101,13 @@ def _stream_item(response: pb.EditStreamResponse) -> EditResult | StreamError:
 _CODES = {code.value[0]: code.value for code in grpc.StatusCode}
 
 
-def _generate_request(latents, seeds, model: str, images: str) -> pb.GenerateRequest:
+def _generate_request(latents, seeds, model: str, images: str, sampling_seed: int | None = None
+                      ) -> pb.GenerateRequest:
     if (latents is None) == (seeds is None):
         raise ValueError("pass exactly one of latents= (float32 [n, d]) or seeds=")
     request = pb.GenerateRequest(model=model, image_format=codec.image_format(images))
+    if sampling_seed is not None:
+        request.sampling_seed = int(sampling_seed)
     if latents is not None:
         request.latents.CopyFrom(codec.to_tensor(np.asarray(latents, dtype=np.float32)))
     else:
@@ -179,9 +182,11 @@ class Client:
         request = _traverse_request(direction, latent, seed, start, stop, steps, model, editor, images)
         yield from self.stub.Traverse(request, timeout=self.timeout)
 
-    def generate(self, latents=None, seeds=None, model: str = "", images: str = "raw") -> np.ndarray:
-        """uint8 images ``[n, H, W, 3]``."""
-        response = self.stub.Generate(_generate_request(latents, seeds, model, images), timeout=self.timeout)
+    def generate(self, latents=None, seeds=None, model: str = "", images: str = "raw",
+                 sampling_seed: int | None = None) -> np.ndarray:
+        """uint8 images ``[n, H, W, 3]``; ``sampling_seed``: the draw of a generator that samples (PixelCNN)."""
+        request = _generate_request(latents, seeds, model, images, sampling_seed)
+        response = self.stub.Generate(request, timeout=self.timeout)
         return codec.from_images(response.images)
 
 
@@ -237,8 +242,10 @@ class AsyncClient:
         async for frame in self.stub.Traverse(request, timeout=self.timeout):
             yield frame
 
-    async def generate(self, latents=None, seeds=None, model: str = "", images: str = "raw") -> np.ndarray:
-        response = await self.stub.Generate(_generate_request(latents, seeds, model, images), timeout=self.timeout)
+    async def generate(self, latents=None, seeds=None, model: str = "", images: str = "raw",
+                       sampling_seed: int | None = None) -> np.ndarray:
+        request = _generate_request(latents, seeds, model, images, sampling_seed)
+        response = await self.stub.Generate(request, timeout=self.timeout)
         return codec.from_images(response.images)
 
 

@@ -27,7 +27,7 @@ class ServeConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 8002  # 0 = any free port; -1 = no metrics HTTP server
     http_port: int = 8000  # the Open Inference Protocol over HTTP/REST, on `host`; 0 = any free port; -1 = off
-    models: tuple[str, ...] = ()  # shipped names or bundle paths; empty = every shipped model; first = default
+    models: tuple[str, ...] = ()  # shipped names or bundle paths; empty = models.default_models(); first = default
     model_repository: str = ""  # DIR/<name>/<version>/ bundles, served instead of `models` (see repository)
     repository_poll_s: float = 0.0  # rescan the model repository this often; 0 = only at start and on load RPCs
     repository_versions: int = 1  # how many of each model's newest versions stay loaded (Triton's latest N)

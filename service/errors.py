@@ -92,9 +92,10 @@ class ShutDown(ServiceError):
 
 
 class DeadlineExpired(ServiceError):
-    def __init__(self, stage: str):
+    def __init__(self, stage: str, computing: bool = False):
+        what = "stopped between steps" if computing else "dropped before compute"
         super().__init__(grpc.StatusCode.DEADLINE_EXCEEDED,
-                         f"deadline passed while {stage}; the work was dropped before compute — "
+                         f"deadline passed while {stage}; the work was {what} — "
                          "allow a longer deadline or send fewer items per request")
 
 

@@ -152,6 +152,10 @@ class ServerMetrics:
         self.dropped_items = Counter("curvedit_dropped_items_total", "Queued items dropped before compute "
                                      "(deadline passed or client cancelled).", (*model, "reason"),
                                      registry=registry)
+        self.sampling_steps = Counter("curvedit_sampling_steps_total", "Sampling steps computed by generators "
+                                      "that sample (one step: one pixel of a whole batch; 256 per PixelCNN "
+                                      "batch). A batch whose every request is gone (deadline, cancelled) stops "
+                                      "between steps.", model, registry=registry)
         self.fallback = Gauge("curvedit_engine_fallback", "1 for each engine part (graph, kernel) running on a "
                               "fallback path; `path` is what it runs on instead (ModelInfo.fallbacks says why).",
                               (*model, "part", "path"), registry=registry)
@@ -265,6 +269,10 @@ class ServerMetrics:
         self._child(self.compute_us, model, version).inc(sum(stages.values()) * 1e6)
         for stage, seconds in stages.items():
             self._child(self.compute_seconds, model, version, stage).observe(seconds)
+
+    @_safe
+    def sampled(self, model: str, version: str, steps: int) -> None:
+        self._child(self.sampling_steps, model, version).inc(steps)
 
     @_safe
     def dropped(self, model: str, version: str, reason: str, items: int) -> None:

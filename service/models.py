@@ -24,6 +24,7 @@ import numpy as np
 import curvedit
 from curvedit.engines import resolve_engine
 from curvedit.service.batcher import Batch, bucket_sizes
+from curvedit.service.errors import Cancelled, DeadlineExpired
 from curvedit.v1 import latent_edit_pb2 as pb
 
 EDIT, EDIT_IMAGES, GENERATE = "edit", "edit+images", "generate"
@@ -110,7 +111,7 @@ class ServedModel:
             kind = kind[len(ENCODE) + 1 :]
         if kind == GENERATE:
             t = time.perf_counter()
-            images = runtime.generate(z)
+            images = runtime.generate(z, batch.seeds(), sampling_check(batch) if self.model.samples else None)
             stages["generator"] = time.perf_counter() - t
             return (images,)
         t = time.perf_counter()
@@ -120,9 +121,16 @@ class ServedModel:
             return (edited,)
         t = time.perf_counter()
         finite = np.isfinite(edited).all(axis=1)
-        images = runtime.generate(edited if finite.all() else np.where(finite[:, None], edited, 0))
+        images = runtime.generate(edited if finite.all() else np.where(finite[:, None], edited, 0), batch.seeds(),
+                                  sampling_check(batch) if self.model.samples else None)
         stages["generator"] = time.perf_counter() - t
         return edited, images
+
+    def sampling_seeds(self, seed: int | None, n: int) -> np.ndarray | None:
+        """A request's per-row sampling seeds int64 ``[n]`` (its one ``seed`` for every row), or ``None`` (seed
+        0, ``pixelcnn.DEFAULT_SEED``); each entry carries its own, so requests with different seeds share a
+        batch. ``InputError`` for a seed out of range."""
+        return None if seed is None else self.model.check_seeds(seed, n)
 
     def warm_up(self, max_batch_size: int) -> dict[tuple[str, str, int], float]:
         """Run every bucket once per editor, and the generator, so no request pays a first-shape cost (the auto
@@ -169,6 +177,21 @@ class ServedModel:
                     cost.set((self.key, editor, from_images(key)), b, seconds + encode)
 
 
+def sampling_check(batch: Batch):
+    """``check(step)`` for a sampling generator: counts the batch's steps and stops the work (raising
+    ``DeadlineExpired`` or ``Cancelled``) once every request in the batch is gone."""
+
+    def check(step: int) -> None:
+        batch.steps = step
+        reason = batch.abandoned()
+        if reason == "deadline":
+            raise DeadlineExpired(f"sampling (step {step} of the batch)", computing=True)
+        if reason is not None:
+            raise Cancelled()
+
+    return check
+
+
 def serving_model(path, engine: str = "auto", expect_digest: str | None = None,
                   ort_threads: int = 0) -> curvedit.Model:
     """``curvedit.load`` as a server (and the load benchmark's in-process yardstick) runs it.
@@ -183,13 +206,26 @@ def serving_model(path, engine: str = "auto", expect_digest: str | None = None,
     return curvedit.load(path, engine=engine, engine_options=options, expect_digest=expect_digest)
 
 
+def default_models() -> tuple[str, ...]:
+    """The models ``serve`` runs when none is named: every shipped model whose generator does not sample. A
+    sampler's warm-up samples every batch bucket (``shapes-pixelcnn`` on the 2-core machine: 31 s with the
+    onnxruntime engine, 48 s with the auto engine, which first times both backends at every bucket; shapes-vae:
+    4 s), so it is served when named: ``--model shapes-pixelcnn``."""
+    from curvedit.api import resolve_model
+    from curvedit.bundle import read_manifest
+    from curvedit.models.families import GENERATOR_FAMILIES
+
+    return tuple(name for name in curvedit.list_models()
+                 if not GENERATOR_FAMILIES[read_manifest(resolve_model(name))["generator"]["kind"]].samples)
+
+
 def load_models(paths: tuple[str, ...], engine: str, expect_digests: tuple[str, ...] = (),
                 ort_threads: int = 0) -> dict[str, ServedModel]:
-    """Load every model (a shipped model's name or a bundle path; none = every shipped model, the default
+    """Load every model (a shipped model's name or a bundle path; none = ``default_models()``, the default
     ``shapes32`` first), each pinned to ``expect_digests[i]`` when given; refuse duplicate names. Insertion
     order = given order; the first is the default."""
     models: dict[str, ServedModel] = {}
-    paths = paths or tuple(curvedit.list_models())
+    paths = paths or default_models()
     digests = expect_digests or (None,) * len(paths)
     for path, digest in zip(paths, digests, strict=True):
         served = ServedModel(serving_model(path, engine, digest, ort_threads))

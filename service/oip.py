@@ -7,7 +7,9 @@ One OIP model per bundle, named as the bundle (``ModelInfo.name``), with the bun
   editor's amounts, one column per direction in ``ModelInfo``'s order; absent = no edit);
 * outputs: ``z_edited`` FP32 ``[-1, d]`` and ``images`` UINT8 ``[-1, H, W, 3]`` (the edited latents rendered),
   each returned when asked for (no outputs named = both, as the protocol says);
-* the request parameter ``editor`` (a string) picks an editor (default: the model's default editor).
+* the request parameter ``editor`` (a string) picks an editor (default: the model's default editor), and ``seed``
+  (an integer, 0 … 2^63 − 1) the draw of a generator that samples (the PixelCNN), for every item of the request,
+  as the native Generate's ``sampling_seed`` (default 0; other generators ignore it).
 
 With a model repository (``serve --model-repository``) a model's versions are the repository's version numbers
 ("3"): metadata lists the loaded ones (over HTTP with ``bundle_version``, the bundle's own version string, beside
@@ -179,7 +181,7 @@ class Inference:
             raise not_found(str(exc)) from None
 
     async def infer(self, served: ServedModel, inputs: list[InferTensor], outputs: list[str] | None,
-                    editor_name: str, ticket: Ticket) -> list[InferOutput]:
+                    editor_name: str, ticket: Ticket, seed: int | None = None) -> list[InferOutput]:
         """Run one request through admission's ticket and the batcher; the outputs asked for, in that order."""
         byname = {}
         allowed = [i["name"] for i in model_metadata(served)["inputs"]]
@@ -213,7 +215,8 @@ class Inference:
         else:
             t = np.zeros((n, k), np.float32)
         fmt = pb.IMAGE_FORMAT_RAW if "images" in wanted else None  # the native Edit's finish: same checks
-        parts = await self.servicer._run(served, key, x, t, ticket, "ModelInfer", edit_finish(fmt))
+        seeds = served.sampling_seeds(seed, n)
+        parts = await self.servicer._run(served, key, x, t, ticket, "ModelInfer", edit_finish(fmt), seeds)
         d, image = served.latent_dim, list(served.model.image_shape)
         out = []
         for name in wanted:
@@ -222,6 +225,17 @@ class Inference:
             else:
                 out.append(InferOutput(name, "UINT8", [n, *image], b"".join(p[1] for p in parts)))
         return out
+
+    @staticmethod
+    def options(parameters: dict) -> tuple[str, int | None]:
+        """The request parameters ``editor`` (a string, default "") and ``seed`` (an integer or ``None``), from
+        either front end's parameters as Python values."""
+        editor, seed = parameters.get("editor", ""), parameters.get("seed")
+        if not isinstance(editor, str):
+            raise invalid("the parameter `editor` must be a string (an editor's name)")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise invalid(f"the parameter `seed` must be an integer, got {requests.short(str(seed))}")
+        return editor, seed
 
     @staticmethod
     def _latents(served: ServedModel, tensor: InferTensor) -> np.ndarray:

@@ -100,11 +100,9 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         async def work(req: oip.ModelInferRequest, ticket, _method):
             served = self.inference.model(req.model_name, req.model_version)
-            editor = parameter(req.parameters["editor"]) if "editor" in req.parameters else ""
-            if not isinstance(editor, str):
-                raise invalid("the parameter `editor` must be a string (an editor's name)")
+            editor, seed = self.inference.options({k: parameter(v) for k, v in req.parameters.items()})
             outputs = await self.inference.infer(served, _inputs(req), [o.name for o in req.outputs], editor,
-                                                 ticket)
+                                                 ticket, seed)
             response = oip.ModelInferResponse(model_name=served.name, model_version=served.version_label,
                                               id=req.id)
             for out in outputs:

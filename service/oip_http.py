@@ -230,11 +230,9 @@ class HttpFront:
                                                      spec.get("shape", []), spec.get("data", [])))
             asked = request.get("outputs") or []
             params = request.get("parameters") or {}
-            editor = params.get("editor", "")
-            if not isinstance(editor, str):
-                raise invalid("the parameter `editor` must be a string (an editor's name)")
+            editor, seed = self.inference.options(params)
             outputs = await self.inference.infer(served, inputs, [o.get("name", "") for o in asked], editor,
-                                                 ticket)
+                                                 ticket, seed)
         except Exception as exc:
             return self._failed(name, exc, rid)
         finally:

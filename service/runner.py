@@ -78,7 +78,7 @@ class BatchRunner:
         return executor
 
     def submit(self, key: Hashable, z, amounts: np.ndarray | None, deadline: float | None = None,
-               finish: Callable | None = None) -> list[Entry]:
+               finish: Callable | None = None, seeds: np.ndarray | None = None) -> list[Entry]:
         """Queue ``z`` (``n`` rows, split into chunks of at most max_batch_size); one entry (with a future) per
         chunk. ``finish(rows, start)`` runs on the compute thread on each chunk's output rows (``start``: the
         chunk's first row in ``z``); its value is the chunk's result. Raises ``QueueFull`` (nothing queued) when
@@ -87,7 +87,8 @@ class BatchRunner:
         now, m = self.clock(), self.queue.max_batch_size
         filling = stage_of(key) in self.running
         entries = [Entry(key, z[i : i + m], None if amounts is None else amounts[i : i + m], now, deadline,
-                         loop.create_future(), filling=filling, start=i, finish=finish)
+                         loop.create_future(), filling=filling, start=i, finish=finish,
+                         seeds=None if seeds is None else seeds[i : i + m])
                    for i in range(0, len(z), m)]
         if len(entries) > 1:
             for e in entries:
@@ -194,6 +195,7 @@ class BatchRunner:
     def _start(self, loop: asyncio.AbstractEventLoop, batch: Batch, now: float) -> None:
         stage = stage_of(batch.key)
         self.running[stage] = (batch, now)
+        batch.clock = self.clock
         for entry in batch.entries:
             entry.started = now
         task = loop.create_task(self._run_batch(loop, batch, stage))
@@ -222,8 +224,12 @@ class BatchRunner:
         good = [e for i, e in enumerate(batch.entries) if i not in failed]
         if good:
             part = batch if len(good) == len(batch.entries) else Batch(batch.key, good, batch.bucket,
-                                                                       batch.released, batch.reason, batch.stages)
-            outputs = iter(part.split(self.compute(part)))
+                                                                       batch.released, batch.reason, batch.stages,
+                                                                       clock=self.clock)
+            try:
+                outputs = iter(part.split(self.compute(part)))
+            finally:
+                batch.steps = part.steps
         for i, entry in enumerate(batch.entries):
             if i in failed:
                 results[i] = failed[i]
@@ -259,7 +265,7 @@ class BatchRunner:
             for entry in batch.entries:
                 if not entry.future.done():
                     alone = Batch(batch.key, [entry], bucket_for(entry.n, self.queue.max_batch_size),
-                                  released=batch.released, reason=batch.reason)
+                                  released=batch.released, reason=batch.reason, clock=self.clock)
                     self.running[stage] = (alone, self.clock())
                     await self._execute(loop, alone, stage, isolate=False)
             return

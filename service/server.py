@@ -66,6 +66,8 @@ class _BatchMetrics:
 
     def executed(self, batch: Batch, compute_s: float, error: BaseException | None) -> None:
         served = self.models.by_key(batch.key[0])
+        if batch.steps:
+            self.metrics.sampled(served.name, served.version_label, batch.steps)
         if error is None:
             padded = served.padded_rows(batch.size)
             self.metrics.batch(served.name, served.version_label, batch.size, padded, batch.reason, batch.stages)

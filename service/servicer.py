@@ -187,10 +187,11 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         context.set_code(code)
         context.set_details(message)
 
-    async def _run(self, served: ServedModel, key, x, amounts, ticket: Ticket, method: str, finish=None) -> list:
-        """Queue ``x`` (``n`` rows, or a lazy input) under ``key``; returns each chunk's result in order (its
-        ``finish`` value, or its output rows)."""
-        entries = self.runner.submit(key, x, amounts, ticket.deadline, finish)
+    async def _run(self, served: ServedModel, key, x, amounts, ticket: Ticket, method: str, finish=None,
+                   seeds: np.ndarray | None = None) -> list:
+        """Queue ``x`` (``n`` rows, or a lazy input) under ``key`` (with per-row sampling ``seeds``); returns each
+        chunk's result in order (its ``finish`` value, or its output rows)."""
+        entries = self.runner.submit(key, x, amounts, ticket.deadline, finish, seeds)
         ticket.queued()
         if len(entries) == 1:
             results = [await entries[0].future]
@@ -252,9 +253,10 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             n = item_count(req, "latents", served.latent_dim)
             check_count(n, self.max_items)
             key = (served.key, "", GENERATE)
+            seeds = served.sampling_seeds(req.sampling_seed if req.HasField("sampling_seed") else None, n)
             ticket.reserve(key, n)
             parts = await self._run(served, key, requests.latents(served, req), None, ticket, method,
-                                    lambda rows, _start: image_payload(rows[0], fmt))
+                                    lambda rows, _start: image_payload(rows[0], fmt), seeds)
             return pb.GenerateResponse(images=join_images(parts, n, served.model.image_shape, fmt),
                                        model=served.name, model_version=served.version,
                                        repository_version=served.repository_version)

@@ -126,3 +126,30 @@ def test_a_bucket_leaves_the_default_only_for_a_clear_win():
     assert choose({"onnxruntime": 1.00, "torch": 0.90}, "onnxruntime") == "torch"
     assert choose({"onnxruntime": 1.00, "torch": 0.97}, "onnxruntime", margin=0.0) == "torch"
     assert choose({"torch": 0.5, "triton": 0.1}, "onnxruntime") == "triton"  # the default could not run
+
+
+def test_a_samplers_generate_is_timed_once_per_candidate_and_bucket(tmp_path):
+    """256 network passes per image: seven calls per candidate made a PixelCNN server's warm-up take minutes."""
+    import torch
+
+    from curvedit.bundle import write_bundle
+    from curvedit.models.labelled_editors import AxesEditor
+    from curvedit.models.pixelcnn import PixelCNN, PixelCNNConfig
+
+    class Counting(Fake):
+        def generate(self, z, seeds=None, check=None):
+            self.calls.append((f"{self.name} generate", len(z)))
+            return np.zeros((len(z), 16, 16, 3), np.uint8)
+
+    torch.manual_seed(0)
+    config = PixelCNNConfig(channels=8, layers=2, kernel=3, head=16, encoder_channels=8, encoder_hidden=32)
+    path = write_bundle(tmp_path / "b", name="tiny-pixelcnn", version="0", generator=PixelCNN(config).eval(),
+                        editors={"axes": (AxesEditor(8, ["x"], [0]), "supervised", {})}, default_editor="axes")
+    calls = []
+    engines = {"onnxruntime": Counting("onnxruntime", set(), calls), "torch": Counting("torch", set(), calls)}
+    auto = AutoEngine(load_bundle(path), "cpu", "onnxruntime", ["onnxruntime", "torch"], lambda n, _o: engines[n])
+    auto.calibrate([1, 4], ["generate", "edit:axes"], repeats=3, warmup=1)
+    generated = sorted(c for c in calls if c[0].endswith("generate"))
+    assert generated == [("onnxruntime generate", 1), ("onnxruntime generate", 4), ("torch generate", 1),
+                         ("torch generate", 4)]  # once per candidate and bucket
+    assert len(calls) - len(generated) == 16  # edits keep their warm-up and repeats: (1 + 3) × 2 × 2 buckets

@@ -320,3 +320,27 @@ def test_each_model_computes_on_its_own_stage_so_a_slow_one_does_not_hold_anothe
         runner.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_a_batch_joins_its_entries_sampling_seeds_and_zeros_for_entries_without():
+    from curvedit.service.batcher import Batch
+
+    a, b, c = entry(n=2), entry(n=1), entry(n=3)
+    a.seeds, c.seeds = np.array([7, 8]), np.array([1, 2, 3])
+    assert Batch("k", [a, b, c], 8).seeds().tolist() == [7, 8, 0, 1, 2, 3]
+    assert Batch("k", [b], 1).seeds() is None
+
+
+@pytest.mark.parametrize(("entries", "now", "reason"), [
+    ([dict(deadline=5.0), dict(deadline=9.0)], 6.0, None),  # one request still waits
+    ([dict(deadline=5.0), dict(deadline=6.0)], 6.0, "deadline"),
+    ([dict(done=True), dict(done=True)], 0.0, "cancelled"),
+    ([dict(done=True), dict(deadline=1.0)], 2.0, "deadline"),
+    ([dict(done=True), dict()], 100.0, None),
+])
+def test_a_batch_is_abandoned_once_every_request_is_gone(entries, now, reason):
+    """What lets a long computation (sampling) stop between steps; on a fake clock."""
+    from curvedit.service.batcher import Batch
+
+    batch = Batch("k", [entry(**e) for e in entries], 2, clock=lambda: now)
+    assert batch.abandoned() == reason

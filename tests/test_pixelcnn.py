@@ -21,7 +21,8 @@ def model():
 
 
 def test_pixelcnn_is_a_registered_family_that_encodes(model):
-    assert GENERATOR_FAMILIES["pixelcnn"] is PixelCNN and "pixelcnn" in families_that_encode()
+    assert GENERATOR_FAMILIES["pixelcnn"] is PixelCNN and "pixelcnn" in families_that_encode() and model.samples
+    assert not any(cls.samples for name, cls in GENERATOR_FAMILIES.items() if name != "pixelcnn")
     rebuilt = build_generator("pixelcnn", TINY.to_dict())
     assert rebuilt.config == TINY and rebuilt.image_shape == (16, 16, 3) and rebuilt.latent_dim == 8
     images = model.decode(torch.randn(3, 8))
@@ -38,7 +39,30 @@ def test_bad_configs_are_refused(bad):
 
 def test_quantised_colours_round_trip():
     classes = torch.arange(64).reshape(1, 8, 8)
-    assert torch.equal(quantise(dequantise(classes, 4), 4), classes)
+    assert torch.equal(quantise(dequantise(classes, PixelCNNConfig()), PixelCNNConfig()), classes)
+
+
+def test_the_palette_holds_the_shapes_background_grey_exactly():
+    """The renders' background (0.1 of full scale: 25.5 grey levels) quantises to the palette's 26, the
+    background of the drawn real images (``real_images.BACKGROUND``) and of the pixel instrument; every palette
+    colour renders to exactly its own grey levels."""
+    from curvedit.evaluation.real_images import BACKGROUND
+    from curvedit.models.files import to_uint8
+    from curvedit.models.renderer import render, sample_factors
+
+    config = PixelCNNConfig()
+    assert config.palette.tolist() == [26, 98, 170, 242]
+    factors = sample_factors(4, torch.Generator().manual_seed(0))
+    renders = torch.nn.functional.avg_pool2d(render(factors) * 2 - 1, 2)
+    corners = to_uint8(dequantise(quantise(renders, config), config))[:, 0, 0]
+    assert (corners == torch.tensor(BACKGROUND).numpy()).all()
+    every = to_uint8(dequantise(torch.arange(64).reshape(1, 8, 8), config)).reshape(-1, 3)
+    assert set(every.flatten().tolist()) == {26, 98, 170, 242}
+
+
+def test_a_palette_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="palette_low < palette_high"):
+        PixelCNNConfig(palette_low=200, palette_high=100)
 
 
 @pytest.mark.parametrize("position", [(0, 0), (0, 5), (3, 0), (7, 7), (15, 15), (9, 14)])
@@ -63,7 +87,7 @@ def test_equal_latent_and_seed_give_equal_images_at_any_batch_position(model):
     assert torch.equal(batch, model.sample(h, [5, 6, 7, 8]))
     assert torch.equal(batch[2:3], model.sample(h[2:3], [7]))
     assert not torch.equal(batch, model.sample(h, [9, 10, 11, 12]))
-    assert torch.equal(model.decode(h), dequantise(model.sample(h, [DEFAULT_SEED] * 4), TINY.levels))
+    assert torch.equal(model.decode(h), dequantise(model.sample(h, [DEFAULT_SEED] * 4), TINY))
 
 
 def test_conditioning_changes_the_output(model):
@@ -126,13 +150,13 @@ def test_a_finished_run_reloads_from_its_checkpoint_and_refuses_other_settings(t
 
 def test_the_recipe_conditions_on_the_shapes_vae_encoder_and_reuses_its_editors():
     """``h`` is the shapes-vae's latent, so its editors apply as they are; the encoder copied into the PixelCNN
-    must have the VAE's shape, and the sampling loop is not exported as one ONNX graph."""
+    must have the VAE's shape, and it is stored once (half precision, no encoder graph)."""
     recipe, vae = RECIPES["shapes-pixelcnn"], RECIPES["shapes-vae"].config
     assert recipe.family == "pixelcnn" and recipe.editors_from == "shapes-vae" and recipe.editors == ()
     assert recipe.train_config.encoder_from == "shapes-vae" and recipe.regressor == "shapes32"
     assert (recipe.config.latent_dim, recipe.config.encoder_channels, recipe.config.encoder_hidden) == (
         vae.latent_dim, vae.base_channels, vae.hidden)
-    assert recipe.skip_graphs == ("generator.onnx",)
+    assert set(recipe.skip_graphs) == {"encoder.onnx"} and recipe.generator_float16 == ("encoder.",)
 
 
 @pytest.mark.parametrize(("exporter", "reason"), [("torchscript", "no one-graph export"),
@@ -163,3 +187,23 @@ def test_a_bundle_without_a_generator_graph_serves_through_pytorch_on_every_engi
     assert (ort_model.generate(z) == images).all()
     torch.testing.assert_close(torch.from_numpy(ort_model.encode(images)),
                                torch.from_numpy(torch_model.encode(images)), rtol=1e-4, atol=1e-4)
+
+
+def test_weights_stored_in_half_precision_load_back_as_float32(tmp_path, model):
+    """``generator_float16`` stores the named weights as float16 in the file (and says so in the manifest); the
+    loaded module is float32 and equals the original rounded to half precision; the other weights are exact."""
+    from safetensors.torch import load_file
+
+    path = write_bundle(tmp_path / "b", name="tiny-pixelcnn", version="0", generator=model,
+                        editors={"axes": (AxesEditor(8, ["x", "y"], [0, 1]), "supervised", {})},
+                        default_editor="axes", generator_float16=("encoder.",))
+    dtypes = {key: value.dtype for key, value in load_file(path / "generator.safetensors").items()}
+    assert {d for k, d in dtypes.items() if k.startswith("encoder.")} == {torch.float16}
+    assert {d for k, d in dtypes.items() if not k.startswith("encoder.")} == {torch.float32}
+    bundle = load_bundle(path)
+    assert bundle.manifest["generator"]["float16"] == ["encoder."]
+    loaded, original = bundle.generator.state_dict(), model.state_dict()
+    assert all(v.dtype == torch.float32 for v in loaded.values())
+    for key, value in original.items():
+        expected = value.half().float() if key.startswith("encoder.") else value
+        assert torch.equal(loaded[key], expected), key

@@ -120,8 +120,8 @@ class AutoEngine:
     def edit(self, editor: str, z: np.ndarray, amounts: np.ndarray) -> np.ndarray:
         return self._for(f"edit:{editor}", len(z)).edit(editor, z, amounts)
 
-    def generate(self, z: np.ndarray) -> np.ndarray:
-        return self._for("generate", len(z)).generate(z)
+    def generate(self, z: np.ndarray, seeds: np.ndarray | None = None, check=None) -> np.ndarray:
+        return self._for("generate", len(z)).generate(z, seeds, check)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         return self._for("encode", len(images)).encode(images)
@@ -135,10 +135,16 @@ class AutoEngine:
         """Time every candidate at every bucket of every operation (median of ``repeats`` calls, the candidates
         interleaved round by round so load from elsewhere hits them alike) and route each to the fastest
         (replacing earlier routes of those buckets). A candidate that fails to build or run is left out of that
-        route. Returns all routes."""
+        route. A sampler's ``generate`` (256 network passes, seconds at large buckets) is timed once per
+        candidate, without warm-up calls: its backends differ by 1.4–2× (benchmarks/RESULTS.md), far above the
+        noise of one call, and seven calls each made shapes-pixelcnn's server warm-up take 239 s on 2 cores (48 s
+        with one). Returns all routes."""
         rng = np.random.default_rng(0)
         d = int(self.bundle.manifest["latent_dim"])
+        requested = (warmup, repeats)
         for operation in operations or self.operations():
+            once = operation == "generate" and self.bundle.generator.samples
+            warmup, repeats = (0, 1) if once else requested
             routes = {}
             for bucket in sorted(set(int(b) for b in buckets)):
                 calls = {}

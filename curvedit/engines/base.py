@@ -52,8 +52,10 @@ class Engine(Protocol):
         """``z [batch, d]``, ``amounts [batch, K]`` → edited latents ``[batch, d]``."""
         ...
 
-    def generate(self, z: np.ndarray) -> np.ndarray:
-        """``z [batch, d]`` → uint8 images ``[batch, H, W, 3]``."""
+    def generate(self, z: np.ndarray, seeds: np.ndarray | None = None, check=None) -> np.ndarray:
+        """``z [batch, d]`` → uint8 images ``[batch, H, W, 3]``. For generators that sample (``samples``):
+        ``seeds`` int64 ``[batch]`` (``None``: the family's default) and ``check(step)``, called between sampling
+        steps, which may raise to stop the work; other generators ignore both."""
         ...
 
     def encode(self, images: np.ndarray) -> np.ndarray:
@@ -65,3 +67,8 @@ def to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """A float32 NumPy array as a tensor on ``device``. A read-only input (a memory-mapped ``.npy``) is copied:
     torch tensors must be writable."""
     return torch.from_numpy(np.require(array, np.float32, ["C", "W"])).to(device)
+
+
+def seed_list(seeds: np.ndarray | None) -> list[int] | None:
+    """Per-row sampling seeds ``[batch]`` as the generator's ``render`` takes them (``None`` stays ``None``)."""
+    return None if seeds is None else [int(s) for s in seeds]

@@ -27,9 +27,11 @@ import numpy as np
 import torch
 
 from curvedit.bundle import Bundle, BundleError
-from curvedit.engines.base import ANY_SHAPE
+from curvedit.engines.base import ANY_SHAPE, seed_list, to_tensor
 from curvedit.models.editors import DeCurvEd
 from curvedit.models.files import from_uint8, to_uint8
+from curvedit.models.pixelcnn import DEFAULT_SEED, PixelCNN, dequantise, sample_loop
+from curvedit.models.pixelcnn_steps import step_rows
 
 log = logging.getLogger("curvedit.engines.onnx")
 
@@ -111,6 +113,19 @@ SMALL_BATCH_ROWS = 16
 CPU_CHUNK_ROWS = 512
 
 
+STEP_GRAPHS = ("pixelcnn_rows", "pixelcnn_pixel")  # a PixelCNN's generator: a loop over these two graphs
+
+
+def _tensor_call(session, names: tuple[str, ...]):
+    """An ONNX Runtime session as a function of tensors (CPU, zero-copy both ways) returning its first output."""
+
+    def call(*tensors: torch.Tensor) -> torch.Tensor:
+        feed = {n: np.ascontiguousarray(t.numpy()) for n, t in zip(names, tensors, strict=True)}
+        return torch.from_numpy(session.run(None, feed)[0])
+
+    return call
+
+
 class OnnxEngine:
     """Runs a bundle's graphs in ONNX Runtime. NumPy in and out (see ``curvedit.engines.base``)."""
 
@@ -136,10 +151,12 @@ class OnnxEngine:
 
     # -- graphs ---------------------------------------------------------------------------------------------
     def _spec(self, key: str):
-        from curvedit.export.graphs import edit_spec, encoder_specs, generator_spec
+        from curvedit.export.graphs import edit_spec, encoder_specs, generator_spec, pixelcnn_step_specs
 
         if key == "generator":
             return generator_spec(self.bundle)
+        if key.startswith("pixelcnn_"):
+            return next(spec for spec in pixelcnn_step_specs(self.bundle) if spec.key == key)
         if key == "encoder":
             return encoder_specs(self.bundle)[0]
         kind, name = key.split(":", 1)
@@ -205,9 +222,13 @@ class OnnxEngine:
                     self._sessions[key] = session
         return self._sessions[key]
 
+    def _generator_keys(self) -> tuple[str, ...]:
+        return STEP_GRAPHS if isinstance(self.bundle.generator, PixelCNN) else ("generator",)
+
     def warm_up(self) -> dict[str, str]:
         """Build every session now (not on first request); returns ``origins``."""
-        self.session("generator")
+        for key in self._generator_keys():
+            self.session(key)
         if self.bundle.generator.can_encode:
             self.session("encoder")
         for editor in self.bundle.editors:
@@ -233,13 +254,21 @@ class OnnxEngine:
         return np.concatenate([session.run(None, {"z": z[i : i + rows], "t": amounts[i : i + rows]})[0]
                                for i in range(0, len(z), rows)])
 
-    def generate(self, z: np.ndarray) -> np.ndarray:
-        """``z [batch, d]`` → uint8 images ``[batch, H, W, 3]``."""
-        session = self.session("generator")
-        if session is None:
+    def generate(self, z: np.ndarray, seeds: np.ndarray | None = None, check=None) -> np.ndarray:
+        """``z [batch, d]`` → uint8 images ``[batch, H, W, 3]``; a PixelCNN samples by looping over its step
+        graphs, with ``seeds`` and ``check`` as in ``Engine.generate``."""
+        sessions = [self.session(key) for key in self._generator_keys()]
+        if any(session is None for session in sessions):
             with torch.inference_mode():
-                return to_uint8(self.bundle.generator(torch.from_numpy(z)))
-        return session.run(None, {"z": z})[0]
+                return to_uint8(self.bundle.generator.render(to_tensor(z, "cpu"), seed_list(seeds), check))
+        if len(sessions) == 1:
+            return sessions[0].run(None, {"z": z})[0]
+        generator = self.bundle.generator
+        seeds = [DEFAULT_SEED] * len(z) if seeds is None else seed_list(seeds)
+        rows = step_rows(_tensor_call(sessions[0], ("classes", "h", "row")),
+                         _tensor_call(sessions[1], ("row_classes", "above", "h", "col")), to_tensor(z, "cpu"))
+        classes = sample_loop(rows, seeds, len(z), generator.config.image_size, "cpu", check)
+        return to_uint8(dequantise(classes, generator.config))
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """uint8 images ``[batch, H, W, 3]`` → latents float32 ``[batch, d]``."""

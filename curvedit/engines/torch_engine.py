@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from curvedit.bundle import Bundle
-from curvedit.engines.base import ANY_SHAPE, to_tensor
+from curvedit.engines.base import ANY_SHAPE, seed_list, to_tensor
 from curvedit.models.files import from_uint8, to_uint8
 
 
@@ -31,8 +31,8 @@ class TorchEngine:
         return edited.float().cpu().numpy()
 
     @torch.inference_mode()
-    def generate(self, z: np.ndarray) -> np.ndarray:
-        return to_uint8(self.generator(self._tensor(z)))
+    def generate(self, z: np.ndarray, seeds: np.ndarray | None = None, check=None) -> np.ndarray:
+        return to_uint8(self.generator.render(self._tensor(z), seed_list(seeds), check))
 
     @torch.inference_mode()
     def encode(self, images: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from curvedit.bundle import Bundle
-from curvedit.engines.base import ShapePolicy, to_tensor
+from curvedit.engines.base import ShapePolicy, seed_list, to_tensor
 from curvedit.kernels.columns import ColumnEditPlan
 from curvedit.kernels.configs import bucket_size, check_precision, interpreting, triton_available
 from curvedit.kernels.coupling import check_latents
@@ -173,9 +173,9 @@ class TritonEngine:
         return self.edit_tensor(editor, self._tensor(z), self._tensor(amounts)).float().cpu().numpy()
 
     @torch.inference_mode()
-    def generate(self, z: np.ndarray) -> np.ndarray:
+    def generate(self, z: np.ndarray, seeds: np.ndarray | None = None, check=None) -> np.ndarray:
         """``z [B, d]`` → uint8 images ``[B, H, W, 3]`` from the bundle's torch generator."""
-        return to_uint8(self.generator(self._tensor(z)))
+        return to_uint8(self.generator.render(self._tensor(z), seed_list(seeds), check))
 
     @torch.inference_mode()
     def encode(self, images: np.ndarray) -> np.ndarray:

@@ -82,8 +82,8 @@ def _geometry(editor, generator, factors, z: torch.Tensor, config: EvalConfig) -
             "round_trip": np.mean([metrics.round_trip_error(editor.edit, z, count, k, t) for k in range(count)]),
             "path_curvature": np.mean([metrics.path_curvature(editor.edit, z, count, k, t) for k in range(count)]),
         }
-        # Pixel and factor spaces need renders: measured at the table's amount only.
-        if t == 1.0 and pairs:
+        # Pixel and factor spaces need renders: measured at the table's amount only (not at all for a sampler).
+        if t == 1.0 and pairs and generator is not None:
             row["commutation_pixel"] = np.mean([metrics.commutation_error(editor.edit, z, count, a, b, t, t,
                                                                           generator) for a, b in pairs])
             if factors is not None:
@@ -224,9 +224,28 @@ def _cost(engine: TorchEngine, name: str, editor, repeats: int) -> dict:
     return out
 
 
+def x_edit(bundle: Bundle) -> dict | None:
+    """For a generator that encodes, on shapes drawn with Pillow: how far an ``x = +1`` edit moves the pixel
+    centroid (``real_images.measure``: encode → edit → decode, measured from the images; no regressor)."""
+    if not bundle.generator.can_encode or "x" not in bundle.editors[bundle.default_editor].directions:
+        return None
+    from curvedit.api import Model
+    from curvedit.evaluation.real_images import measure
+
+    return measure(Model(bundle, engine="torch"), "x", 1.0)
+
+
 def evaluate_bundle(bundle: Bundle, label: str, config: EvalConfig, progress=print) -> dict:
-    """Every editor of ``bundle``, and its generator's quality; returns a JSON-ready dict."""
+    """Every editor of ``bundle``, and its generator's quality; returns a JSON-ready dict.
+
+    A generator that samples (the PixelCNN: 256 network passes per image) gets the measurements that need fewer
+    renders: its quality and the ``x`` edit from images, per editor the latent geometry (commutation, loops,
+    round trip, curvature on ``h``), typicality and cost, and for the default editor alone purity (regressor and
+    pixels; every render with the default seed, so an edit's before and after share their random numbers); the
+    other image measurements (pixel and factor commutation, the probe, the edit Fréchet distance, other editors'
+    purity) are left out."""
     generator = bundle.generator.eval()
+    renders = not generator.samples
     factors = factor_space(bundle)
     regressor = bundle.regressor.eval() if bundle.regressor is not None else None
     z = torch.randn(config.samples, generator.latent_dim, generator=torch.Generator().manual_seed(config.seed))
@@ -237,6 +256,7 @@ def evaluate_bundle(bundle: Bundle, label: str, config: EvalConfig, progress=pri
               "regressor" if regressor is not None else None}
     result.update(generator.evaluation_facts(config.ceiling_steps, bundle.manifest.get("training", {})))
     result["quality"] = generator_quality(bundle, regressor, config)
+    result["x_edit"] = x_edit(bundle)
     # Pixel statistics read the built-in renders' shapes; other data (digits) has no such factors.
     spread = (real_spread(config.pixel_spread_samples, size=generator.image_shape[0])
               if data_name(bundle) == "shapes" else None)
@@ -246,14 +266,15 @@ def evaluate_bundle(bundle: Bundle, label: str, config: EvalConfig, progress=pri
         entry = {"kind": editor.kind, "mode": bundle.manifest["editors"][name].get("mode"),
                  "directions": editor.directions, "needs_training": editor.needs_training,
                  "commutative_by_design": editor.commutative}
-        entry["geometry"] = _geometry(editor, generator, factors, z, config)
-        if factors is not None:
+        entry["geometry"] = _geometry(editor, generator if renders else None, factors, z, config)
+        purity_here = renders or name == bundle.default_editor
+        if factors is not None and purity_here:
             entry["factors"] = _disentanglement(editor, factors, z)
-        if spread is not None:
+        if spread is not None and purity_here:
             entry["pixels"] = _pixel_disentanglement(editor, generator, z, spread)
         entry["approach"] = editor.approach
-        entry["probe_accuracy"] = probe_accuracy(editor, generator, config)
-        entry["quality"] = _quality(editor, generator, regressor, z, config.seed)
+        entry["probe_accuracy"] = probe_accuracy(editor, generator, config) if renders else None
+        entry["quality"] = _quality(editor, generator, regressor if renders else None, z, config.seed)
         entry["cost"] = _cost(engine, name, editor, config.timing_repeats)
         entry["seconds"] = time.time() - t0
         result["editors"][name] = entry

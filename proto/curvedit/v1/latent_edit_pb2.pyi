@@ -183,18 +183,20 @@ class EncodeResponse(_message.Message):
     def __init__(self, latents: _Optional[_Union[Tensor, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., repository_version: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "latents", "seeds", "image_format", "repository_version")
+    __slots__ = ("model", "latents", "seeds", "image_format", "repository_version", "sampling_seed")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LATENTS_FIELD_NUMBER: _ClassVar[int]
     SEEDS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     REPOSITORY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_SEED_FIELD_NUMBER: _ClassVar[int]
     model: str
     latents: Tensor
     seeds: Seeds
     image_format: ImageFormat
     repository_version: int
-    def __init__(self, model: _Optional[str] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., seeds: _Optional[_Union[Seeds, _Mapping]] = ..., image_format: _Optional[_Union[ImageFormat, str]] = ..., repository_version: _Optional[int] = ...) -> None: ...
+    sampling_seed: int
+    def __init__(self, model: _Optional[str] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., seeds: _Optional[_Union[Seeds, _Mapping]] = ..., image_format: _Optional[_Union[ImageFormat, str]] = ..., repository_version: _Optional[int] = ..., sampling_seed: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("images", "model", "model_version", "repository_version")
