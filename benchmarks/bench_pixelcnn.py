@@ -4,6 +4,7 @@ reaches) and ONNX Runtime's loop over the step graphs (``pixelcnn_rows.onnx`` on
 per pixel; ``models/pixelcnn_steps.py``).
 
     python benchmarks/bench_pixelcnn.py --batches 1 16 256 --repeats 3 --csv benchmarks/cpu_pixelcnn.csv
+    python benchmarks/bench_pixelcnn.py --device cuda      # naive, fast, and the fast loop from CUDA graphs
 
 The engines run side by side on the same latents and seeds, interleaved per repeat (the machine is shared and its
 load moves); the table gives medians, the ratios to the naive loop, and whether each engine's images were
@@ -26,6 +27,8 @@ import torch
 
 from curvedit.models.pixelcnn import PixelCNN, PixelCNNConfig
 
+LABELS = {"naive": "torch naive", "fast": "torch fast", "ort": "onnxruntime", "graphs": "CUDA graphs"}
+
 
 def images_per_second(sample, h: torch.Tensor, seeds: list[int]):
     start = time.perf_counter()
@@ -33,25 +36,29 @@ def images_per_second(sample, h: torch.Tensor, seeds: list[int]):
     return len(h) / (time.perf_counter() - start), images
 
 
-def engines(model: PixelCNN, bundle_path) -> dict:
-    """``{name: sample(h, seeds) → uint8 images}`` for the naive and fast torch loops and ONNX Runtime."""
+def engines(model: PixelCNN, bundle_path, device: str) -> dict:
+    """``{name: sample(h, seeds) → uint8 images}``: the naive and fast torch loops, and ONNX Runtime on the CPU
+    or the fast loop replayed from CUDA graphs on a GPU."""
     import numpy as np
 
     import curvedit
     from curvedit.models.files import to_uint8
     from curvedit.models.pixelcnn import dequantise
 
+    def torch_loop(fast: bool, cuda_graphs: bool = False):
+        # .cpu() (in to_uint8) waits for a GPU to finish
+        return lambda h, seeds: to_uint8(dequantise(model.sample(h, seeds, fast=fast, cuda_graphs=cuda_graphs),
+                                                    model.config))
+
+    run = {"naive": torch_loop(False), "fast": torch_loop(True)}
+    if device.startswith("cuda"):
+        return {**run, "graphs": torch_loop(True, cuda_graphs=True)}
     ort = curvedit.load(bundle_path, engine="onnxruntime",
                         engine_options={"threads": torch.get_num_threads()}).runtime
     ort.warm_up()
     if ort.fallbacks():
         raise SystemExit(f"ONNX Runtime falls back to torch: {ort.fallbacks()}")
-
-    def torch_loop(fast: bool):
-        return lambda h, seeds: to_uint8(dequantise(model.sample(h, seeds, fast=fast), model.config))
-
-    return {"naive": torch_loop(False), "fast": torch_loop(True),
-            "ort": lambda h, seeds: ort.generate(h.numpy(), np.asarray(seeds, np.int64))}
+    return {**run, "ort": lambda h, seeds: ort.generate(h.numpy(), np.asarray(seeds, np.int64))}
 
 
 def scratch_bundle(model: PixelCNN, directory: str) -> str:
@@ -72,6 +79,7 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--bundle", help="a bundle directory with a PixelCNN generator (default: random weights)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda: the naive, fast and CUDA-graph loops")
     p.add_argument("--csv", help="write the rows here")
     args = p.parse_args(argv)
     scratch = tempfile.TemporaryDirectory()
@@ -85,12 +93,13 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         model = PixelCNN(PixelCNNConfig()).eval()
         path = scratch_bundle(model, scratch.name)
-    run = engines(model, path)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}, "
-          f"config {model.config}", file=sys.stderr)
+    model = model.to(args.device)
+    run = engines(model, path, args.device)
+    print(f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"load {os.getloadavg()[0]:.2f}, config {model.config}", file=sys.stderr)
     rows = []
     for batch in args.batches:
-        h = torch.randn(batch, model.latent_dim, generator=torch.Generator().manual_seed(batch))
+        h = torch.randn(batch, model.latent_dim, generator=torch.Generator().manual_seed(batch)).to(args.device)
         seeds = list(range(batch))
         rates = {name: [] for name in run}
         identical = {name: True for name in run}
@@ -101,19 +110,22 @@ def main(argv=None) -> int:
                 rates[name].append(rate)
                 identical[name] &= bool((images[name] == images["naive"]).all())
         row = {"batch": batch, **{f"{name}_images_s": statistics.median(r) for name, r in rates.items()},
-               "fast_identical": identical["fast"], "ort_identical": identical["ort"],
+               **{f"{name}_identical": identical[name] for name in run if name != "naive"},
                "load": round(os.getloadavg()[0], 2)}
         rows.append(row)
         print(f"batch {batch}: " + ", ".join(f"{name} {row[f'{name}_images_s']:.2f}" for name in run)
               + " images/s", file=sys.stderr)
-    print("| batch | torch naive images/s | torch fast images/s | onnxruntime images/s | fast / naive | "
-          "onnxruntime / naive | onnxruntime / fast | identical to naive (fast, onnxruntime) | 1-min load |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    others = [name for name in run if name != "naive"]
+    print("| batch | " + " | ".join(f"{LABELS[name]} images/s" for name in run) + " | "
+          + " | ".join(f"{LABELS[name]} / naive" for name in others) + f" | {LABELS[others[-1]]} / fast"
+          + f" | identical to naive ({', '.join(LABELS[name] for name in others)}) | 1-min load |")
+    print("|---" * (len(run) + 2 * len(others) + 2) + "|")
     for r in rows:
-        naive, fast, ort = r["naive_images_s"], r["fast_images_s"], r["ort_images_s"]
-        print(f"| {r['batch']} | {naive:.2f} | {fast:.2f} | {ort:.2f} | {fast / naive:.1f}× | "
-              f"{ort / naive:.1f}× | {ort / fast:.2f}× | {r['fast_identical']}, {r['ort_identical']} | "
-              f"{r['load']} |")
+        rate = {name: r[f"{name}_images_s"] for name in run}
+        print(f"| {r['batch']} | " + " | ".join(f"{rate[name]:.2f}" for name in run) + " | "
+              + " | ".join(f"{rate[name] / rate['naive']:.1f}×" for name in others)
+              + f" | {rate[others[-1]] / rate['fast']:.2f}× | "
+              + ", ".join(str(r[f"{name}_identical"]) for name in others) + f" | {r['load']} |")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

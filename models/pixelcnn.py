@@ -205,9 +205,16 @@ class PixelCNN(GeneratorFamily):
         return dequantise(self.sample(z, seeds, check=check), self.config)
 
     @torch.no_grad()
-    def sample(self, h: torch.Tensor, seeds: Sequence[int], fast: bool = True, check=None) -> torch.Tensor:
+    def sample(self, h: torch.Tensor, seeds: Sequence[int], fast: bool = True, check=None,
+               cuda_graphs: bool = True) -> torch.Tensor:
         """``h [n, d]`` and one seed per row → colour classes ``[n, H, W]`` (long); ``dequantise`` makes images.
-        ``fast=False`` is the naive loop (a full forward per pixel), kept as the reference."""
+        ``fast=False`` is the naive loop (a full forward per pixel), kept as the reference. On a CUDA device the
+        fast loop is replayed from a CUDA graph per batch bucket (``pixelcnn_graphs``; the same images) unless
+        ``cuda_graphs`` is off."""
+        if fast and cuda_graphs and h.is_cuda:
+            from curvedit.models.pixelcnn_graphs import graph_sample
+
+            return graph_sample(self, h, seeds, check)
         cond = self.conditioning(h)
         step = self._fast_rows if fast else self._naive_rows
         return sample_loop(lambda classes: step(classes, cond), seeds, len(h), self.config.image_size, h.device,
@@ -258,7 +265,13 @@ def sample_loop(rows, seeds: Sequence[int], n: int, size: int, device, check=Non
     CDF from its seed's uniform; ``check(step)`` runs after each pixel step (``step`` = pixels done)."""
     if len(seeds) != n:
         raise ValueError(f"need one seed per latent: {len(seeds)} seeds for {n} latents")
-    noise = sampling_noise(seeds, size).to(device)
+    return draw_loop(rows, sampling_noise(seeds, size).to(device), size, check)
+
+
+def draw_loop(rows, noise: torch.Tensor, size: int, check=None) -> torch.Tensor:
+    """``sample_loop`` on the uniforms themselves, ``noise [n, size²]`` on the sampling device (no host
+    transfer inside, so a CUDA graph can capture it: ``pixelcnn_graphs``)."""
+    n, device = noise.shape[0], noise.device
     classes = torch.zeros(n, size, size, dtype=torch.long, device=device)
     for r, logits_of in rows(classes):
         for col in range(size):
