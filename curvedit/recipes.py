@@ -198,9 +198,10 @@ def train_run_generator(run_dir: Path, family: str, config, train_config, progre
 
 def run_recipe(name: str, out: Path, run: Path, seed: int = 0, generator_steps: int | None = None,
                editor_steps: int | None = None, regressor_steps: int | None = None,
-               export: bool = True, log=print) -> dict:
+               export: bool = True, align: bool = True, log=print) -> dict:
     """Run the recipe ``name`` (see ``RECIPES``) in ``run`` and write its bundle to ``out``; returns the
-    per-stage seconds ("reused" where an earlier run had finished the stage)."""
+    per-stage seconds ("reused" where an earlier run had finished the stage). ``align=False`` skips the
+    alignment stages (which need their target models shipped)."""
     from curvedit.models.fit_editors import make_editor
 
     if name not in RECIPES:
@@ -246,7 +247,7 @@ def run_recipe(name: str, out: Path, run: Path, seed: int = 0, generator_steps: 
         graphs = [spec.filename for spec in specs if spec.filename not in recipe.skip_graphs]
         results = export_bundle(out, only=graphs)
         log(f"onnx: {sum(r.written for r in results)} of {len(results)} graphs verified and written")
-    for target in recipe.align_to:
+    for target in recipe.align_to if align else ():
         from curvedit.translation import align_bundle
 
         start = time.time()
