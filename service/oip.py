@@ -7,7 +7,10 @@ One OIP model per bundle, named as the bundle (``ModelInfo.name``), with the bun
   editor's amounts, one column per direction in ``ModelInfo``'s order; absent = no edit);
 * outputs: ``z_edited`` FP32 ``[-1, d]`` and ``images`` UINT8 ``[-1, H, W, 3]`` (the edited latents rendered),
   each returned when asked for (no outputs named = both, as the protocol says);
-* the request parameter ``editor`` (a string) picks an editor (default: the model's default editor).
+* the request parameter ``editor`` (a string) picks an editor (default: the model's default editor);
+* the request parameter ``translate_to`` (a string, a model this one is aligned to: ``ModelInfo.alignments``)
+  translates the edited latents into that model: ``z_edited`` is then the target's latents ``[-1, d_t]`` and
+  ``images`` the target's images of them (the target must be served here for ``images``).
 
 With a model repository (``serve --model-repository``) a model's versions are the repository's version numbers
 ("3"): metadata lists the loaded ones (over HTTP with ``bundle_version``, the bundle's own version string, beside
@@ -20,6 +23,7 @@ native requests merge), limits, metrics and status codes. This module only trans
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 
@@ -30,7 +34,7 @@ from curvedit import __version__
 from curvedit.service import requests
 from curvedit.service.admission import Ticket
 from curvedit.service.errors import ServiceError, invalid, not_found
-from curvedit.service.models import EDIT, EDIT_IMAGES, ServedModel, from_images
+from curvedit.service.models import EDIT, EDIT_IMAGES, GENERATE, ServedModel, from_images
 from curvedit.service.servicer import edit_finish
 from curvedit.v1 import latent_edit_pb2 as pb
 
@@ -179,8 +183,9 @@ class Inference:
             raise not_found(str(exc)) from None
 
     async def infer(self, served: ServedModel, inputs: list[InferTensor], outputs: list[str] | None,
-                    editor_name: str, ticket: Ticket) -> list[InferOutput]:
-        """Run one request through admission's ticket and the batcher; the outputs asked for, in that order."""
+                    editor_name: str, ticket: Ticket, translate_to: str = "") -> list[InferOutput]:
+        """Run one request through admission's ticket and the batcher; the outputs asked for, in that order
+        (with ``translate_to``: of the target model, see the module docstring)."""
         byname = {}
         allowed = [i["name"] for i in model_metadata(served)["inputs"]]
         for tensor in inputs:
@@ -196,11 +201,15 @@ class Inference:
         if ("z" in byname) == ("images" in byname):
             raise invalid("give exactly one of the inputs z (FP32 [n, d]) and images (UINT8 [n, H, W, 3])")
         editor = requests.editor(served, editor_name)
+        target = None
+        if translate_to:
+            translate_to = served.model.check_translation_target(translate_to)
+            target = self.model(translate_to) if "images" in wanted else None
         real = "images" in byname
         x = served.model.check_images(byname["images"].data) if real else self._latents(served, byname["z"])
         n = len(x)
         requests.check_count(n, self.servicer.max_items)
-        kind = EDIT_IMAGES if "images" in wanted else EDIT
+        kind = EDIT_IMAGES if "images" in wanted and not translate_to else EDIT
         key = (served.key, editor, from_images(kind) if real else kind)
         ticket.reserve(key, n)
         k = len(served.direction_index(editor))
@@ -212,8 +221,11 @@ class Inference:
                               "finite")
         else:
             t = np.zeros((n, k), np.float32)
-        fmt = pb.IMAGE_FORMAT_RAW if "images" in wanted else None  # the native Edit's finish: same checks
+        fmt = pb.IMAGE_FORMAT_RAW if kind == EDIT_IMAGES else None  # the native Edit's finish: same checks
         parts = await self.servicer._run(served, key, x, t, ticket, "ModelInfer", edit_finish(fmt))
+        if translate_to:
+            z = np.frombuffer(b"".join(p[0] for p in parts), np.float32).reshape(n, served.latent_dim)
+            return await self._translated(served, z, translate_to, target, wanted, ticket)
         d, image = served.latent_dim, list(served.model.image_shape)
         out = []
         for name in wanted:
@@ -221,6 +233,25 @@ class Inference:
                 out.append(InferOutput(name, "FP32", [n, d], b"".join(p[0] for p in parts)))
             else:
                 out.append(InferOutput(name, "UINT8", [n, *image], b"".join(p[1] for p in parts)))
+        return out
+
+    async def _translated(self, served: ServedModel, z: np.ndarray, to: str, target: ServedModel | None,
+                          wanted: list[str], ticket: Ticket) -> list[InferOutput]:
+        """The edited latents translated into model ``to`` (off the event loop), rendered by ``target``."""
+        translated = await asyncio.to_thread(served.model.translate, z, to)
+        n, out = len(translated), []
+        image = b""
+        if target is not None:
+            key = (target.key, "", GENERATE)
+            ticket.reserve(key, n)
+            parts = await self.servicer._run(target, key, translated, None, ticket, "ModelInfer",
+                                             lambda rows, _start: np.ascontiguousarray(rows[0]).tobytes())
+            image = b"".join(parts)
+        for name in wanted:
+            if name == "z_edited":
+                out.append(InferOutput(name, "FP32", list(translated.shape), translated.tobytes()))
+            else:
+                out.append(InferOutput(name, "UINT8", [n, *target.model.image_shape], image))
         return out
 
     @staticmethod

@@ -100,11 +100,13 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         async def work(req: oip.ModelInferRequest, ticket, _method):
             served = self.inference.model(req.model_name, req.model_version)
-            editor = parameter(req.parameters["editor"]) if "editor" in req.parameters else ""
-            if not isinstance(editor, str):
-                raise invalid("the parameter `editor` must be a string (an editor's name)")
+            editor, translate_to = (parameter(req.parameters[key]) if key in req.parameters else ""
+                                    for key in ("editor", "translate_to"))
+            if not isinstance(editor, str) or not isinstance(translate_to, str):
+                raise invalid("the parameters `editor` and `translate_to` must be strings (an editor's name, a "
+                              "model's name)")
             outputs = await self.inference.infer(served, _inputs(req), [o.name for o in req.outputs], editor,
-                                                 ticket)
+                                                 ticket, translate_to)
             response = oip.ModelInferResponse(model_name=served.name, model_version=served.version_label,
                                               id=req.id)
             for out in outputs:

@@ -230,11 +230,12 @@ class HttpFront:
                                                      spec.get("shape", []), spec.get("data", [])))
             asked = request.get("outputs") or []
             params = request.get("parameters") or {}
-            editor = params.get("editor", "")
-            if not isinstance(editor, str):
-                raise invalid("the parameter `editor` must be a string (an editor's name)")
+            editor, translate_to = params.get("editor", ""), params.get("translate_to", "")
+            if not isinstance(editor, str) or not isinstance(translate_to, str):
+                raise invalid("the parameters `editor` and `translate_to` must be strings (an editor's name, a "
+                              "model's name)")
             outputs = await self.inference.infer(served, inputs, [o.get("name", "") for o in asked], editor,
-                                                 ticket)
+                                                 ticket, translate_to)
         except Exception as exc:
             return self._failed(name, exc, rid)
         finally:
