@@ -79,6 +79,9 @@ class Recipe:
     # Shipped models this one's latent space is aligned to (``curvedit.alignment``): each map is trained after the
     # bundle is written, against that model's shipped bundle, and stored in this bundle.
     align_to: tuple[str, ...] = ()
+    # Fold the aggregate posterior's per-axis moments into the VAE (``vae.standardize_latents``) before the
+    # editors train, so that prior samples are faces, not noise.
+    standardize_latents: bool = False
 
     @property
     def directions(self) -> list[str]:
@@ -106,7 +109,7 @@ def _faces(style: str, align_to: tuple[str, ...] = ()) -> Recipe:
     name = f"faces-{style}"
     return Recipe(name, "vae", FACES_VAE, VAETrainConfig(data=name, steps=FACES_VAE_STEPS, sigma=0.5),
                   (EditorStage("decurved", "decurved", DEFAULT_EDITOR_TRAINING, {"hidden": 32, "layers": 8}),),
-                  regressor="train", data=name, regressor_channels=10, align_to=align_to)
+                  regressor="train", data=name, regressor_channels=10, align_to=align_to, standardize_latents=True)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -221,6 +224,13 @@ def run_recipe(name: str, out: Path, run: Path, seed: int = 0, generator_steps: 
     start, had = time.time(), (run / "generator" / "generator.safetensors").is_file()
     generator = train_run_generator(run / "generator", recipe.family, recipe.config, train_config)
     seconds["generator"] = "reused" if had else round(time.time() - start)
+    moments = None
+    if recipe.standardize_latents:  # applied to the run's generator on every run: the stage is deterministic
+        from curvedit.models.datasets import make_dataset
+        from curvedit.models.vae import standardize_latents
+
+        moments = standardize_latents(generator, make_dataset(recipe.data, seed + 7).next_batch(2048))
+        log(f"latents standardised: per-axis std was {[round(v, 2) for v in moments['std']]}")
     editors, default_editor = {}, recipe.editors[0].name if recipe.editors else None
     if recipe.editors_from is not None:
         editors, default_editor = _reused_editors(recipe.editors_from, log)
@@ -236,7 +246,7 @@ def run_recipe(name: str, out: Path, run: Path, seed: int = 0, generator_steps: 
         measured = report.get("mean_purity", report.get("reconstructor_accuracy"))
         log(f"{stage.name}: {'purity' if 'mean_purity' in report else 'reconstructor accuracy'} {measured:.3f}")
     training = {"command": f"curvedit train recipe {name}", "seed": seed, "generator": train_config.to_dict(),
-                "seconds": seconds}
+                "seconds": seconds, **({"standardized_latents": moments} if moments is not None else {})}
     write_bundle(out, name=name, version=recipe.version, generator=generator, editors=editors,
                  default_editor=default_editor, regressor=regressor, seed=seed, training=training)
     if export:

@@ -134,3 +134,31 @@ def test_a_face_regressor_reads_eight_factors_at_64_and_rebuilds_from_its_config
     rebuilt = FactorRegressor(**regressor.config())
     assert rebuilt.factor_names == FACE_FACTOR_NAMES and rebuilt.image_size == 64
     assert FactorRegressor().config() == {"channels": 32}  # the shapes regressor's config, as bundles hold it
+
+
+def test_a_64x64_vae_decodes_and_encodes_faces():
+    from curvedit.models.vae import VAE, VAEConfig
+
+    vae = VAE(VAEConfig(latent_dim=10, image_size=64, base_channels=8, hidden=32, top_multiplier=2)).eval()
+    images, _ = RenderedFaces(seed=0, style="avatar").next_batch(3)
+    assert vae.encode(images).shape == (3, 10) and vae.decode(torch.zeros(3, 10)).shape == (3, 3, 64, 64)
+
+
+@torch.no_grad()
+def test_standardized_latents_have_unit_moments_and_decode_the_same_images():
+    """Folding the aggregate posterior's moments into the weights changes the coordinates, not the model:
+    encode → decode gives the same images, and the new codes (plus posterior noise) have mean 0, variance 1."""
+    from conftest import randomize
+
+    from curvedit.models.vae import VAE, VAEConfig, standardize_latents
+
+    vae = randomize(VAE(VAEConfig(latent_dim=10, image_size=64, base_channels=8, hidden=32, top_multiplier=2)),
+                    std=0.2).eval()
+    images, _ = RenderedFaces(seed=1, style="photo").next_batch(256)
+    before = vae.decode(vae.encode(images))
+    moments = standardize_latents(vae, images)
+    torch.testing.assert_close(vae.decode(vae.encode(images)), before, atol=1e-5, rtol=1e-4)
+    mean, logvar = vae.posterior(images)
+    torch.testing.assert_close(mean.mean(0), torch.zeros(10), atol=1e-4, rtol=0)
+    torch.testing.assert_close(mean.var(0) + logvar.exp().mean(0), torch.ones(10), atol=1e-3, rtol=0)
+    assert len(moments["mean"]) == len(moments["std"]) == 10
