@@ -15,6 +15,9 @@ source's factor regressor; the translated latents are rendered by the target gen
 regressor; the loss is the mean absolute difference of the two readings (*factor consistency*, both in
 standardised units) plus ``prior_weight`` × a moment-matching term that keeps translated latents typical under
 the target's ``N(0, I)`` prior (batch mean → 0, covariance → I). The flows, generators and regressors are frozen.
+Training starts from prior matching (each chart of its own prior samples: factor axes shifted by the difference
+of the means, the other axes scaled and shifted to the target's moments): the unsupervised axes of two charts can
+differ in scale by orders of magnitude, and the identity map then sends latents far out of the target's prior.
 
 Reference: the alignment idea follows Ladron de Guevara et al., "Cross-modal latent space alignment for
 image to avatar translation", 2023; the construction through DeCurvEd coordinates is this project's.
@@ -38,8 +41,10 @@ ALIGNMENT_KIND = "factor-shift"
 class AlignmentTrainConfig:
     steps: int = 1200
     batch_size: int = 64
-    lr: float = 1e-2
+    lr: float = 3e-3
     prior_weight: float = 0.1
+    clip: float = 1.0  # gradient norm: a chart's far tails can send one batch's loss far off
+    match_moments: bool = True  # start from prior matching (``LatentAlignment.match_moments``), not the identity
     seed: int = 0
 
     def __post_init__(self):
@@ -66,6 +71,18 @@ class LatentAlignment(nn.Module):
 
     def config(self) -> dict:
         return {"latent_dim": self.latent_dim, "directions": self.directions}
+
+    @torch.no_grad()
+    def match_moments(self, source_v: torch.Tensor, target_v: torch.Tensor) -> None:
+        """Start from prior matching: ``source_v`` and ``target_v`` ``[n, d]`` are both charts of their own prior
+        samples; shift each factor axis by the difference of the means, and map each remaining axis affinely so
+        its mean and standard deviation become the target's."""
+        k = len(self.directions)
+        mean_s, mean_t = source_v.mean(0), target_v.mean(0)
+        scale = target_v[:, k:].std(0) / source_v[:, k:].std(0).clamp_min(1e-6)
+        self.shift.copy_(mean_t[:k] - mean_s[:k])
+        self.rest_weight.copy_(torch.diag(scale))
+        self.rest_bias.copy_(mean_t[k:] - scale * mean_s[k:])
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         k = len(self.directions)
@@ -104,6 +121,10 @@ def train_alignment(source: tuple, target: tuple, config: AlignmentTrainConfig =
     for module in (g_s, f_s, r_s, g_t, f_t, r_t):
         module.eval().requires_grad_(False)
     alignment = LatentAlignment(f_s.latent_dim, f_s.directions)
+    if config.match_moments:
+        with torch.no_grad():
+            z = torch.randn(4096, f_s.latent_dim, generator=torch.Generator().manual_seed(config.seed + 1))
+            alignment.match_moments(f_s.encode(z), f_t.encode(z))
     opt = torch.optim.Adam(alignment.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.steps)
     rng = torch.Generator().manual_seed(config.seed)
@@ -116,6 +137,7 @@ def train_alignment(source: tuple, target: tuple, config: AlignmentTrainConfig =
         loss = (r_t(g_t(z_t)) - wanted).abs().mean() + config.prior_weight * _prior_penalty(z_t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(alignment.parameters(), config.clip)
         opt.step()
         sched.step()
         window.append(loss.item())

@@ -85,8 +85,8 @@ def test_training_finds_a_shift_between_two_charts():
     editor = randomize(DeCurvEd(8, DIRECTIONS, hidden=16, layers=2, mixing=True), std=0.1, seed=1).eval()
     shift = torch.tensor([0.8, -0.5, 0.3, 0.6, 0.4, -0.7, 0.2, 0.5])
     source, target = (torch.nn.Identity(), editor, reader), (_ShiftedChart(editor, shift), editor, reader)
-    alignment, report = train_alignment(source, target, AlignmentTrainConfig(steps=300, batch_size=64,
-                                                                             prior_weight=0.0), progress=False)
+    config = AlignmentTrainConfig(steps=300, batch_size=64, lr=1e-2, clip=10.0, prior_weight=0.0)
+    alignment, report = train_alignment(source, target, config, progress=False)
     before = _disagreement(source, target, LatentAlignment(8, DIRECTIONS))
     after = _disagreement(source, target, alignment)
     assert after < 0.1 * before, (before, after)
