@@ -66,7 +66,7 @@ class Translator:
         entry = self.bundle.manifest["alignments"][to]
         source_editor = self.bundle.editors[entry["source_editor"]]
         target_editor = target.editors[entry["target"]["editor"]]
-        out = translate_latents(source_editor, self.bundle.alignments[to], target_editor, torch.from_numpy(z))
+        out = translate_latents(source_editor, self.bundle.alignments[to], target_editor, torch.tensor(z))
         return out.numpy().astype(np.float32, copy=False)
 
 

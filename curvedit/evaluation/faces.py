@@ -119,7 +119,8 @@ def quality(model: curvedit.Model, n: int = 1000) -> dict:
 
 
 @torch.no_grad()
-def figure(pair: Pair, path: Path, count: int = 6, edits=(("smile", 1.5), ("eye_size", 1.5))) -> None:
+def figure(pair: Pair, path: Path, count: int = 6,
+           edits=(("hair_colour", -1.5), ("tilt", 1.5), ("smile", 1.5))) -> None:
     """Rows: photo renders, their decoding, their avatars; then per edit the edited photo and its avatar."""
     photos, _ = make_dataset(pair.source.manifest["training"]["generator"]["data"], 0).held_out_labelled(count)
     g_s, g_t = pair.source.generator, pair.target.generator
