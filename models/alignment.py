@@ -13,11 +13,12 @@ constant, so editing then translating equals translating then editing, by constr
 Training needs no pairs: source latents ``z ~ N(0, I)`` are rendered by the source generator and read by the
 source's factor regressor; the translated latents are rendered by the target generator and read by the target's
 regressor; the loss is the mean absolute difference of the two readings (*factor consistency*, both in
-standardised units) plus ``prior_weight`` × a moment-matching term that keeps translated latents typical under
-the target's ``N(0, I)`` prior (batch mean → 0, covariance → I). The flows, generators and regressors are frozen.
-Training starts from prior matching (each chart of its own prior samples: factor axes shifted by the difference
-of the means, the other axes scaled and shifted to the target's moments): the unsupervised axes of two charts can
-differ in scale by orders of magnitude, and the identity map then sends latents far out of the target's prior.
+standardised units) plus ``prior_weight`` × a term that keeps translated latents typical under the target's
+``N(0, I)`` prior: ``log(1 + max(0, ‖z‖²/d − 2))``, zero on the typical shell, logarithmic beyond it. The flows,
+generators and regressors are frozen. Training starts from prior matching (each chart of its own prior samples:
+factor axes shifted by the difference of the medians, the other axes scaled and shifted to the target's median
+and interquartile range): the unsupervised axes of two charts can differ in scale by orders of magnitude, and
+the identity map then sends latents far out of the target's prior.
 
 Reference: the alignment idea follows Ladron de Guevara et al., "Cross-modal latent space alignment for
 image to avatar translation", 2023; the construction through DeCurvEd coordinates is this project's.
@@ -75,11 +76,13 @@ class LatentAlignment(nn.Module):
     @torch.no_grad()
     def match_moments(self, source_v: torch.Tensor, target_v: torch.Tensor) -> None:
         """Start from prior matching: ``source_v`` and ``target_v`` ``[n, d]`` are both charts of their own prior
-        samples; shift each factor axis by the difference of the means, and map each remaining axis affinely so
-        its mean and standard deviation become the target's."""
+        samples; shift each factor axis by the difference of the medians, and map each remaining axis affinely so
+        its median and interquartile range become the target's."""
         k = len(self.directions)
-        mean_s, mean_t = source_v.mean(0), target_v.mean(0)
-        scale = target_v[:, k:].std(0) / source_v[:, k:].std(0).clamp_min(1e-6)
+        # Medians and interquartile ranges: a chart's far tails (prior samples the flow stretches) would
+        # dominate means and standard deviations.
+        mean_s, mean_t = source_v.median(0).values, target_v.median(0).values
+        scale = _iqr(target_v[:, k:]) / _iqr(source_v[:, k:]).clamp_min(1e-6)
         self.shift.copy_(mean_t[:k] - mean_s[:k])
         self.rest_weight.copy_(torch.diag(scale))
         self.rest_bias.copy_(mean_t[k:] - scale * mean_s[k:])
@@ -105,11 +108,14 @@ def check_alignable(source: DeCurvEd, target: DeCurvEd) -> None:
                          f"(d = {target.latent_dim})")
 
 
+def _iqr(v: torch.Tensor) -> torch.Tensor:
+    return torch.quantile(v, 0.75, dim=0) - torch.quantile(v, 0.25, dim=0)
+
+
 def _prior_penalty(z: torch.Tensor) -> torch.Tensor:
-    mean = z.mean(0)
-    centred = z - mean
-    cov = centred.t() @ centred / (len(z) - 1)
-    return mean.pow(2).mean() + (cov - torch.eye(z.shape[1], device=z.device)).pow(2).mean()
+    """Zero on the prior's typical shell and inside it (‖z‖²/d ≤ 2), growing only logarithmically beyond, so that
+    a few latents far out cannot dominate the factor consistency."""
+    return torch.log1p(torch.relu(z.pow(2).mean(1) - 2.0)).mean()
 
 
 def train_alignment(source: tuple, target: tuple, config: AlignmentTrainConfig = AlignmentTrainConfig(),
