@@ -23,6 +23,7 @@ from curvedit.engines import make_engine
 from curvedit.errors import InputError
 from curvedit.images import check_images
 from curvedit.models.families import families_that_encode
+from curvedit.translation import Translator
 
 Edits = Mapping[str, float] | np.ndarray | Sequence[Sequence[float]]
 
@@ -93,6 +94,7 @@ class Model:
                  engine_options: dict | None = None):
         self.bundle = bundle
         self._engine = make_engine(bundle, engine, device, engine_options)
+        self._translator = Translator(bundle, self.name)
 
     @property
     def runtime(self):
@@ -274,6 +276,33 @@ class Model:
         images = self.check_images(images)
         amounts = self.amounts(edits, images.shape[0], editor)
         return self._engine.generate(self._engine.edit(editor, self._engine.encode(images), amounts))
+
+    @property
+    def alignments(self) -> list[str]:
+        """The models this one's latents can be translated to (``translate``)."""
+        return self._translator.targets
+
+    def check_translation_target(self, to: str) -> str:
+        """``to`` if this model has an alignment to it; else ``ValueError`` naming the ones it has, and the fix."""
+        return self._translator.check_target(to)
+
+    def translate(self, inputs, to: str) -> np.ndarray:
+        """Latents of model ``to`` float32 ``[n, d_t]`` that show what ``inputs`` show, in ``to``'s domain.
+
+        ``inputs`` are this model's latents float32 ``[n, d]``, or real images uint8 ``[n, H, W, 3]`` (encoded
+        first; grayscale ``[n, H, W]`` too). Render them with ``curvedit.load(to).generate(...)``; edits commute
+        with the translation: ``translate(edit(z, t)) ≈ load(to).edit(translate(z), t)``.
+        """
+        to = self.check_translation_target(to)
+        array = np.asarray(inputs) if not isinstance(inputs, np.ndarray) else inputs
+        if array.dtype == np.uint8:
+            z = self.encode(array)
+        elif array.ndim == 2:
+            z = self.check_latents(array)
+        else:
+            raise InputError(f"translate takes latents float32 [n, {self.latent_dim}] or images uint8 "
+                             f"[n, H, W, 3], got {array.dtype} of shape {list(array.shape)}")
+        return self._translator.translate(z, to)
 
     def __repr__(self) -> str:
         return (f"Model(name={self.name!r}, version={self.version!r}, latent_dim={self.latent_dim}, "

@@ -10,6 +10,9 @@ Manifest (format version 2)::
      "editors": {NAME: {"kind": ..., "mode": ..., "config": {...}, "file": ...,
                         "directions": [{"index": 0, "name": "x"}, ...], "training": {...}}},
      "onnx": {FILE: {...}},                                                            # verified graphs
+     "alignments": {TARGET: {"kind": "factor-shift", "config": {...}, "file": ...,      # optional: maps of this
+                             "source_editor": ..., "target": {"name", "digest", "editor"}, "training": {...}}},
+                                                                  # model's latents onto another's (alignment)
      "files": {"generator.safetensors": "<sha256>", ...},
      "manifest_sha256": "<sha256 of everything above>"}
 
@@ -41,6 +44,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from curvedit.models import all_editors, all_families  # noqa: F401  (register every editor kind and family)
+from curvedit.models.alignment import ALIGNMENT_KIND, LatentAlignment
 from curvedit.models.editors import Editor, build_editor
 from curvedit.models.families import GeneratorFamily, build_generator
 from curvedit.models.files import atomic_write, sha256_file
@@ -66,6 +70,7 @@ class Bundle:
     editors: dict[str, Editor]
     regressor: FactorRegressor | None = None
     extras: dict = field(default_factory=dict)
+    alignments: dict[str, LatentAlignment] = field(default_factory=dict)  # target model's name → map
 
     @property
     def default_editor(self) -> str:
@@ -225,6 +230,23 @@ def add_file(path: str | Path, filename: str, section: str | None = None, entry:
     write_manifest(path, manifest)
 
 
+def add_alignment(path: str | Path, target: str, alignment: LatentAlignment, entry: dict) -> None:
+    """Store (or replace) the map of this bundle's latents onto model ``target``'s, with ``entry`` (the source
+    editor, the target's name, digest and editor, the training report) under ``manifest["alignments"][target]``;
+    the weights are checksummed like every other file, so the digest covers the map."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    if alignment.latent_dim != manifest["latent_dim"]:
+        raise BundleError(f"the alignment has latent dim {alignment.latent_dim}, the bundle "
+                          f"{manifest['latent_dim']}")
+    filename = f"alignment_{target}.safetensors"
+    meta = weights_meta("alignment", ALIGNMENT_KIND, alignment.config())
+    manifest["files"][filename] = save_weights(path, filename, alignment, meta)
+    manifest.setdefault("alignments", {})[target] = {**entry, "kind": ALIGNMENT_KIND, "config": meta["config"],
+                                                     "file": filename}
+    write_manifest(path, manifest)
+
+
 def remove_file(path: str | Path, filename: str, section: str | None = None) -> None:
     """Drop ``filename`` from the manifest (and ``manifest[section]``), then delete the file."""
     path = Path(path)
@@ -358,6 +380,15 @@ def load_bundle(path: str | Path, expect_digest: str | None = None) -> Bundle:
             _load_weights(path, manifest, spec["file"], regressor, weights_meta("regressor", spec["kind"],
                                                                                  spec["config"]))
             regressor.eval()
+        alignments = {}
+        for target, entry in manifest.get("alignments", {}).items():
+            if entry["kind"] != ALIGNMENT_KIND:
+                raise BundleError(f"alignment to {target!r} is of unknown kind {entry['kind']!r}; upgrade "
+                                  "curvedit")
+            alignment = LatentAlignment(**entry["config"])
+            _load_weights(path, manifest, entry["file"], alignment, weights_meta("alignment", entry["kind"],
+                                                                                 entry["config"]))
+            alignments[target] = alignment.eval()
     except (KeyError, TypeError) as exc:
         raise BundleError(f"{path / MANIFEST} is malformed ({type(exc).__name__}: {exc}); re-save the "
                           "bundle") from exc
@@ -368,4 +399,4 @@ def load_bundle(path: str | Path, expect_digest: str | None = None) -> Bundle:
     if manifest["default_editor"] not in editors:
         raise BundleError(f"default_editor {manifest['default_editor']!r} is not among {sorted(editors)}")
     _consistent(path, manifest, generator, editors)
-    return Bundle(path, manifest, generator.eval(), editors, regressor)
+    return Bundle(path, manifest, generator.eval(), editors, regressor, alignments=alignments)

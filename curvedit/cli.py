@@ -14,6 +14,7 @@ import sys
 
 COMMAND_MODULES = (
     "curvedit.commands",  # edit, traverse, info, models
+    "curvedit.translate_cli",  # translate
     "curvedit.train_cli",  # train generator | regressor | editor | recipe | default
     "curvedit.export.cli",  # export
     "curvedit.bench_cli",  # bench engine | serve

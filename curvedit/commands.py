@@ -157,6 +157,9 @@ def cmd_info(args: argparse.Namespace) -> int:
                     if k in entry.get("training", {})}
         if measured:
             print(f"            measured at training: {measured}")
+    for target, entry in manifest.get("alignments", {}).items():
+        print(f"alignment   to {target} (its bundle {entry['target']['digest'][:12]}…, editor "
+              f"{entry['target']['editor']}): `curvedit translate --model {model.name} --to {target}`")
     print(f"files       {len(manifest['files'])} (sha256 verified; manifest consistent with its weights)")
     return 0
 

@@ -16,14 +16,15 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from curvedit.bundle import read_manifest, save_weights, weights_meta, write_bundle, write_manifest
+from curvedit.models.alignment import AlignmentTrainConfig
+from curvedit.models.datasets import factor_names_of
 from curvedit.models.editors import EDITOR_KINDS
 from curvedit.models.families import GENERATOR_FAMILIES, GeneratorFamily, build_generator
 from curvedit.models.files import write_json
 from curvedit.models.generator import GeneratorConfig
 from curvedit.models.infogan import InfoGANConfig, InfoGANTrainConfig
 from curvedit.models.pixelcnn import PixelCNNConfig
-from curvedit.models.regressor import FactorRegressor, RegressorTrainConfig, train_regressor
-from curvedit.models.renderer import FACTOR_NAMES
+from curvedit.models.regressor import FactorRegressor, RegressorTrainConfig, regressor_for, train_regressor
 from curvedit.models.train_editor import EditorTrainConfig
 from curvedit.models.train_generator import GANTrainConfig
 from curvedit.models.train_pixelcnn import PixelCNNTrainConfig
@@ -75,11 +76,19 @@ class Recipe:
     skip_graphs: dict[str, str] = field(default_factory=dict)
     # Prefixes of the generator's weights stored in half precision (``write_bundle``'s ``generator_float16``).
     generator_float16: tuple[str, ...] = ()
+    data: str = "shapes"  # the labelled render set whose factors name the supervised directions
+    regressor_channels: int = 32  # of a regressor this recipe trains
+    # Shipped models this one's latent space is aligned to (``curvedit.alignment``): each map is trained after the
+    # bundle is written, against that model's shipped bundle, and stored in this bundle.
+    align_to: tuple[str, ...] = ()
+    # Fold the aggregate posterior's per-axis moments into the VAE (``vae.standardize_latents``) before the
+    # editors train, so that prior samples are faces, not noise.
+    standardize_latents: bool = False
 
     @property
     def directions(self) -> list[str]:
         if self.regressor is not None:
-            return list(FACTOR_NAMES)
+            return list(factor_names_of(self.data))
         return [f"d{k}" for k in range(self.config.latent_dim)]
 
 
@@ -91,6 +100,23 @@ INFOGAN_STEPS = 2000
 PIXELCNN_STEPS = 4000
 PIXELCNN_ENCODER_STORED_ONCE = ("the frozen conditioning encoder is stored once, in generator.safetensors "
                                 "(float16); ONNX Runtime encodes through PyTorch")
+
+
+# The faces: two small 64×64 VAEs (d = 10: eight factors and two more coordinates), each with its own regressor
+# and one supervised DeCurvEd editor (8 coupling layers of width 32: the bundle stays near 2 MB); photo → avatar
+# is aligned. σ = 0.5 weighs the KL term per pixel about as σ = 0.25–0.3 does at 32×32 (4× the pixels): at σ = 0.2
+# the KL term ended at 30–50 nats and most prior samples decoded to noise, so the editors trained on noise.
+FACES_VAE = VAEConfig(latent_dim=10, image_size=64, base_channels=16, hidden=96, top_multiplier=2)
+FACES_VAE_STEPS = 6000
+FACES_REGRESSOR_STEPS = 3000
+
+
+def _faces(style: str, align_to: tuple[str, ...] = ()) -> Recipe:
+    name = f"faces-{style}"
+    return Recipe(name, "vae", FACES_VAE, VAETrainConfig(data=name, steps=FACES_VAE_STEPS, sigma=0.5),
+                  (EditorStage("decurved", "decurved", DEFAULT_EDITOR_TRAINING, {"hidden": 32, "layers": 8}),),
+                  regressor="train", data=name, regressor_channels=10, align_to=align_to, standardize_latents=True)
+
 
 RECIPES: dict[str, Recipe] = {
     "shapes32": Recipe("shapes32", "dcgan", GeneratorConfig(latent_dim=8), GANTrainConfig(steps=10000),
@@ -121,7 +147,12 @@ RECIPES: dict[str, Recipe] = {
                               regressor="shapes32", editors_from="shapes-vae",
                               skip_graphs={"encoder.onnx": PIXELCNN_ENCODER_STORED_ONCE},
                               generator_float16=("encoder.",)),
+    # Train faces-avatar first: faces-photo's recipe aligns to the shipped faces-avatar.
+    "faces-avatar": _faces("avatar"),
+    "faces-photo": _faces("photo", align_to=("faces-avatar",)),
 }
+# How many regressor steps a recipe trains when the caller does not say.
+REGRESSOR_STEPS = {"faces-avatar": FACES_REGRESSOR_STEPS, "faces-photo": FACES_REGRESSOR_STEPS}
 
 
 def _reused_editors(name: str, log) -> tuple[dict, str]:
@@ -144,15 +175,17 @@ def _regressor(recipe: Recipe, run: Path, steps: int, seed: int, log) -> FactorR
     path = run / "regressor.safetensors"
     if not path.is_file():
         if recipe.regressor == "train":
-            regressor, error = train_regressor(RegressorTrainConfig(steps=steps, seed=seed))
-            write_json(path.with_suffix(".json"), {"steps": steps, "seed": seed, "held_out_mae": error.tolist()})
+            config = RegressorTrainConfig(steps=steps, seed=seed, data=recipe.data,
+                                          channels=recipe.regressor_channels)
+            regressor, error = train_regressor(config)
+            write_json(path.with_suffix(".json"), {**config.to_dict(), "held_out_mae": error.tolist()})
         else:
             from curvedit.api import load  # the shipped model whose instrument this recipe reuses
 
             regressor = load(recipe.regressor, engine="torch").bundle.regressor
             log(f"regressor: reused from the shipped {recipe.regressor}")
         save_weights(run, path.name, regressor, weights_meta("regressor", "factor-cnn", regressor.config()))
-    regressor = FactorRegressor()
+    regressor = regressor_for(recipe.data, recipe.regressor_channels if recipe.regressor == "train" else 32)
     regressor.load_state_dict(load_file(path))
     return regressor.eval()
 
@@ -177,10 +210,11 @@ def train_run_generator(run_dir: Path, family: str, config, train_config, progre
 
 
 def run_recipe(name: str, out: Path, run: Path, seed: int = 0, generator_steps: int | None = None,
-               editor_steps: int | None = None, regressor_steps: int = RegressorTrainConfig.steps,
-               export: bool = True, log=print) -> dict:
+               editor_steps: int | None = None, regressor_steps: int | None = None,
+               export: bool = True, align: bool = True, log=print) -> dict:
     """Run the recipe ``name`` (see ``RECIPES``) in ``run`` and write its bundle to ``out``; returns the
-    per-stage seconds ("reused" where an earlier run had finished the stage)."""
+    per-stage seconds ("reused" where an earlier run had finished the stage). ``align=False`` skips the
+    alignment stages (which need their target models shipped)."""
     from curvedit.models.fit_editors import make_editor
 
     if name not in RECIPES:
@@ -190,6 +224,8 @@ def run_recipe(name: str, out: Path, run: Path, seed: int = 0, generator_steps: 
     seconds: dict[str, float | str] = {}
     start = time.time()
     had = (run / "regressor.safetensors").is_file()
+    if regressor_steps is None:
+        regressor_steps = REGRESSOR_STEPS.get(name, RegressorTrainConfig.steps)
     regressor = _regressor(recipe, run, regressor_steps, seed, log)
     seconds["regressor"] = "none" if regressor is None else "reused" if had else round(time.time() - start)
     train_config = replace(recipe.train_config, seed=seed,
@@ -197,6 +233,13 @@ def run_recipe(name: str, out: Path, run: Path, seed: int = 0, generator_steps: 
     start, had = time.time(), (run / "generator" / "generator.safetensors").is_file()
     generator = train_run_generator(run / "generator", recipe.family, recipe.config, train_config)
     seconds["generator"] = "reused" if had else round(time.time() - start)
+    moments = None
+    if recipe.standardize_latents:  # applied to the run's generator on every run: the stage is deterministic
+        from curvedit.models.datasets import make_dataset
+        from curvedit.models.vae import standardize_latents
+
+        moments = standardize_latents(generator, make_dataset(recipe.data, seed + 7).next_batch(2048))
+        log(f"latents standardised: per-axis std was {[round(v, 2) for v in moments['std']]}")
     editors, default_editor = {}, recipe.editors[0].name if recipe.editors else None
     if recipe.editors_from is not None:
         editors, default_editor = _reused_editors(recipe.editors_from, log)
@@ -212,7 +255,7 @@ def run_recipe(name: str, out: Path, run: Path, seed: int = 0, generator_steps: 
         measured = report.get("mean_purity", report.get("reconstructor_accuracy"))
         log(f"{stage.name}: {'purity' if 'mean_purity' in report else 'reconstructor accuracy'} {measured:.3f}")
     training = {"command": f"curvedit train recipe {name}", "seed": seed, "generator": train_config.to_dict(),
-                "seconds": seconds}
+                "seconds": seconds, **({"standardized_latents": moments} if moments is not None else {})}
     write_bundle(out, name=name, version=recipe.version, generator=generator, editors=editors,
                  default_editor=default_editor, regressor=regressor, seed=seed, training=training,
                  generator_float16=recipe.generator_float16)
@@ -228,4 +271,11 @@ def run_recipe(name: str, out: Path, run: Path, seed: int = 0, generator_steps: 
         graphs = [spec.filename for spec in specs if spec.filename not in recipe.skip_graphs]
         results = export_bundle(out, only=graphs)
         log(f"onnx: {sum(r.written for r in results)} of {len(results)} graphs verified and written")
+    for target in recipe.align_to if align else ():
+        from curvedit.translation import align_bundle
+
+        start = time.time()
+        report = align_bundle(out, target, AlignmentTrainConfig(seed=seed))
+        seconds[f"alignment {target}"] = round(time.time() - start)
+        log(f"alignment → {target}: final loss {report['losses'][-1]:.3f}")
     return seconds

@@ -162,9 +162,9 @@ def _recipe_options(parser: argparse.ArgumentParser) -> None:
                                                                           "steps (default: the recipe's)")
     parser.add_argument("--editor-steps", type=int, default=None, help="override every trained editor's steps "
                                                                        "(default: the recipe's)")
-    parser.add_argument("--regressor-steps", type=int, default=RegressorTrainConfig.steps,
-                        help="steps when the recipe trains its factor regressor "
-                             f"(default {RegressorTrainConfig.steps})")
+    parser.add_argument("--regressor-steps", type=int, default=None,
+                        help="steps when the recipe trains its factor regressor (default: the recipe's, "
+                             f"{RegressorTrainConfig.steps} for shapes32)")
     parser.add_argument("--no-export", action="store_true", help="skip writing the verified ONNX graphs "
                                                                  "(default: write them)")
 

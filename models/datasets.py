@@ -1,6 +1,8 @@
 """Training images a generator family can learn from, all made or shipped locally (nothing is downloaded).
 
-- ``shapes``: the built-in renders (``renderer.RenderedShapes``), an endless seeded stream, 3 channels.
+- ``shapes``: the built-in renders (``renderer.RenderedShapes``), an endless seeded stream, 3 channels, 32×32.
+- ``faces-photo``, ``faces-avatar``: the face renders (``faces.RenderedFaces``) in either style, 3 channels, 64×64;
+  one seed draws the same factors in both styles.
 - ``digits``: scikit-learn's bundled handwritten digits (1,797 images of 8×8, 0..16), upsampled bilinearly to
   the requested size, 1 channel; a fixed split keeps ``HELD_OUT_DIGITS`` images out of training.
 
@@ -13,9 +15,39 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from curvedit.models.renderer import RenderedShapes
+from curvedit.models.faces import FACE_FACTOR_NAMES, RenderedFaces
+from curvedit.models.renderer import FACTOR_NAMES, RenderedShapes
 
-DATASETS = ("shapes", "digits")
+# The labelled renders: name → (factor names, native image size, stream(seed, size)).
+LABELLED = {
+    "shapes": (FACTOR_NAMES, 32, lambda seed, size: RenderedShapes(seed=seed, size=size)),
+    "faces-photo": (FACE_FACTOR_NAMES, 64, lambda seed, size: RenderedFaces(seed, "photo", size)),
+    "faces-avatar": (FACE_FACTOR_NAMES, 64, lambda seed, size: RenderedFaces(seed, "avatar", size)),
+}
+DATASETS = (*LABELLED, "digits")
+
+
+def _labelled(name: str):
+    if name not in LABELLED:
+        raise ValueError(f"{name!r} is not a labelled render set; choose one of {list(LABELLED)}")
+    return LABELLED[name]
+
+
+def factor_names_of(name: str) -> tuple[str, ...]:
+    """The factors a labelled render set is drawn from (its regressor's outputs, its supervised directions)."""
+    return _labelled(name)[0]
+
+
+def native_size(name: str) -> int:
+    """The image size a data set is made at by default (the digits: 32)."""
+    return _labelled(name)[1] if name in LABELLED else 32
+
+
+def labelled_stream(name: str, seed: int, size: int | None = None):
+    """A seeded stream of a labelled render set: ``next_batch(n) → (images [n, 3, S, S] in [-1, 1], standardised
+    factors [n, F])``."""
+    _, native, make = _labelled(name)
+    return make(seed, size or native)
 HELD_OUT_DIGITS = 297  # the last 297 of a seeded permutation of 1,797: 1,500 train
 _DIGITS_SPLIT_SEED = 2023
 
@@ -50,14 +82,16 @@ class Digits:
         return self.test_images if n is None else self.test_images[:n]
 
 
-class Shapes:
-    """The built-in renders as a data source; held-out images come from a seed training never uses."""
+class Rendered:
+    """A labelled render set (``LABELLED``) as a data source; held-out images come from a seed training never
+    uses."""
 
     HELD_OUT_SEED = 999_999
 
-    def __init__(self, seed: int, size: int = 32):
-        self.stream = RenderedShapes(seed=seed, size=size)
-        self.size = size
+    def __init__(self, name: str, seed: int, size: int | None = None):
+        self.name = name
+        self.size = size or native_size(name)
+        self.stream = labelled_stream(name, seed, self.size)
 
     @property
     def generator(self) -> torch.Generator:
@@ -67,14 +101,18 @@ class Shapes:
         return self.stream.next_batch(n)[0]
 
     def held_out(self, n: int = 1000) -> torch.Tensor:
-        return RenderedShapes(seed=self.HELD_OUT_SEED, size=self.size).next_batch(n)[0]
+        return self.held_out_labelled(n)[0]
+
+    def held_out_labelled(self, n: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images, standardised factors)`` of ``n`` held-out renders."""
+        return labelled_stream(self.name, self.HELD_OUT_SEED, self.size).next_batch(n)
 
 
-def make_dataset(name: str, seed: int, size: int = 32) -> Shapes | Digits:
-    if name == "shapes":
-        return Shapes(seed, size)
+def make_dataset(name: str, seed: int, size: int | None = None) -> Rendered | Digits:
+    if name in LABELLED:
+        return Rendered(name, seed, size)
     if name == "digits":
-        return Digits(seed, size)
+        return Digits(seed, size or 32)
     raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}")
 
 

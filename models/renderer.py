@@ -49,30 +49,32 @@ _VALUE = 0.95
 _EDGE_PIXELS = 0.35  # logistic edge width in pixels: smooth enough for gradients, sharp to the eye
 
 
-def _ranges(device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    low = torch.tensor([f.low for f in FACTORS], device=device)
-    high = torch.tensor([f.high for f in FACTORS], device=device)
-    return low, high
+def _ranges(factors: tuple[Factor, ...] = FACTORS) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor([f.low for f in factors]), torch.tensor([f.high for f in factors])
 
 
-def standardize(raw: torch.Tensor) -> torch.Tensor:
-    """Raw factors ``[batch, 6]`` → standardised units ``[batch, 6]``."""
-    mean = torch.tensor([f.mean for f in FACTORS], device=raw.device, dtype=raw.dtype)
-    std = torch.tensor([f.std for f in FACTORS], device=raw.device, dtype=raw.dtype)
+def _moments(factors: tuple[Factor, ...], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor([f.mean for f in factors], device=like.device, dtype=like.dtype)
+    std = torch.tensor([f.std for f in factors], device=like.device, dtype=like.dtype)
+    return mean, std
+
+
+def standardize(raw: torch.Tensor, factors: tuple[Factor, ...] = FACTORS) -> torch.Tensor:
+    """Raw factors ``[batch, F]`` → standardised units ``[batch, F]`` (``factors``: the shapes' six by default)."""
+    mean, std = _moments(factors, raw)
     return (raw - mean) / std
 
 
-def unstandardize(units: torch.Tensor) -> torch.Tensor:
-    """Standardised units ``[batch, 6]`` → raw factors ``[batch, 6]``."""
-    mean = torch.tensor([f.mean for f in FACTORS], device=units.device, dtype=units.dtype)
-    std = torch.tensor([f.std for f in FACTORS], device=units.device, dtype=units.dtype)
+def unstandardize(units: torch.Tensor, factors: tuple[Factor, ...] = FACTORS) -> torch.Tensor:
+    """Standardised units ``[batch, F]`` → raw factors ``[batch, F]``."""
+    mean, std = _moments(factors, units)
     return units * std + mean
 
 
-def sample_factors(n: int, generator: torch.Generator) -> torch.Tensor:
-    """Raw factors ``[n, 6]``, each uniform in its range; deterministic for a seeded ``generator``."""
-    low, high = _ranges()
-    return low + (high - low) * torch.rand(n, NUM_FACTORS, generator=generator)
+def sample_factors(n: int, generator: torch.Generator, factors: tuple[Factor, ...] = FACTORS) -> torch.Tensor:
+    """Raw factors ``[n, F]``, each uniform in its range; deterministic for a seeded ``generator``."""
+    low, high = _ranges(factors)
+    return low + (high - low) * torch.rand(n, len(factors), generator=generator)
 
 
 def _hue_to_rgb(hue: torch.Tensor) -> torch.Tensor:

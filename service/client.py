@@ -125,6 +125,24 @@ def _traverse_request(direction, latent, seed, start, stop, steps, model, editor
     return request
 
 
+def translate_request(to: str, latents=None, seeds=None, input_images=None, model: str = "",
+                      images: str = "none") -> pb.TranslateRequest:
+    """A ``TranslateRequest`` from exactly one of latents ``[n, d]``, seeds or real images; ``images``: ``"none"``,
+    ``"raw"`` or ``"png"`` (render with the target)."""
+    if sum(x is not None for x in (latents, seeds, input_images)) != 1:
+        raise ValueError("pass exactly one of latents= (float32 [n, d]), seeds= or input_images=")
+    request = pb.TranslateRequest(model=model, to=to, return_images=images != "none")
+    if images != "none":
+        request.image_format = codec.image_format(images)
+    if latents is not None:
+        request.latents.CopyFrom(codec.to_tensor(np.asarray(latents, dtype=np.float32)))
+    elif seeds is not None:
+        request.seeds.seeds.extend(int(s) for s in seeds)
+    else:
+        request.images.CopyFrom(images_message(input_images))
+    return request
+
+
 class Client:
     """Blocking client. ``target`` is ``host:port``; ``timeout`` (s) is the default per-call deadline;
     ``security`` says how to reach a server with TLS and/or tokens (default: plaintext, no token)."""
@@ -168,6 +186,14 @@ class Client:
         """Latents float32 ``[n, d]`` of real images (models that can encode)."""
         request = pb.EncodeRequest(model=model, images=images_message(input_images))
         return codec.from_tensor(self.stub.Encode(request, timeout=self.timeout).latents).copy()
+
+    def translate(self, to: str, latents=None, seeds=None, input_images=None, model: str = "",
+                  images: str = "none") -> tuple[np.ndarray, np.ndarray | None]:
+        """``(target latents float32 [n, d_t], target images uint8 [n, H, W, 3] or None)``."""
+        request = translate_request(to, latents, seeds, input_images, model, images)
+        response = self.stub.Translate(request, timeout=self.timeout)
+        pictures = codec.from_images(response.images) if images != "none" else None
+        return codec.from_tensor(response.latents).copy(), pictures
 
     def edit_stream(self, requests: Iterable[pb.EditRequest], timeout: float | None = None
                     ) -> Iterator[EditResult | StreamError]:

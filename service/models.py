@@ -72,6 +72,7 @@ class ServedModel:
                             default_editor=self.model.default_editor, engine=self.model.engine,
                             max_items_per_request=max_items, can_encode=self.model.can_encode,
                             family=self.model.family, digest=self.model.digest,
+                            alignments=self.model.alignments,
                             fallbacks=[pb.EngineFallback(part=k, reason=v) for k, v in self.fallbacks().items()],
                             routes=[pb.EngineRoute(operation=r.operation, bucket=r.bucket, backend=r.backend,
                                                    seconds=r.seconds) for r in self.routes()])

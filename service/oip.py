@@ -9,7 +9,10 @@ One OIP model per bundle, named as the bundle (``ModelInfo.name``), with the bun
   each returned when asked for (no outputs named = both, as the protocol says);
 * the request parameter ``editor`` (a string) picks an editor (default: the model's default editor), and ``seed``
   (an integer, 0 … 2^63 − 1) the draw of a generator that samples (the PixelCNN), for every item of the request,
-  as the native Generate's ``sampling_seed`` (default 0; other generators ignore it).
+  as the native Generate's ``sampling_seed`` (default 0; other generators ignore it);
+* the request parameter ``translate_to`` (a string, a model this one is aligned to: ``ModelInfo.alignments``)
+  translates the edited latents into that model: ``z_edited`` is then the target's latents ``[-1, d_t]`` and
+  ``images`` the target's images of them (the target must be served here for ``images``).
 
 With a model repository (``serve --model-repository``) a model's versions are the repository's version numbers
 ("3"): metadata lists the loaded ones (over HTTP with ``bundle_version``, the bundle's own version string, beside
@@ -22,6 +25,7 @@ native requests merge), limits, metrics and status codes. This module only trans
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 
@@ -32,7 +36,7 @@ from curvedit import __version__
 from curvedit.service import requests
 from curvedit.service.admission import Ticket
 from curvedit.service.errors import ServiceError, invalid, not_found
-from curvedit.service.models import EDIT, EDIT_IMAGES, ServedModel, from_images
+from curvedit.service.models import EDIT, EDIT_IMAGES, GENERATE, ServedModel, from_images
 from curvedit.service.servicer import edit_finish
 from curvedit.v1 import latent_edit_pb2 as pb
 
@@ -181,8 +185,10 @@ class Inference:
             raise not_found(str(exc)) from None
 
     async def infer(self, served: ServedModel, inputs: list[InferTensor], outputs: list[str] | None,
-                    editor_name: str, ticket: Ticket, seed: int | None = None) -> list[InferOutput]:
-        """Run one request through admission's ticket and the batcher; the outputs asked for, in that order."""
+                    editor_name: str, ticket: Ticket, seed: int | None = None,
+                    translate_to: str = "") -> list[InferOutput]:
+        """Run one request through admission's ticket and the batcher; the outputs asked for, in that order
+        (with ``translate_to``: of the target model, see the module docstring)."""
         byname = {}
         allowed = [i["name"] for i in model_metadata(served)["inputs"]]
         for tensor in inputs:
@@ -198,11 +204,15 @@ class Inference:
         if ("z" in byname) == ("images" in byname):
             raise invalid("give exactly one of the inputs z (FP32 [n, d]) and images (UINT8 [n, H, W, 3])")
         editor = requests.editor(served, editor_name)
+        target = None
+        if translate_to:
+            translate_to = served.model.check_translation_target(translate_to)
+            target = self.model(translate_to) if "images" in wanted else None
         real = "images" in byname
         x = served.model.check_images(byname["images"].data) if real else self._latents(served, byname["z"])
         n = len(x)
         requests.check_count(n, self.servicer.max_items)
-        kind = EDIT_IMAGES if "images" in wanted else EDIT
+        kind = EDIT_IMAGES if "images" in wanted and not translate_to else EDIT
         key = (served.key, editor, from_images(kind) if real else kind)
         ticket.reserve(key, n)
         k = len(served.direction_index(editor))
@@ -214,9 +224,12 @@ class Inference:
                               "finite")
         else:
             t = np.zeros((n, k), np.float32)
-        fmt = pb.IMAGE_FORMAT_RAW if "images" in wanted else None  # the native Edit's finish: same checks
+        fmt = pb.IMAGE_FORMAT_RAW if kind == EDIT_IMAGES else None  # the native Edit's finish: same checks
         seeds = served.sampling_seeds(seed, n)
         parts = await self.servicer._run(served, key, x, t, ticket, "ModelInfer", edit_finish(fmt), seeds)
+        if translate_to:
+            z = np.frombuffer(b"".join(p[0] for p in parts), np.float32).reshape(n, served.latent_dim)
+            return await self._translated(served, z, translate_to, target, wanted, ticket)
         d, image = served.latent_dim, list(served.model.image_shape)
         out = []
         for name in wanted:
@@ -226,16 +239,37 @@ class Inference:
                 out.append(InferOutput(name, "UINT8", [n, *image], b"".join(p[1] for p in parts)))
         return out
 
+    async def _translated(self, served: ServedModel, z: np.ndarray, to: str, target: ServedModel | None,
+                          wanted: list[str], ticket: Ticket) -> list[InferOutput]:
+        """The edited latents translated into model ``to`` (off the event loop), rendered by ``target``."""
+        translated = await asyncio.to_thread(served.model.translate, z, to)
+        n, out = len(translated), []
+        image = b""
+        if target is not None:
+            key = (target.key, "", GENERATE)
+            ticket.reserve(key, n)
+            parts = await self.servicer._run(target, key, translated, None, ticket, "ModelInfer",
+                                             lambda rows, _start: np.ascontiguousarray(rows[0]).tobytes())
+            image = b"".join(parts)
+        for name in wanted:
+            if name == "z_edited":
+                out.append(InferOutput(name, "FP32", list(translated.shape), translated.tobytes()))
+            else:
+                out.append(InferOutput(name, "UINT8", [n, *target.model.image_shape], image))
+        return out
+
     @staticmethod
-    def options(parameters: dict) -> tuple[str, int | None]:
-        """The request parameters ``editor`` (a string, default "") and ``seed`` (an integer or ``None``), from
-        either front end's parameters as Python values."""
+    def options(parameters: dict) -> tuple[str, int | None, str]:
+        """The request parameters ``editor`` (a string, default ""), ``seed`` (an integer or ``None``) and
+        ``translate_to`` (a string, default ""), from either front end's parameters as Python values."""
         editor, seed = parameters.get("editor", ""), parameters.get("seed")
-        if not isinstance(editor, str):
-            raise invalid("the parameter `editor` must be a string (an editor's name)")
+        translate_to = parameters.get("translate_to", "")
+        if not isinstance(editor, str) or not isinstance(translate_to, str):
+            raise invalid("the parameters `editor` and `translate_to` must be strings (an editor's name, a "
+                          "model's name)")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise invalid(f"the parameter `seed` must be an integer, got {requests.short(str(seed))}")
-        return editor, seed
+        return editor, seed, translate_to
 
     @staticmethod
     def _latents(served: ServedModel, tensor: InferTensor) -> np.ndarray:

@@ -230,9 +230,9 @@ class HttpFront:
                                                      spec.get("shape", []), spec.get("data", [])))
             asked = request.get("outputs") or []
             params = request.get("parameters") or {}
-            editor, seed = self.inference.options(params)
+            editor, seed, translate_to = self.inference.options(params)
             outputs = await self.inference.infer(served, inputs, [o.get("name", "") for o in asked], editor,
-                                                 ticket, seed)
+                                                 ticket, seed, translate_to)
         except Exception as exc:
             return self._failed(name, exc, rid)
         finally:

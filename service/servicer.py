@@ -277,6 +277,41 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
                                      repository_version=served.repository_version)
         return await self._unary("Encode", work, request, context)
 
+    async def _translate(self, req: pb.TranslateRequest, ticket: Ticket, method: str) -> pb.TranslateResponse:
+        """Source latents (encoded on the source's compute thread when images come in) → the alignment, off the
+        event loop → on request, images from the target's compute thread."""
+        served = self._model(req.model)
+        to = served.model.check_translation_target(req.to)
+        fmt = requests.image_format(req.image_format)
+        n = item_count(req, "latents", served.latent_dim)
+        check_count(n, self.max_items)
+        target = self._model(to) if req.return_images else None
+        if req.WhichOneof("input") == "images":
+            served.model.require_encoder()
+            key = (served.key, "", ENCODE)
+            ticket.reserve(key, n)
+            parts = await self._run(served, key, requests.images(served, req.images), None, ticket, method,
+                                    lambda rows, _start: np.ascontiguousarray(rows[0], np.float32))
+            z = np.concatenate(parts)
+        else:
+            z = as_array(requests.latents(served, req))
+        translated = await asyncio.to_thread(served.model.translate, z, to)
+        if not np.isfinite(translated).all():
+            raise invalid("a translated latent is not finite: the input latents are far outside the source "
+                          "model's prior; pass latents of a few units (like N(0, I) samples)")
+        response = pb.TranslateResponse(latents=codec.to_tensor(translated), model=served.name,
+                                        model_version=served.version, target=to)
+        if target is not None:
+            key = (target.key, "", GENERATE)
+            ticket.reserve(key, n)
+            parts = await self._run(target, key, translated, None, ticket, method,
+                                    lambda rows, _start: image_payload(rows[0], fmt))
+            response.images.CopyFrom(join_images(parts, n, target.model.image_shape, fmt))
+        return response
+
+    async def Translate(self, request, context):
+        return await self._unary("Translate", self._translate, request, context)
+
     async def Traverse(self, request: pb.TraverseRequest, context) -> AsyncIterator[pb.TraverseFrame]:
         async def work(req: pb.TraverseRequest, ticket, method):
             served = self._model(req.model, req.repository_version)

@@ -16,7 +16,7 @@ def test_buckets_are_powers_of_two():
 
 
 def test_a_graph_sampler_needs_a_cuda_model():
-    with pytest.raises(ValueError, match="CUDA device.*PixelCNN.sample"):
+    with pytest.raises(ValueError, match=r"CUDA device.*PixelCNN\.sample"):
         GraphSampler(PixelCNN(SMALL).eval(), 4)
 
 

@@ -44,7 +44,8 @@ def test_service_has_the_issue_rpcs():
     from curvedit.v1 import latent_edit_pb2 as pb
 
     methods = set(pb.DESCRIPTOR.services_by_name["LatentEditService"].methods_by_name)
-    assert methods == {"ListModels", "GetModel", "Edit", "EditStream", "Traverse", "Generate", "Encode"}
+    assert methods == {"ListModels", "GetModel", "Edit", "EditStream", "Traverse", "Generate", "Encode",
+                       "Translate"}
     assert pb.DESCRIPTOR.package == "curvedit.v1"
 
 

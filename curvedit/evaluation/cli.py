@@ -33,7 +33,9 @@ def _bundles(args: argparse.Namespace) -> list[tuple[str, Path]]:
     out = []
     names = list(args.model or ())
     if not names and not args.no_default and not args.tiny:
-        names = list_models()
+        # The comparison table's models: the shapes and digits. The faces have their own evaluation
+        # (``python -m curvedit.evaluation.faces``): other factors, 64×64 images.
+        names = [n for n in list_models() if data_name(load_bundle(resolve_model(n))) in ("shapes", "digits")]
     paths = [resolve_model(name) for name in names]
     for p in paths:
         out.append((load_bundle(p).manifest.get("name", p.name), p))

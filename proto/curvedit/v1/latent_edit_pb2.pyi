@@ -210,6 +210,38 @@ class GenerateResponse(_message.Message):
     repository_version: int
     def __init__(self, images: _Optional[_Union[Images, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., repository_version: _Optional[int] = ...) -> None: ...
 
+class TranslateRequest(_message.Message):
+    __slots__ = ("model", "to", "latents", "seeds", "images", "return_images", "image_format")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    LATENTS_FIELD_NUMBER: _ClassVar[int]
+    SEEDS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    RETURN_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    to: str
+    latents: Tensor
+    seeds: Seeds
+    images: Images
+    return_images: bool
+    image_format: ImageFormat
+    def __init__(self, model: _Optional[str] = ..., to: _Optional[str] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., seeds: _Optional[_Union[Seeds, _Mapping]] = ..., images: _Optional[_Union[Images, _Mapping]] = ..., return_images: _Optional[bool] = ..., image_format: _Optional[_Union[ImageFormat, str]] = ...) -> None: ...
+
+class TranslateResponse(_message.Message):
+    __slots__ = ("latents", "model", "model_version", "target", "images")
+    LATENTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    latents: Tensor
+    model: str
+    model_version: str
+    target: str
+    images: Images
+    def __init__(self, latents: _Optional[_Union[Tensor, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., target: _Optional[str] = ..., images: _Optional[_Union[Images, _Mapping]] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -249,7 +281,7 @@ class EditorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., directions: _Optional[_Iterable[_Union[Direction, _Mapping]]] = ..., commutative: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "latent_dim", "image_shape", "editors", "default_editor", "engine", "max_items_per_request", "can_encode", "family", "digest", "fallbacks", "routes", "repository_version")
+    __slots__ = ("name", "version", "latent_dim", "image_shape", "editors", "default_editor", "engine", "max_items_per_request", "can_encode", "family", "digest", "fallbacks", "routes", "repository_version", "alignments")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LATENT_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -264,6 +296,7 @@ class ModelInfo(_message.Message):
     FALLBACKS_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     REPOSITORY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ALIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     latent_dim: int
@@ -278,7 +311,8 @@ class ModelInfo(_message.Message):
     fallbacks: _containers.RepeatedCompositeFieldContainer[EngineFallback]
     routes: _containers.RepeatedCompositeFieldContainer[EngineRoute]
     repository_version: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., latent_dim: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., editors: _Optional[_Iterable[_Union[EditorInfo, _Mapping]]] = ..., default_editor: _Optional[str] = ..., engine: _Optional[str] = ..., max_items_per_request: _Optional[int] = ..., can_encode: _Optional[bool] = ..., family: _Optional[str] = ..., digest: _Optional[str] = ..., fallbacks: _Optional[_Iterable[_Union[EngineFallback, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[EngineRoute, _Mapping]]] = ..., repository_version: _Optional[int] = ...) -> None: ...
+    alignments: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., latent_dim: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., editors: _Optional[_Iterable[_Union[EditorInfo, _Mapping]]] = ..., default_editor: _Optional[str] = ..., engine: _Optional[str] = ..., max_items_per_request: _Optional[int] = ..., can_encode: _Optional[bool] = ..., family: _Optional[str] = ..., digest: _Optional[str] = ..., fallbacks: _Optional[_Iterable[_Union[EngineFallback, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[EngineRoute, _Mapping]]] = ..., repository_version: _Optional[int] = ..., alignments: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EngineFallback(_message.Message):
     __slots__ = ("part", "reason")

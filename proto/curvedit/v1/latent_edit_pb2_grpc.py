@@ -76,6 +76,11 @@ class LatentEditServiceStub:
                 request_serializer=curvedit_dot_v1_dot_latent__edit__pb2.EncodeRequest.SerializeToString,
                 response_deserializer=curvedit_dot_v1_dot_latent__edit__pb2.EncodeResponse.FromString,
                 _registered_method=True)
+        self.Translate = channel.unary_unary(
+                '/curvedit.v1.LatentEditService/Translate',
+                request_serializer=curvedit_dot_v1_dot_latent__edit__pb2.TranslateRequest.SerializeToString,
+                response_deserializer=curvedit_dot_v1_dot_latent__edit__pb2.TranslateResponse.FromString,
+                _registered_method=True)
 
 
 class LatentEditServiceServicer:
@@ -137,6 +142,14 @@ class LatentEditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Translate(self, request, context):
+        """Maps latents (or real images) of one model into the latent space of a model it is aligned to (ModelInfo.
+        alignments), e.g. a photo-style face to its avatar; INVALID_ARGUMENT for a target without an alignment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LatentEditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -174,6 +187,11 @@ def add_LatentEditServiceServicer_to_server(servicer, server):
                     servicer.Encode,
                     request_deserializer=curvedit_dot_v1_dot_latent__edit__pb2.EncodeRequest.FromString,
                     response_serializer=curvedit_dot_v1_dot_latent__edit__pb2.EncodeResponse.SerializeToString,
+            ),
+            'Translate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Translate,
+                    request_deserializer=curvedit_dot_v1_dot_latent__edit__pb2.TranslateRequest.FromString,
+                    response_serializer=curvedit_dot_v1_dot_latent__edit__pb2.TranslateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -372,6 +390,33 @@ class LatentEditService:
             '/curvedit.v1.LatentEditService/Encode',
             curvedit_dot_v1_dot_latent__edit__pb2.EncodeRequest.SerializeToString,
             curvedit_dot_v1_dot_latent__edit__pb2.EncodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Translate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/curvedit.v1.LatentEditService/Translate',
+            curvedit_dot_v1_dot_latent__edit__pb2.TranslateRequest.SerializeToString,
+            curvedit_dot_v1_dot_latent__edit__pb2.TranslateResponse.FromString,
             options,
             channel_credentials,
             insecure,

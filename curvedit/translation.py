@@ -1,0 +1,91 @@
+"""Translating latents between two models whose latent spaces are aligned (``curvedit.models.alignment``).
+
+A source bundle stores one map per target model (``manifest["alignments"][TARGET]``) together with the target's
+name, digest and editor at training time. ``Translator`` loads the target once, refuses it if its digest changed
+(the map was learned for that exact model), and maps checked latents ``[n, d_s]`` to target latents ``[n, d_t]``.
+``align_bundle`` trains a map between two bundles and stores it in the source bundle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from curvedit.bundle import Bundle, add_alignment, load_bundle
+from curvedit.errors import InputError
+from curvedit.models.alignment import AlignmentTrainConfig, train_alignment, translate_latents
+
+
+def _fix(source: str) -> str:
+    return (f"the shipped faces models are aligned by their recipes (`curvedit train recipe faces-avatar`, then "
+            f"`curvedit train recipe faces-photo`); for another pair, align a bundle with "
+            f"`curvedit.translation.align_bundle(BUNDLE_OF_{source.upper()}, TARGET)`")
+
+
+class Translator:
+    """The maps a source bundle holds, with their targets loaded lazily (one load per target)."""
+
+    def __init__(self, bundle: Bundle, name: str):
+        self.bundle, self.name = bundle, name
+        self._targets: dict[str, Bundle] = {}
+
+    @property
+    def targets(self) -> list[str]:
+        return sorted(self.bundle.alignments)
+
+    def check_target(self, to: str) -> str:
+        if not isinstance(to, str) or not to:
+            raise InputError(f"name the target model to translate to (to=...); model {self.name!r} can translate "
+                             f"to {self.targets}")
+        if to not in self.bundle.alignments:
+            where = f"it can translate to {self.targets}" if self.targets else "it holds no alignment"
+            raise InputError(f"model {self.name!r} has no alignment to {to!r}: {where}; {_fix(self.name)}")
+        return to
+
+    def target(self, to: str) -> Bundle:
+        """The target's bundle, checked against the digest the map was trained for."""
+        to = self.check_target(to)
+        if to not in self._targets:
+            from curvedit.api import resolve_model
+
+            entry = self.bundle.manifest["alignments"][to]["target"]
+            bundle = load_bundle(resolve_model(entry["name"]))
+            if bundle.digest != entry["digest"]:
+                raise InputError(f"model {self.name!r}'s alignment to {to!r} was trained against its bundle "
+                                 f"{entry['digest'][:12]}…, but {to!r} is now {bundle.digest[:12]}…: the map does "
+                                 f"not fit it; {_fix(self.name)}")
+            self._targets[to] = bundle
+        return self._targets[to]
+
+    @torch.no_grad()
+    def translate(self, z: np.ndarray, to: str) -> np.ndarray:
+        """Checked source latents float32 ``[n, d_s]`` → target latents float32 ``[n, d_t]``."""
+        target = self.target(to)
+        entry = self.bundle.manifest["alignments"][to]
+        source_editor = self.bundle.editors[entry["source_editor"]]
+        target_editor = target.editors[entry["target"]["editor"]]
+        out = translate_latents(source_editor, self.bundle.alignments[to], target_editor, torch.tensor(z))
+        return out.numpy().astype(np.float32, copy=False)
+
+
+def align_bundle(source: str | Path, target: str, config: AlignmentTrainConfig = AlignmentTrainConfig(),
+                 progress: bool = True) -> dict:
+    """Train the map of bundle ``source``'s latents onto model ``target``'s (a shipped name or a bundle path;
+    both need a supervised DeCurvEd default editor over the same directions, and a factor regressor) and store it
+    in ``source``. Returns the training report."""
+    from curvedit.api import resolve_model
+
+    src, tgt = load_bundle(source), load_bundle(resolve_model(target))
+    for role, bundle in (("source", src), ("target", tgt)):
+        if bundle.regressor is None:
+            raise ValueError(f"the {role} bundle {bundle.path} has no factor regressor: alignment reads factors")
+    name = tgt.manifest.get("name", tgt.path.name)
+    alignment, report = train_alignment(
+        (src.generator, src.editors[src.default_editor], src.regressor),
+        (tgt.generator, tgt.editors[tgt.default_editor], tgt.regressor), config, progress)
+    entry = {"source_editor": src.default_editor, "training": report,
+             "target": {"name": name, "digest": tgt.digest, "editor": tgt.default_editor}}
+    add_alignment(source, name, alignment, entry)
+    return report
