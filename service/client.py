@@ -62,22 +62,27 @@ def images_message(images) -> pb.Images:
     return pb.Images(format=pb.IMAGE_FORMAT_PNG, png=[bytes(f) for f in files])
 
 
-def edit_request(latents=None, seeds: Iterable[int] | None = None, edits: Mapping[str, float] | None = None,
-                 amounts: np.ndarray | None = None, directions: Sequence[str] = (), model: str = "",
-                 editor: str = "", images: str = "none", id: str = "", input_images=None) -> pb.EditRequest:
-    """Build an ``EditRequest``: ``latents [n, d]``, ``seeds`` or real ``input_images``; ``edits`` for all or
-    ``amounts [n, K]``; ``images`` is the format the edited images come back in ("none", "raw", "png")."""
+def _with_input(request, latents, seeds, input_images):
+    """``request`` (an Edit- or TranslateRequest) given exactly one of latents ``[n, d]``, seeds or real images."""
     if sum(x is not None for x in (latents, seeds, input_images)) != 1:
         raise ValueError("pass exactly one of latents= (float32 [n, d]), seeds= or input_images=")
-    request = pb.EditRequest(model=model, editor=editor, id=id,
-                             edits=[pb.DirectionAmount(direction=k, amount=float(v)) for k, v in
-                                    (edits or {}).items()])
     if latents is not None:
         request.latents.CopyFrom(codec.to_tensor(np.asarray(latents, dtype=np.float32)))
     elif seeds is not None:
         request.seeds.seeds.extend(int(s) for s in seeds)
     else:
         request.images.CopyFrom(images_message(input_images))
+    return request
+
+
+def edit_request(latents=None, seeds: Iterable[int] | None = None, edits: Mapping[str, float] | None = None,
+                 amounts: np.ndarray | None = None, directions: Sequence[str] = (), model: str = "",
+                 editor: str = "", images: str = "none", id: str = "", input_images=None) -> pb.EditRequest:
+    """Build an ``EditRequest``: ``latents [n, d]``, ``seeds`` or real ``input_images``; ``edits`` for all or
+    ``amounts [n, K]``; ``images`` is the format the edited images come back in ("none", "raw", "png")."""
+    request = _with_input(pb.EditRequest(model=model, editor=editor, id=id,
+                                         edits=[pb.DirectionAmount(direction=k, amount=float(v)) for k, v in
+                                                (edits or {}).items()]), latents, seeds, input_images)
     if amounts is not None:
         request.amounts.CopyFrom(pb.Amounts(directions=list(directions), amounts=codec.to_tensor(amounts)))
     if images != "none":
@@ -129,17 +134,10 @@ def translate_request(to: str, latents=None, seeds=None, input_images=None, mode
                       images: str = "none") -> pb.TranslateRequest:
     """A ``TranslateRequest`` from exactly one of latents ``[n, d]``, seeds or real images; ``images``: ``"none"``,
     ``"raw"`` or ``"png"`` (render with the target)."""
-    if sum(x is not None for x in (latents, seeds, input_images)) != 1:
-        raise ValueError("pass exactly one of latents= (float32 [n, d]), seeds= or input_images=")
-    request = pb.TranslateRequest(model=model, to=to, return_images=images != "none")
+    request = _with_input(pb.TranslateRequest(model=model, to=to, return_images=images != "none"), latents,
+                          seeds, input_images)
     if images != "none":
         request.image_format = codec.image_format(images)
-    if latents is not None:
-        request.latents.CopyFrom(codec.to_tensor(np.asarray(latents, dtype=np.float32)))
-    elif seeds is not None:
-        request.seeds.seeds.extend(int(s) for s in seeds)
-    else:
-        request.images.CopyFrom(images_message(input_images))
     return request
 
 
