@@ -63,7 +63,8 @@ def test_photo_translates_to_avatar_only(photo, avatar):
 
 
 # The factors both small VAEs carry (R² ≥ 0.99 of their own reconstructions); eye size, eye spacing, smile and
-# brow height are blurred away by both (R² ≈ 0), so no map can carry them (docs/FACES.md).
+# brow height are lost by both (R² ≈ 0; not blur: σ = 0.3 keeps them no better), so no map can carry them
+# (docs/FACES.md).
 CARRIED = ("face_width", "tilt", "skin_tone", "hair_colour")
 
 
