@@ -16,7 +16,6 @@ memory) unless ``--bundle`` names a bundle whose generator is a PixelCNN (its sh
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -25,6 +24,7 @@ import time
 
 import torch
 
+from curvedit.models.files import write_csv
 from curvedit.models.pixelcnn import PixelCNN, PixelCNNConfig
 
 LABELS = {"naive": "torch naive", "fast": "torch fast", "ort": "onnxruntime", "graphs": "CUDA graphs"}
@@ -127,10 +127,7 @@ def main(argv=None) -> int:
               + f" | {rate[others[-1]] / rate['fast']:.2f}× | "
               + ", ".join(str(r[f"{name}_identical"]) for name in others) + f" | {r['load']} |")
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(args.csv, rows)
     return 0
 
 

@@ -14,7 +14,6 @@ directory, and every Ray run's files are compared byte for byte with the first i
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 import shutil
@@ -24,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from curvedit.models.files import write_csv
 from curvedit.service.batch_job import BatchJob, run_batch_job
 from curvedit.service.ray_job import RayOptions, run_ray_job
 
@@ -54,10 +54,7 @@ def main(argv=None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     table(rows)
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(args.csv, rows)
     return 0
 
 

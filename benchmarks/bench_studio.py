@@ -21,7 +21,6 @@ chromium-driver``). Prints a table and writes CSV.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import statistics
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from curvedit.models.files import write_csv
 from curvedit.service.background import BackgroundServer
 from curvedit.service.config import ServeConfig
 
@@ -191,11 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = rows[0]["p50_ms"] / rows[-1]["p50_ms"]
     print(f"page / python client, p50: {ratio:.2f}×")
     out = Path(args.csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*rows[0], "model", "engine"])
-        writer.writeheader()
-        writer.writerows({**r, "model": args.model, "engine": engine} for r in rows)
+    write_csv(out, [{**r, "model": args.model, "engine": engine} for r in rows])
     print(f"→ {out}" + (f", {args.screenshot}" if args.screenshot else ""))
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -32,6 +33,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
+    """``rows`` (dicts with the same keys, in order) as a CSV with a header, written atomically."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return atomic_write(path, write)
+
+
+def save_generator_weights(model: torch.nn.Module, run_dir: str | os.PathLike) -> Path:
+    """``run_dir/generator.safetensors``: ``model``'s state dict (contiguous tensors), written atomically."""
+    from safetensors.torch import save_file
+
+    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+    return atomic_write(Path(run_dir) / "generator.safetensors", lambda tmp: save_file(weights, tmp))
 
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:

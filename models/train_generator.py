@@ -12,11 +12,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from curvedit.models.files import atomic_write, image_grid, load_checkpoint, save_checkpoint, save_png, to_uint8
+from curvedit.models.files import (
+    image_grid,
+    load_checkpoint,
+    save_checkpoint,
+    save_generator_weights,
+    save_png,
+    to_uint8,
+)
 from curvedit.models.generator import Discriminator, Generator, GeneratorConfig
 from curvedit.models.renderer import RenderedShapes
 
@@ -131,8 +137,7 @@ def train_generator(
     bar.close()
 
     ema.eval()
-    weights = {k: v.contiguous() for k, v in ema.state_dict().items()}
-    atomic_write(out_dir / "generator.safetensors", lambda tmp: save_file(weights, tmp))
+    save_generator_weights(ema, out_dir)
     if progress and start < train_config.steps:
         print(f"generator: {train_config.steps - start} steps in {time.time() - t0:.0f} s → {out_dir}")
     return ema

@@ -16,11 +16,17 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from curvedit.models.files import atomic_write, image_grid, load_checkpoint, save_checkpoint, save_png, to_uint8
+from curvedit.models.files import (
+    image_grid,
+    load_checkpoint,
+    save_checkpoint,
+    save_generator_weights,
+    save_png,
+    to_uint8,
+)
 from curvedit.models.infogan import InfoDiscriminator, InfoGAN, InfoGANConfig, InfoGANTrainConfig, info_loss
 from curvedit.models.renderer import RenderedShapes
 from curvedit.models.train_generator import _update_ema, sample_grid
@@ -101,8 +107,7 @@ def train_infogan(out_dir: str | Path, config: InfoGANConfig = InfoGANConfig(),
             checkpoint(step + 1)
     bar.close()
     ema = debias(ema, initial, train_config.ema_decay, train_config.steps).eval()
-    weights = {k: v.contiguous() for k, v in ema.state_dict().items()}
-    atomic_write(out_dir / "generator.safetensors", lambda tmp: save_file(weights, tmp))
+    save_generator_weights(ema, out_dir)
     if progress and start < train_config.steps:
         print(f"infogan: {train_config.steps - start} steps in {time.time() - t0:.0f} s → {out_dir}")
     return ema

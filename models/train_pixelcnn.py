@@ -9,12 +9,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch.nn import functional as F
 from tqdm import tqdm
 
 from curvedit.models.datasets import make_dataset
-from curvedit.models.files import atomic_write, image_grid, load_checkpoint, save_checkpoint, save_png, to_uint8
+from curvedit.models.files import (
+    image_grid,
+    load_checkpoint,
+    save_checkpoint,
+    save_generator_weights,
+    save_png,
+    to_uint8,
+)
 from curvedit.models.pixelcnn import PixelCNN, PixelCNNConfig, dequantise, quantise
 
 
@@ -114,8 +120,7 @@ def train_pixelcnn(run_dir: str | Path, config: PixelCNNConfig, train_config: Pi
             checkpoint(step + 1)
     bar.close()
     model.eval()
-    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
-    atomic_write(run_dir / "generator.safetensors", lambda tmp: save_file(weights, tmp))
+    save_generator_weights(model, run_dir)
     if progress and start < train_config.steps:
         print(f"pixelcnn: {train_config.steps - start} steps in {time.time() - t0:.0f} s → {run_dir}")
     return model

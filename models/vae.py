@@ -21,13 +21,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
 from curvedit.models.datasets import DATASETS, channels_of, make_dataset
 from curvedit.models.families import GeneratorFamily, register_family
-from curvedit.models.files import atomic_write, image_grid, load_checkpoint, save_checkpoint, save_png, to_uint8
+from curvedit.models.files import (
+    image_grid,
+    load_checkpoint,
+    save_checkpoint,
+    save_generator_weights,
+    save_png,
+    to_uint8,
+)
 
 
 @dataclass(frozen=True)
@@ -219,8 +225,7 @@ def train_vae(run_dir: str | Path, config: VAEConfig, train_config: VAETrainConf
             checkpoint(step + 1)
     bar.close()
     vae.eval()
-    weights = {k: v.contiguous() for k, v in vae.state_dict().items()}
-    atomic_write(run_dir / "generator.safetensors", lambda tmp: save_file(weights, tmp))
+    save_generator_weights(vae, run_dir)
     if progress and start < train_config.steps:
         print(f"vae: {train_config.steps - start} steps in {time.time() - t0:.0f} s → {run_dir}")
     return vae

@@ -37,6 +37,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from curvedit.client import edit_request
+from curvedit.models.files import write_csv
 from curvedit.v1 import latent_edit_pb2_grpc as pb_grpc
 
 SERVING = re.compile(r"SERVING .* on [\w.]+:(\d+); metrics (?:http://[\w.]+:(\d+)/metrics|off)")
@@ -406,12 +407,7 @@ def run(args) -> int:
         verdict = "-" if c["goal"] == 0.0 else "met" if c["met"] else "MISSED"
         print(f"{c['model']:<12} {c['target']:<62} {c['value']:8.2f}  {verdict}")
     if args.csv:
-        import csv
-
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(asdict(cells[0])))
-            writer.writeheader()
-            writer.writerows(asdict(c) for c in cells)
+        write_csv(args.csv, [asdict(c) for c in cells])
     if args.json:
         print(json.dumps({"cells": [asdict(c) for c in cells], "checks": checks}, indent=2))
     return 0

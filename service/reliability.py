@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import csv
 import json
 import signal
 import sys
@@ -30,6 +29,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from curvedit.client import edit_request
+from curvedit.models.files import write_csv
 from curvedit.service.errors import PUSHBACK_KEY
 from curvedit.service.loadtest import OPTIONS, ServerProcess
 from curvedit.v1 import latent_edit_pb2_grpc as pb_grpc
@@ -270,10 +270,7 @@ def run(args) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(_finite(report), indent=2) + "\n")
         if report.get("overload"):
-            with open(Path(args.out).with_suffix(".csv"), "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(report["overload"][0]))
-                writer.writeheader()
-                writer.writerows(report["overload"])
+            write_csv(Path(args.out).with_suffix(".csv"), report["overload"])
     return 0
 
 
