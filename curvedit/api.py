@@ -94,7 +94,10 @@ class Model:
                  engine_options: dict | None = None):
         self.bundle = bundle
         self._engine = make_engine(bundle, engine, device, engine_options)
-        self._translator = Translator(bundle, self.name)
+        self.translator = Translator(bundle, self.name)
+
+    # ``translator``: translation below this facade, like ``runtime``: ``translator.translate(z, to)`` takes
+    # checked latents and a checked target name (``check_translation_target``) and checks neither again.
 
     @property
     def runtime(self):
@@ -280,11 +283,11 @@ class Model:
     @property
     def alignments(self) -> list[str]:
         """The models this one's latents can be translated to (``translate``)."""
-        return self._translator.targets
+        return self.translator.targets
 
     def check_translation_target(self, to: str) -> str:
         """``to`` if this model has an alignment to it; else ``ValueError`` naming the ones it has, and the fix."""
-        return self._translator.check_target(to)
+        return self.translator.check_target(to)
 
     def translate(self, inputs, to: str) -> np.ndarray:
         """Latents of model ``to`` float32 ``[n, d_t]`` that show what ``inputs`` show, in ``to``'s domain.
@@ -302,7 +305,7 @@ class Model:
         else:
             raise InputError(f"translate takes latents float32 [n, {self.latent_dim}] or images uint8 "
                              f"[n, H, W, 3], got {array.dtype} of shape {list(array.shape)}")
-        return self._translator.translate(z, to)
+        return self.translator.translate(z, to)
 
     def __repr__(self) -> str:
         return (f"Model(name={self.name!r}, version={self.version!r}, latent_dim={self.latent_dim}, "

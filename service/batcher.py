@@ -190,7 +190,7 @@ class BatchQueue:
         for key in list(self._queues):
             queue, kept = self._queues[key], deque()
             for e in queue:
-                reason = self._stale(e, now)
+                reason = stale(e, now)
                 if reason is None:
                     kept.append(e)
                 else:
@@ -238,7 +238,7 @@ class BatchQueue:
         queue, taken, size = self._queues[key], [], 0
         while queue and size + queue[0].n <= self.max_batch_size:
             e = queue.popleft()
-            reason_dropped = self._stale(e, now)
+            reason_dropped = stale(e, now)
             if reason_dropped is None:
                 taken.append(e)
                 size += e.n
@@ -252,10 +252,6 @@ class BatchQueue:
         else:
             self._loaded.discard(stage_of(key))
         return Batch(key, taken, bucket_for(size, self.max_batch_size), released=now, reason=reason)
-
-    @staticmethod
-    def _stale(e: Entry, now: float) -> str | None:
-        return stale(e, now)
 
     def next_wakeup(self, now: float, busy: Collection[Hashable] = ()) -> float | None:
         """Seconds until some key on a free stage may leave (0 = now), ``None`` if none will without an event

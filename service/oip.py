@@ -242,7 +242,7 @@ class Inference:
     async def _translated(self, served: ServedModel, z: np.ndarray, to: str, target: ServedModel | None,
                           wanted: list[str], ticket: Ticket) -> list[InferOutput]:
         """The edited latents translated into model ``to`` (off the event loop), rendered by ``target``."""
-        translated = await asyncio.to_thread(served.model.translate, z, to)
+        translated = await asyncio.to_thread(served.model.translator.translate, z, to)
         n, out = len(translated), []
         image = b""
         if target is not None:

@@ -295,7 +295,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             z = np.concatenate(parts)
         else:
             z = as_array(requests.latents(served, req))
-        translated = await asyncio.to_thread(served.model.translate, z, to)
+        translated = await asyncio.to_thread(served.model.translator.translate, z, to)
         if not np.isfinite(translated).all():
             raise invalid("a translated latent is not finite: the input latents are far outside the source "
                           "model's prior; pass latents of a few units (like N(0, I) samples)")
