@@ -3,7 +3,9 @@
 A source bundle stores one map per target model (``manifest["alignments"][TARGET]``) together with the target's
 name, digest and editor at training time. ``Translator`` loads the target once, refuses it if its digest changed
 (the map was learned for that exact model), and maps checked latents ``[n, d_s]`` to target latents ``[n, d_t]``.
-``align_bundle`` trains a map between two bundles and stores it in the source bundle.
+A map also runs backwards, exactly (``LatentAlignment.inverse``): a model translates to every shipped model that
+holds a map onto this very bundle (same name and digest), so ``faces-avatar`` translates to ``faces-photo`` with
+the map ``faces-photo`` stores. ``align_bundle`` trains a map between two bundles and stores it in the source.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from curvedit.bundle import Bundle, add_alignment, load_bundle
+from curvedit.bundle import Bundle, add_alignment, load_bundle, read_manifest
 from curvedit.errors import InputError
 from curvedit.models.alignment import AlignmentTrainConfig, train_alignment, translate_latents
 
@@ -30,26 +32,47 @@ class Translator:
     def __init__(self, bundle: Bundle, name: str):
         self.bundle, self.name = bundle, name
         self._targets: dict[str, Bundle] = {}
+        self._reverse: list[str] | None = None  # shipped models holding a map onto this bundle (found lazily)
 
     @property
     def targets(self) -> list[str]:
-        return sorted(self.bundle.alignments)
+        return sorted({*self.bundle.alignments, *self.reverse_targets})
+
+    @property
+    def reverse_targets(self) -> list[str]:
+        """The shipped models whose stored map targets this very bundle (its name and digest): this model
+        translates to each of them through that map's inverse."""
+        if self._reverse is None:
+            from curvedit.api import list_models, shipped_models_dir
+
+            self._reverse = []
+            for other in list_models():
+                if other == self.name or other in self.bundle.alignments:
+                    continue
+                entry = read_manifest(shipped_models_dir() / other).get("alignments", {}).get(self.name)
+                if entry is not None and entry["target"]["digest"] == self.bundle.digest:
+                    self._reverse.append(other)
+        return self._reverse
 
     def check_target(self, to: str) -> str:
         if not isinstance(to, str) or not to:
             raise InputError(f"name the target model to translate to (to=...); model {self.name!r} can translate "
                              f"to {self.targets}")
-        if to not in self.bundle.alignments:
+        if to not in self.bundle.alignments and to not in self.reverse_targets:
             where = f"it can translate to {self.targets}" if self.targets else "it holds no alignment"
             raise InputError(f"model {self.name!r} has no alignment to {to!r}: {where}; {_fix(self.name)}")
         return to
 
     def target(self, to: str) -> Bundle:
-        """The target's bundle, checked against the digest the map was trained for."""
+        """The target's bundle: checked against the digest the map was trained for, or (a map read backwards)
+        the bundle holding the map, which was checked against this one when ``reverse_targets`` found it."""
         to = self.check_target(to)
         if to not in self._targets:
             from curvedit.api import resolve_model
 
+            if to not in self.bundle.alignments:
+                self._targets[to] = load_bundle(resolve_model(to))
+                return self._targets[to]
             entry = self.bundle.manifest["alignments"][to]["target"]
             bundle = load_bundle(resolve_model(entry["name"]))
             if bundle.digest != entry["digest"]:
@@ -63,10 +86,14 @@ class Translator:
     def translate(self, z: np.ndarray, to: str) -> np.ndarray:
         """Checked source latents float32 ``[n, d_s]`` → target latents float32 ``[n, d_t]``."""
         target = self.target(to)
-        entry = self.bundle.manifest["alignments"][to]
-        source_editor = self.bundle.editors[entry["source_editor"]]
-        target_editor = target.editors[entry["target"]["editor"]]
-        out = translate_latents(source_editor, self.bundle.alignments[to], target_editor, torch.tensor(z))
+        if to in self.bundle.alignments:
+            entry = self.bundle.manifest["alignments"][to]
+            out = translate_latents(self.bundle.editors[entry["source_editor"]], self.bundle.alignments[to],
+                                    target.editors[entry["target"]["editor"]], torch.tensor(z))
+        else:  # the target holds the map onto this model: read it backwards
+            entry = target.manifest["alignments"][self.name]
+            out = translate_latents(self.bundle.editors[entry["target"]["editor"]], target.alignments[self.name],
+                                    target.editors[entry["source_editor"]], torch.tensor(z), inverse=True)
         return out.numpy().astype(np.float32, copy=False)
 
 

@@ -8,7 +8,8 @@ Both models have a supervised DeCurvEd editor whose directions are the same name
 where ``u`` are the K factor axes, ``r`` the remaining ``d − K`` coordinates, ``b`` a shift per factor and
 ``(W, c)`` an affine map of the rest. ``A`` never mixes factor axes with the rest and moves each factor axis by a
 constant, so editing then translating equals translating then editing, by construction:
-``translate(edit_s(z, t)) = f_t⁻¹(A(f_s(z)) + t) = edit_t(translate(z), t)`` (to float error).
+``translate(edit_s(z, t)) = f_t⁻¹(A(f_s(z)) + t) = edit_t(translate(z), t)`` (to float error). ``A`` is invertible
+wherever ``W`` is, so one map also translates back, target to source, exactly: ``f_s⁻¹(A⁻¹(f_t(z)))``.
 
 Training needs no pairs: source latents ``z ~ N(0, I)`` are rendered by the source generator and read by the
 source's factor regressor; the translated latents are rendered by the target generator and read by the target's
@@ -91,10 +92,19 @@ class LatentAlignment(nn.Module):
         k = len(self.directions)
         return torch.cat([v[:, :k] + self.shift, v[:, k:] @ self.rest_weight.t() + self.rest_bias], dim=1)
 
+    def inverse(self, v: torch.Tensor) -> torch.Tensor:
+        """``A⁻¹``: the factor axes shifted back, the rest through the inverse affine map (solved)."""
+        k = len(self.directions)
+        rest = torch.linalg.solve(self.rest_weight, (v[:, k:] - self.rest_bias).t()).t()
+        return torch.cat([v[:, :k] - self.shift, rest], dim=1)
 
-def translate_latents(source: DeCurvEd, alignment: LatentAlignment, target: DeCurvEd, z: torch.Tensor):
-    """Source latents ``z [batch, d_s]`` → target latents ``[batch, d_t]``: ``f_t⁻¹(A(f_s(z)))``."""
-    return target.decode(alignment(source.encode(z)))
+
+def translate_latents(source: DeCurvEd, alignment: LatentAlignment, target: DeCurvEd, z: torch.Tensor,
+                      inverse: bool = False):
+    """Source latents ``z [batch, d_s]`` → target latents ``[batch, d_t]``: ``f_t⁻¹(A(f_s(z)))``; with
+    ``inverse``, the map is read backwards (``source`` is then the map's target): ``f_t⁻¹(A⁻¹(f_s(z)))``."""
+    v = source.encode(z)
+    return target.decode(alignment.inverse(v) if inverse else alignment(v))
 
 
 def check_alignable(source: DeCurvEd, target: DeCurvEd) -> None:

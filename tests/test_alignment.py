@@ -48,6 +48,17 @@ def test_edit_then_translate_equals_translate_then_edit_for_any_map(seed):
     assert (edit_first - translate_first).norm() / (translate_first - translated).norm() < 1e-10
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_inverse_map_translates_back_exactly(seed):
+    source, target = (editor.double() for editor in _editors())  # random flows: float64 keeps the check exact
+    alignment = randomize(LatentAlignment(8, DIRECTIONS), seed=seed).double()
+    z = torch.randn(64, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    v = torch.randn(64, 8, generator=torch.Generator().manual_seed(seed + 7), dtype=torch.float64)
+    torch.testing.assert_close(alignment.inverse(alignment(v)), v)
+    there = translate_latents(source, alignment, target, z)
+    torch.testing.assert_close(translate_latents(target, alignment, source, there, inverse=True), z)
+
+
 def test_editors_over_different_directions_are_refused():
     source, _ = _editors()
     other = DeCurvEd(8, ["x", "y", "scale", "hue"], hidden=16, layers=4)

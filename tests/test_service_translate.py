@@ -39,7 +39,16 @@ def models():
 def test_model_info_lists_the_alignment(client):
     infos = {info.name: info for info in client.list_models()}
     assert list(infos["faces-photo"].alignments) == ["faces-avatar"]
-    assert list(infos["faces-avatar"].alignments) == []
+    assert list(infos["faces-avatar"].alignments) == ["faces-photo"]  # the photo's map, read backwards
+
+
+def test_avatar_latents_translate_back_to_photo_latents(client, models):
+    photo, avatar = models
+    z = photo.sample(4, seed=9)
+    there, _ = client.translate("faces-avatar", latents=z, model="faces-photo")
+    back, _ = client.translate("faces-photo", latents=there, model="faces-avatar")
+    np.testing.assert_allclose(back, avatar.translate(there, to="faces-photo"), atol=1e-5)
+    np.testing.assert_allclose(back, z, atol=1e-3)
 
 
 def test_latents_translate_as_in_the_api(client, models):
@@ -65,7 +74,7 @@ def test_seeds_and_image_files_translate(client, models):
 
 @pytest.mark.parametrize("kwargs, code, message", [
     ({"to": "shapes-vae", "model": "faces-photo"}, grpc.StatusCode.INVALID_ARGUMENT, "no alignment to"),
-    ({"to": "faces-photo", "model": "faces-avatar"}, grpc.StatusCode.INVALID_ARGUMENT, "holds no alignment"),
+    ({"to": "faces-avatar", "model": "faces-avatar"}, grpc.StatusCode.INVALID_ARGUMENT, "no alignment to"),
     ({"to": "faces-avatar", "model": "nobody"}, grpc.StatusCode.NOT_FOUND, "no model named"),
     ({"to": "", "model": "faces-photo"}, grpc.StatusCode.INVALID_ARGUMENT, "name the target"),
 ])
