@@ -100,6 +100,10 @@ class Rendered:
     def next_batch(self, n: int) -> torch.Tensor:
         return self.stream.next_batch(n)[0]
 
+    def next_labelled(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images, standardised factors)``: the same draw as ``next_batch`` (it advances the stream alike)."""
+        return self.stream.next_batch(n)
+
     def held_out(self, n: int = 1000) -> torch.Tensor:
         return self.held_out_labelled(n)[0]
 

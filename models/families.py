@@ -13,7 +13,8 @@ Every family provides
 - the features the fitted baselines need: ``linear_map()`` (SeFa: the weight ``[out, d]`` of the first linear layer
   acting on z, or ``None``) and ``edit_features(z) → [n, F]`` (GANSpace: an early nonlinear layer; default: the
   output pixels, pooled);
-- its training recipe: ``train_recipe(run_dir, config, train_config, progress)`` (classmethod);
+- its training recipe: ``train_recipe(run_dir, config, train_config, progress)`` (classmethod; the VAE's also takes
+  ``regressor=`` for its factor-consistency term);
 some also provide
 - ``encode(images [n, 3, H, W] in [-1, 1]) → z [n, d]`` (``can_encode``; the posterior mean for VAEs);
 - ``code_axes()``: the latent coordinates the family was trained to make independent controls (InfoGAN's codes;

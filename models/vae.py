@@ -9,7 +9,11 @@ At 32×32 there are three resolution levels of widths c, 2c, 4c; at 64×64 four,
 Grayscale data (``channels = 1``) decodes to grey RGB, and the encoder reads the mean of the RGB channels.
 
 Training maximises the ELBO with a Gaussian likelihood of fixed scale ``sigma`` (in [-1, 1] pixel units) and the
-KL term weighted by ``beta`` (1 = the plain VAE; > 1 = β-VAE), linearly warmed up over ``kl_warmup`` steps.
+KL term weighted by ``beta`` (1 = the plain VAE; > 1 = β-VAE), linearly warmed up over ``kl_warmup`` steps. On
+labelled renders, ``factor_weight`` > 0 adds a factor-consistency term: a frozen factor regressor reads each
+reconstruction, and its squared error against the render's known factors (summed over factors, in standardised
+units) is added to the negative log-likelihood with that weight. Features a few pixels wide (the faces' eyes, brows
+and mouth) cost the pixel likelihood too little for a small VAE to encode them; this term makes them count.
 
 Reference: Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014; Higgins et al., "β-VAE", ICLR 2017.
 """
@@ -24,7 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from curvedit.models.datasets import DATASETS, channels_of, make_dataset
+from curvedit.models.datasets import DATASETS, LABELLED, channels_of, make_dataset
 from curvedit.models.families import GeneratorFamily, register_family
 from curvedit.models.files import (
     image_grid,
@@ -79,15 +83,25 @@ class VAETrainConfig:
     kl_warmup: int = 2000
     checkpoint_every: int = 1000
     seed: int = 0
+    factor_weight: float = 0.0  # the factor-consistency term's weight (labelled data and a regressor); 0 = off
 
     def __post_init__(self):
         if self.data not in DATASETS:
             raise ValueError(f"data must be one of {list(DATASETS)}, got {self.data!r}")
         if self.beta < 0 or self.sigma <= 0 or self.steps < 1:
             raise ValueError(f"need beta >= 0, sigma > 0, steps >= 1; got {self.beta}, {self.sigma}, {self.steps}")
+        if self.factor_weight < 0:
+            raise ValueError(f"factor_weight must be >= 0, got {self.factor_weight}")
+        if self.factor_weight > 0 and self.data not in LABELLED:
+            raise ValueError(f"factor_weight needs a labelled render set ({list(LABELLED)}); {self.data!r} has "
+                             "no factors: set factor_weight=0")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, without ``factor_weight`` when it is off (so runs and bundles written before it match)."""
+        fields = asdict(self)
+        if self.factor_weight == 0:
+            del fields["factor_weight"]
+        return fields
 
 
 @register_family
@@ -143,19 +157,20 @@ class VAE(GeneratorFamily):
 
     @classmethod
     def train_recipe(cls, run_dir: Path, config: VAEConfig, train_config: VAETrainConfig,
-                     progress: bool = True) -> VAE:
-        return train_vae(run_dir, config, train_config, progress)
+                     progress: bool = True, regressor: nn.Module | None = None) -> VAE:
+        return train_vae(run_dir, config, train_config, progress, regressor)
 
 
 def elbo_terms(vae: VAE, images: torch.Tensor, sigma: float, noise: torch.Generator | None = None):
-    """Per image ``(reconstruction negative log-likelihood up to a constant, KL)``, each ``[n]``; one z sample."""
+    """Per image ``(reconstruction negative log-likelihood up to a constant, KL, reconstruction)``, the first two
+    ``[n]``; one z sample."""
     mean, logvar = vae.posterior(images)
     eps = torch.randn(mean.shape, generator=noise, device=mean.device)
     z = mean + eps * (0.5 * logvar).exp()
     recon = vae.body(vae.fc(z))
     nll = (recon - images).pow(2).flatten(1).sum(1) / (2 * sigma**2)
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
-    return nll, kl
+    return nll, kl, recon
 
 
 def psnr(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
@@ -165,14 +180,20 @@ def psnr(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
 
 
 def train_vae(run_dir: str | Path, config: VAEConfig, train_config: VAETrainConfig,
-              progress: bool = True) -> VAE:
+              progress: bool = True, regressor: nn.Module | None = None) -> VAE:
     """Train (or resume from ``run_dir/checkpoint.pt``) a VAE; writes ``generator.safetensors``, ``samples.png``
-    and ``reconstructions.png`` (held-out top, reconstruction below) into ``run_dir``. Returns it in eval mode."""
+    and ``reconstructions.png`` (held-out top, reconstruction below) into ``run_dir``. Returns it in eval mode.
+    ``regressor`` (the data's factor regressor, kept frozen) is needed when ``factor_weight`` > 0."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if channels_of(train_config.data) != config.channels:
         raise ValueError(f"data {train_config.data!r} has {channels_of(train_config.data)} channel(s), the VAE "
                          f"config {config.channels}")
+    if train_config.factor_weight > 0 and regressor is None:
+        raise ValueError("factor_weight > 0 needs the data's factor regressor: pass regressor=, or set "
+                         "factor_weight=0")
+    if regressor is not None:
+        regressor.eval().requires_grad_(False)
     torch.manual_seed(train_config.seed)  # parameter initialisation only
     vae = VAE(config)
     opt = torch.optim.Adam(vae.parameters(), lr=train_config.lr)
@@ -207,18 +228,24 @@ def train_vae(run_dir: str | Path, config: VAEConfig, train_config: VAETrainConf
     t0, window = time.time(), []
     for step in range(start, train_config.steps):
         vae.train()
-        images = data.next_batch(train_config.batch_size)
-        nll, kl = elbo_terms(vae, images, train_config.sigma, noise)
+        images, factors = (data.next_labelled(train_config.batch_size) if train_config.factor_weight > 0
+                           else (data.next_batch(train_config.batch_size), None))
+        nll, kl, recon = elbo_terms(vae, images, train_config.sigma, noise)
         beta = train_config.beta * min(1.0, (step + 1) / max(1, train_config.kl_warmup))
-        loss = (nll + beta * kl).mean() / pixels
+        loss = nll + beta * kl
+        terms = [nll.mean().item(), kl.mean().item()]
+        if factors is not None:
+            factor_error = (regressor(recon) - factors).pow(2).sum(1)
+            loss = loss + train_config.factor_weight * factor_error
+            terms.append(factor_error.mean().item())
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss.mean() / pixels).backward()
         opt.step()
         sched.step()
-        window.append((nll.mean().item(), kl.mean().item()))
+        window.append(terms)
         bar.update(1)
         if len(window) == 100:
-            log.append([sum(v) / len(v) for v in zip(*window, strict=True)])
+            log.append([sum(v) / len(v) for v in zip(*window, strict=True)])  # nll, kl[, factor error]
             bar.set_postfix(nll=f"{log[-1][0]:.0f}", kl=f"{log[-1][1]:.1f}")
             window = []
         if (step + 1) % train_config.checkpoint_every == 0 or step + 1 == train_config.steps:

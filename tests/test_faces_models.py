@@ -1,6 +1,13 @@
 """The shipped faces models: small, reconstructing their style, and aligned photo → avatar so that the avatar
 shows the photo's factors and edits commute with the translation. Margins are set below the measured values in
-docs/FACES.md (measured, then given room), so a retrained model that is as good passes and a broken one fails."""
+docs/FACES.md (measured, then given room), so a retrained model that is as good passes and a broken one fails.
+
+The VAEs were trained through their own regressors (a factor-consistency term), so what those regressors read is
+also checked by *judges*: one regressor per style trained apart (another seed and width; ``tests/data/faces-
+judges``, made by ``curvedit.evaluation.faces.judge``), which no model saw. A decoder that fooled its regressor
+instead of drawing the factor passes the first reading and fails the second."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +15,7 @@ import torch
 
 import curvedit
 from curvedit.cli import main
-from curvedit.evaluation.faces import Pair, agreement, commutation, quality
+from curvedit.evaluation.faces import Pair, agreement, commutation, judge, quality
 from curvedit.models.datasets import make_dataset
 from curvedit.models.faces import FACE_FACTOR_NAMES
 from curvedit.models.files import image_grid, save_png, to_uint8
@@ -31,9 +38,12 @@ def pair():
     return Pair("faces-photo", "faces-avatar")
 
 
+JUDGES = Path(__file__).parent / "data" / "faces-judges"
+
+
 @pytest.fixture(scope="module")
 def measured(pair):
-    return agreement(pair, n=500)
+    return agreement(pair, n=500, judges=(judge("faces-photo", JUDGES), judge("faces-avatar", JUDGES)))
 
 
 @pytest.fixture(scope="module")
@@ -85,24 +95,23 @@ def test_an_avatar_bundle_the_map_was_not_trained_for_gets_no_way_back(avatar, t
         changed.translate(changed.sample(1, seed=0), to="faces-photo")
 
 
-# The factors both small VAEs carry (R² ≥ 0.99 of their own reconstructions); eye size, eye spacing, smile and
-# brow height are lost by both (R² ≈ 0; not blur: σ = 0.3 keeps them no better), so no map can carry them
-# (docs/FACES.md).
-CARRIED = ("face_width", "tilt", "skin_tone", "hair_colour")
-
-
-def test_the_vaes_carry_the_large_factors(measured):
-    for name in CARRIED:
-        assert measured["r2_source_decoded"][name] >= 0.95 and measured["r2_target_ceiling"][name] >= 0.95
+def test_the_vaes_carry_every_factor_by_their_regressors_and_by_the_judges(measured):
+    """R² of the factors read from each VAE's reconstructions of held-out renders (measured: own regressors
+    0.91–1.00; judges 0.58–1.00, the lowest brow height and eye size on the photo side)."""
+    for name in FACE_FACTOR_NAMES:
+        for key in ("r2_source_decoded", "r2_target_ceiling"):
+            assert measured[key][name] >= 0.8, (key, name, measured[key])
+            assert measured[key + "_judged"][name] >= 0.4, (key, name, measured[key + "_judged"])
 
 
 def test_avatars_show_the_factors_of_the_photos_they_translate(measured):
     """Held-out photo renders → photo encoder → map → avatar generator → avatar regressor: R² against the true
-    factors (measured 0.95, 0.81, 0.62, 0.82), far better than through the untrained (identity) map."""
-    translated, identity = measured["r2_translated"], measured["r2_identity_map"]
-    assert min(translated[name] for name in CARRIED) >= 0.5, translated
-    mean = sum(translated[name] for name in CARRIED) / len(CARRIED)
-    assert mean >= sum(identity[name] for name in CARRIED) / len(CARRIED) + 0.5, (translated, identity)
+    factors (measured 0.85–0.99; by the judge 0.51–0.99, mean 0.87), far better than through the untrained
+    (identity) map (mean 0.76; by the judge 0.61)."""
+    for suffix, lowest, mean in (("", 0.7, 0.85), ("_judged", 0.35, 0.75)):
+        translated, identity = measured["r2_translated" + suffix], measured["r2_identity_map" + suffix]
+        assert min(translated[name] for name in FACE_FACTOR_NAMES) >= lowest, translated
+        assert translated["mean"] >= mean and translated["mean"] >= identity["mean"] + 0.1, (translated, identity)
 
 
 def test_edit_then_translate_equals_translate_then_edit_through_the_api(photo, avatar):
@@ -153,16 +162,17 @@ def test_command_line_translates_a_photo_file_to_an_avatar(tmp_path, renders, av
     assert "no shipped model aligns to it" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["hair_colour", "skin_tone", "face_width"])
+@pytest.mark.parametrize("name", FACE_FACTOR_NAMES)
 @torch.no_grad()
 def test_photo_edits_show_on_the_avatar(pair, name):
-    """+1 along a carried factor on the photo side moves the avatar regressor's reading of the translation by
-    at least 0.5 (measured 0.64, 0.78, 0.76), and each other factor by less than half of that."""
+    """+1 along a factor on the photo side moves the avatar judge's reading of the translation by at least 0.5
+    (measured 0.86–1.05; the avatar's own regressor 0.90–0.98), and each other factor by less than half of that
+    (measured at most 0.37, skin tone's; 0.03–0.12 for the others)."""
     z = torch.randn(256, 10, generator=torch.Generator().manual_seed(8))
     t = torch.zeros(256, 8)
     k = FACE_FACTOR_NAMES.index(name)
     t[:, k] = 1.0
-    read = pair.target.regressor
+    read = judge("faces-avatar", JUDGES)
     before = read(pair.target.generator.decode(pair.translate(z)))
     after = read(pair.target.generator.decode(pair.translate(pair.f_s.edit(z, t))))
     delta = (after - before).mean(0)

@@ -4,7 +4,10 @@
   model, translated, rendered by the avatar model and read by the *avatar* regressor; per factor, R² and the
   correlation against the true factors. Beside it: the same through an untrained (identity) map, and the ceiling
   — avatar renders of the same factors through the avatar model's own encode → decode. And on sampled latents:
-  the avatar reading of the translation against the photo reading of the source image.
+  the avatar reading of the translation against the photo reading of the source image. The VAEs were trained
+  with a factor-consistency term through their own regressors, so the images are also read by *judges*:
+  regressors of each style trained apart (another seed, another width: ``JUDGE``), which no model saw; a decoder
+  that fooled its training regressor instead of drawing the factor would show it there.
 - **commutation** of edit and translation: ``‖T(E_s(z, t)) − E_t(T(z), t)‖ / ‖E_t(T(z), t) − T(z)‖`` per
   direction, and the largest pixel difference of the two renders (uint8 levels).
 - **image quality per style**: reconstruction PSNR of held-out renders; Fréchet distance between the style's
@@ -26,6 +29,10 @@ from curvedit.models.alignment import LatentAlignment, translate_latents
 from curvedit.models.datasets import make_dataset
 from curvedit.models.faces import FACE_FACTOR_NAMES, FACE_FACTORS, render_faces
 from curvedit.models.files import labelled_grid, save_png, to_uint8
+from curvedit.models.regressor import FactorRegressor, RegressorTrainConfig, regressor_for, train_regressor
+
+# The judges' training: like the recipes' regressors (3,000 steps), but another seed and width.
+JUDGE = {"steps": 3000, "seed": 17, "channels": 16}
 
 
 def r_squared(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -62,21 +69,46 @@ class Pair:
         return translate_latents(self.f_s, alignment or self.alignment, self.f_t, z)
 
 
+def judge(data: str, directory: Path) -> FactorRegressor:
+    """The judge of a style: a regressor trained apart from the model's (``JUDGE``), cached in ``directory``."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(directory) / f"judge_{data}.safetensors"
+    regressor = regressor_for(data, JUDGE["channels"])
+    if path.is_file():
+        regressor.load_state_dict(load_file(path))
+    else:
+        regressor, _ = train_regressor(RegressorTrainConfig(data=data, **JUDGE), progress=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(regressor.state_dict(), path)
+    return regressor.eval()
+
+
 @torch.no_grad()
-def agreement(pair: Pair, n: int = 1000) -> dict:
+def agreement(pair: Pair, n: int = 1000, judges: tuple[FactorRegressor, FactorRegressor] | None = None) -> dict:
+    """R² (and correlation) per factor; with ``judges`` (source's, target's), also every image read by them
+    (keys ending ``_judged``)."""
     photos, truth = make_dataset(pair.source.manifest["training"]["generator"]["data"], 0).held_out_labelled(n)
     avatars, _ = make_dataset(pair.target.manifest["training"]["generator"]["data"], 0).held_out_labelled(n)
-    g_s, g_t, r_s, r_t = pair.source.generator, pair.target.generator, pair.source.regressor, pair.target.regressor
+    g_s, g_t = pair.source.generator, pair.target.generator
     z = g_s.encode(photos)
-    read = {
-        "translated": r_t(g_t.decode(pair.translate(z))),
-        "identity_map": r_t(g_t.decode(pair.translate(z, pair.identity))),
-        "source_decoded": r_s(g_s.decode(z)),
-        "target_ceiling": r_t(g_t.decode(g_t.encode(avatars))),
-        "source_renders": r_s(photos),
-        "target_renders": r_t(avatars),
+    images = {  # name → (images, read in the target's style?)
+        "translated": (g_t.decode(pair.translate(z)), True),
+        "identity_map": (g_t.decode(pair.translate(z, pair.identity)), True),
+        "source_decoded": (g_s.decode(z), False),
+        "target_ceiling": (g_t.decode(g_t.encode(avatars)), True),
+        "source_renders": (photos, False),
+        "target_renders": (avatars, True),
     }
+    readers = {"": (pair.source.regressor, pair.target.regressor)}
+    if judges is not None:
+        readers["_judged"] = judges
+    read = {}
+    for suffix, (r_s, r_t) in readers.items():
+        for name, (batch, in_target) in images.items():
+            read[name + suffix] = (r_t if in_target else r_s)(batch)
     out = {f"r2_{k}": _per_factor(r_squared(v, truth), pair.names) for k, v in read.items()}
+    r_s, r_t = pair.source.regressor, pair.target.regressor
     out["corr_translated"] = _per_factor(correlation(read["translated"], truth), pair.names)
     sampled = torch.randn(n, g_s.latent_dim, generator=torch.Generator().manual_seed(5))
     source_reading = r_s(g_s.decode(sampled))
@@ -104,18 +136,25 @@ def commutation(pair: Pair, n: int = 256, amount: float = 1.0) -> dict:
 
 
 @torch.no_grad()
-def quality(model: curvedit.Model, n: int = 1000) -> dict:
+def quality(model: curvedit.Model, n: int = 1000, judge: FactorRegressor | None = None) -> dict:
+    """Reconstruction PSNR, and Fréchet distances in the features of the model's regressor (and of ``judge``:
+    the VAE was trained through its own regressor, whose features it may match more closely than the images)."""
     bundle = model.bundle
     data = make_dataset(bundle.manifest["training"]["generator"]["data"], 0)
     renders = data.held_out(n)
-    generator, regressor = bundle.generator, bundle.regressor
-    recon = psnr(generator.decode(generator.encode(renders)), renders)
+    generator = bundle.generator
+    reconstructions = generator.decode(generator.encode(renders))
+    recon = psnr(reconstructions, renders)
     samples = generator.decode(torch.from_numpy(model.sample(n, seed=10_000)))
-    fd = frechet_distance(regressor.features(samples).numpy(), regressor.features(renders).numpy())
-    fd_recon = frechet_distance(regressor.features(generator.decode(generator.encode(renders))).numpy(),
-                                regressor.features(renders).numpy())
-    return {"psnr_mean_db": round(float(recon.mean()), 2), "psnr_min_db": round(float(recon.min()), 2),
-            "frechet_samples_vs_renders": round(fd, 3), "frechet_reconstructions_vs_renders": round(fd_recon, 3)}
+    out = {"psnr_mean_db": round(float(recon.mean()), 2), "psnr_min_db": round(float(recon.min()), 2)}
+    for suffix, reader in (("", bundle.regressor), ("_judged", judge)):
+        if reader is None:
+            continue
+        real = reader.features(renders).numpy()
+        for name, images in (("samples", samples), ("reconstructions", reconstructions)):
+            distance = frechet_distance(reader.features(images).numpy(), real)
+            out[f"frechet_{name}_vs_renders{suffix}"] = round(distance, 3)
+    return out
 
 
 @torch.no_grad()
@@ -160,13 +199,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figure", default=None, help="write the figure here (default: none)")
     parser.add_argument("--sweep-figure", default=None, help="write the renderer's factor sweep here (default: "
                                                              "none)")
+    parser.add_argument("--lead-figure", default=None, help="write the README's short figure here: photo, "
+                                                            "decoded, avatar, and a smile edit (default: none)")
+    parser.add_argument("--judges", default="runs/faces-judges",
+                        help="where the judges (regressors trained apart, see JUDGE) are cached; trained there "
+                             "when missing, about 7 minutes per style on one core; '' = no judges "
+                             "(default runs/faces-judges)")
     args = parser.parse_args(argv)
     if args.sweep_figure:
         factor_sweep_figure(Path(args.sweep_figure))
-    torch.set_grad_enabled(False)
     pair = Pair(args.source, args.target)
-    results = {"agreement": agreement(pair), "commutation": commutation(pair),
-               "quality": {args.source: quality(pair.source_model), args.target: quality(pair.target_model)},
+    judges = None
+    if args.judges:
+        judges = tuple(judge(bundle.manifest["training"]["generator"]["data"], Path(args.judges))
+                       for bundle in (pair.source, pair.target))
+    torch.set_grad_enabled(False)
+    source_judge, target_judge = judges or (None, None)
+    results = {"agreement": agreement(pair, judges=judges), "commutation": commutation(pair),
+               "quality": {args.source: quality(pair.source_model, judge=source_judge),
+                           args.target: quality(pair.target_model, judge=target_judge)},
                "digests": {args.source: pair.source.digest, args.target: pair.target.digest}}
     text = json.dumps(results, indent=2)
     print(text)
@@ -174,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(text + "\n")
     if args.figure:
         figure(pair, Path(args.figure))
+    if args.lead_figure:
+        figure(pair, Path(args.lead_figure), edits=(("smile", 1.5),))
     return 0
 
 
