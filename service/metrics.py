@@ -142,8 +142,9 @@ class ServerMetrics:
         self.padded_size = Histogram("curvedit_batch_padded_size", "Rows in each executed batch after padding "
                                      "to its bucket.", model, buckets=BATCH_BUCKETS, registry=registry)
         self.batch_release = Counter("curvedit_batch_release_total", "Why batches were released: idle (the "
-                                     "model's compute was free), full, or delay (a batch that filled while "
-                                     "another ran, after max_queue_delay).", (*model, "reason"), registry=registry)
+                                     "model's compute was free), full, delay (a batch that filled while another "
+                                     "ran, after max_queue_delay), or company (as many items back as its last "
+                                     "batch had).", (*model, "reason"), registry=registry)
         self.rejections = Counter("curvedit_rejections_total", "Requests or items refused before compute, by "
                                   "model (\"\" before a known model was named) and reason.", ("model", "reason"),
                                   registry=registry)

@@ -92,10 +92,37 @@ def loaded_queue(delay: float) -> BatchQueue:
 def test_under_load_a_request_at_the_idle_stage_fills_the_next_batch():
     q = loaded_queue(0.010)  # closed-loop clients: the first back after their batch must not leave alone
     q.put([entry(t=0.020)])
-    q.put([entry(t=0.021)])
-    assert q.pop_ready(0.021) is None and q.next_wakeup(0.021) == pytest.approx(0.009)
-    batch = q.pop_ready(0.031)
-    assert batch.size == 2 and batch.reason == "delay"
+    assert q.pop_ready(0.020) is None and q.next_wakeup(0.020) == pytest.approx(0.010)
+    q.put([entry(t=0.021)])  # both clients of the last batch are back: no one else is coming
+    assert q.next_wakeup(0.021) == 0.0
+    batch = q.pop_ready(0.021)
+    assert batch.size == 2 and batch.reason == "company"
+
+
+def test_a_filling_batch_leaves_once_its_last_batch_size_is_back_and_never_smaller():
+    q = BatchQueue(max_batch_size=16, max_queue_delay_s=0.010, max_queue_size=100)
+    q.put([entry(n=3, t=0.000, filling=True)])
+    assert q.pop_ready(0.005) is None  # a key's first batch has no company to expect: it waits the delay
+    batch = q.pop_ready(0.010)
+    assert batch.size == 3 and batch.reason == "delay"
+    q.put([entry(n=2, t=0.011, filling=True)])
+    assert q.pop_ready(0.012) is None  # fewer than last time: waits
+    q.put([entry(n=2, t=0.013, filling=True)])
+    batch = q.pop_ready(0.013)  # 4 ≥ 3: everyone is back, and more
+    assert batch.size == 4 and batch.reason == "company"
+    q.put([entry(n=3, t=0.014, filling=True)])
+    assert q.pop_ready(0.015) is None  # the bar is now 4
+    assert q.pop_ready(0.024).reason == "delay"
+
+
+def test_company_is_counted_per_key():
+    q = BatchQueue(max_batch_size=16, max_queue_delay_s=0.010, max_queue_size=100)
+    q.put([entry(key=("m", "a"), n=1, t=0.0, filling=True), entry(key=("m", "b"), n=4, t=0.0, filling=True)])
+    assert {q.pop_ready(0.010).key, q.pop_ready(0.010).key} == {("m", "a"), ("m", "b")}
+    q.put([entry(key=("m", "b"), n=2, t=0.020, filling=True)])
+    assert q.pop_ready(0.021) is None  # key b's last batch had 4
+    q.put([entry(key=("m", "a"), n=1, t=0.021, filling=True)])
+    assert q.pop_ready(0.021).key == ("m", "a")  # key a's had 1
 
 
 def test_a_batch_that_waited_alone_returns_the_stage_to_idle_dispatch():
