@@ -115,6 +115,24 @@ def test_a_filling_batch_leaves_once_its_last_batch_size_is_back_and_never_small
     assert q.pop_ready(0.024).reason == "delay"
 
 
+def test_the_company_to_expect_is_the_largest_of_the_recent_batches():
+    """A batch cut short by chance (by delay, with fewer) does not lower the bar for the next: the largest of the
+    key's last COMPANY_WINDOW batches sets it, until that batch falls out of the window."""
+    from curvedit.service.batcher import COMPANY_WINDOW
+
+    q = BatchQueue(max_batch_size=16, max_queue_delay_s=0.010, max_queue_size=100)
+    q.put([entry(n=6, t=0.0, filling=True)])
+    assert q.pop_ready(0.010).size == 6
+    t = 0.020
+    for _ in range(COMPANY_WINDOW):  # the bar stays 6: two items wait for the delay every time
+        q.put([entry(n=2, t=t, filling=True)])
+        assert q.pop_ready(t) is None
+        assert q.pop_ready(t + 0.011).reason == "delay"
+        t += 0.020
+    q.put([entry(n=2, t=t, filling=True)])  # the batch of 6 has left the window: 2 is company enough
+    assert q.pop_ready(t).reason == "company"
+
+
 def test_company_is_counted_per_key():
     q = BatchQueue(max_batch_size=16, max_queue_delay_s=0.010, max_queue_size=100)
     q.put([entry(key=("m", "a"), n=1, t=0.0, filling=True), entry(key=("m", "b"), n=4, t=0.0, filling=True)])
