@@ -35,6 +35,7 @@ KNOWN = ("onnxruntime", "torch", "triton", "torch.compile")
 
 
 SWITCH_MARGIN = 0.05  # a bucket leaves the default backend only for one measured this much faster
+CALIBRATION_ROUNDS = 2  # rounds over the candidates per bucket; a candidate's calls are consecutive in each
 
 
 def choose(medians: dict[str, float], default: str, margin: float = SWITCH_MARGIN) -> str:
@@ -131,14 +132,17 @@ class AutoEngine:
         ops = [f"edit:{name}" for name in self.bundle.editors] + ["generate"]
         return [*ops, "encode"] if self.bundle.generator.can_encode else ops
 
-    def calibrate(self, buckets, operations=None, repeats: int = 5, warmup: int = 2) -> list[Route]:
-        """Time every candidate at every bucket of every operation (median of ``repeats`` calls, the candidates
-        interleaved round by round so load from elsewhere hits them alike) and route each to the fastest
-        (replacing earlier routes of those buckets). A candidate that fails to build or run is left out of that
-        route. A sampler's ``generate`` (256 network passes, seconds at large buckets) is timed once per
-        candidate, without warm-up calls: its backends differ by 1.4–2× (benchmarks/RESULTS.md), far above the
-        noise of one call, and seven calls each made shapes-pixelcnn's server warm-up take 239 s on 2 cores (48 s
-        with one). Returns all routes."""
+    def calibrate(self, buckets, operations=None, repeats: int = 5, warmup: int = 1) -> list[Route]:
+        """Time every candidate at every bucket of every operation (median of ``repeats`` calls, taken in
+        ``CALIBRATION_ROUNDS`` rounds over the candidates so load from elsewhere hits them alike) and route each
+        to the fastest (replacing earlier routes of those buckets). Within a round a candidate's calls are
+        consecutive, after one untimed call: alternated call by call, ONNX Runtime's spinning thread pool slowed
+        torch's calls severalfold (benchmarks/RESULTS.md, the large-batch check), so calibration favoured ONNX
+        Runtime where torch was faster (by 1.19–1.24× at 1,024–4,096 rows of the shipped flow, `bench engine`
+        E6). A candidate that fails to build or run is left out of that route. A sampler's ``generate`` (256
+        network passes, seconds at large buckets) is timed once per candidate, without warm-up calls: its
+        backends differ by 1.4–2× (benchmarks/RESULTS.md), far above the noise of one call, and seven calls each
+        made shapes-pixelcnn's server warm-up take 239 s on 2 cores (48 s with one). Returns all routes."""
         rng = np.random.default_rng(0)
         d = int(self.bundle.manifest["latent_dim"])
         requested = (warmup, repeats)
@@ -159,11 +163,15 @@ class AutoEngine:
                 if not calls:
                     continue
                 samples: dict[str, list[float]] = {name: [] for name in calls}
-                for _ in range(repeats):
+                rounds = min(CALIBRATION_ROUNDS, repeats)
+                for r in range(rounds):
                     for name, call in calls.items():
-                        t0 = time.perf_counter()
-                        call()
-                        samples[name].append(time.perf_counter() - t0)
+                        if not once:
+                            call()  # untimed: the previous candidate's thread pools settle
+                        for _ in range(repeats // rounds + (r < repeats % rounds)):
+                            t0 = time.perf_counter()
+                            call()
+                            samples[name].append(time.perf_counter() - t0)
                 medians = {name: statistics.median(times) for name, times in samples.items()}
                 best = choose(medians, self.default)
                 routes[bucket] = Route(operation, bucket, best, medians[best])
