@@ -17,12 +17,13 @@ compute stages that are busy, so its policy is unit-tested with a fake clock. La
   pre-latency-first batcher's. The first batch that waits and finds no company returns the stage to idle dispatch,
   so a lone client pays the delay at most once after a burst.
 * a batch that is waiting for company leaves as soon as it holds as many items as the largest of its key's last
-  ``COMPANY_WINDOW`` batches (``"company"``): closed-loop clients come back together, and once all of them are
-  back no one else is coming (without this rule, 8 clients waited the whole delay every round: 1,131 req/s at
-  c = 8 against KServe's 1,329, which does not batch). Batches do not shrink by it: one that finds fewer waits for
-  the delay as before. The largest of several, not the last: with the last alone, a batch cut short by chance set
-  a lower bar for the next, and at c = 64 over gRPC batches settled at 12 items instead of 19 (0.85× the
-  throughput of the pre-latency-first batcher).
+  ``COMPANY_WINDOW`` batches that were not released idle (``"company"``; until there is one, it waits for the
+  delay): closed-loop clients come back together, and once all of them are back no one else is coming (without
+  this rule, 8 clients waited the whole delay every round: 1,131 req/s at c = 8 against KServe's 1,329, which
+  does not batch). Batches do not shrink by it: one that finds fewer waits for the delay as before. The largest
+  of several, not the last: with the last alone, a batch cut short by chance set a lower bar for the next, and at
+  c = 64 over gRPC batches settled at 12 items instead of 19 (0.85× the throughput of the pre-latency-first
+  batcher).
 
 The queue is bounded in items; stale entries (deadline passed, future already done because the client went
 away) are dropped before they can reach compute. ``BatchRunner`` (``runner``) is the asyncio loop around it.
@@ -176,7 +177,7 @@ class BatchQueue:
         self._queues: OrderedDict[Hashable, deque[Entry]] = OrderedDict()
         self._items: dict[Hashable, int] = {}
         self._loaded: set[Hashable] = set()  # stages whose last batch waited for company and found some
-        self._recent_items: dict[Hashable, deque[int]] = {}  # per key: items in its last batches (the company)
+        self._recent_items: dict[Hashable, deque[int]] = {}  # per key: items in its last batches that waited
 
     def pushback_ms(self) -> int:
         """How long a rejected client should wait: the time to compute what is queued, 10 ms .. 5 s."""
@@ -260,7 +261,8 @@ class BatchQueue:
         self._set(key, queue)
         if not taken:
             return None
-        self._recent_items.setdefault(key, deque(maxlen=COMPANY_WINDOW)).append(size)
+        if reason != "idle":  # a lone request's batch says nothing of the company a waiting batch may expect
+            self._recent_items.setdefault(key, deque(maxlen=COMPANY_WINDOW)).append(size)
         if self.max_queue_delay_s > 0 and reason != "idle" and len(taken) > 1:
             self._loaded.add(stage_of(key))
         else:

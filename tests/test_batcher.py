@@ -133,6 +133,18 @@ def test_the_company_to_expect_is_the_largest_of_the_recent_batches():
     assert q.pop_ready(t).reason == "company"
 
 
+def test_batches_released_idle_set_no_company_to_expect():
+    """Lone requests (released idle) say nothing of how many clients a burst brings: the first batch that waits
+    after them waits for the delay, not for one item."""
+    q = BatchQueue(max_batch_size=16, max_queue_delay_s=0.010, max_queue_size=100)
+    for t in (0.0, 0.1, 0.2):
+        q.put([entry(t=t)])
+        assert q.pop_ready(t).reason == "idle"
+    q.put([entry(t=0.300, filling=True)])
+    assert q.pop_ready(0.301) is None
+    assert q.pop_ready(0.311).reason == "delay"
+
+
 def test_company_is_counted_per_key():
     q = BatchQueue(max_batch_size=16, max_queue_delay_s=0.010, max_queue_size=100)
     q.put([entry(key=("m", "a"), n=1, t=0.0, filling=True), entry(key=("m", "b"), n=4, t=0.0, filling=True)])
