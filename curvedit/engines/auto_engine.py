@@ -67,9 +67,9 @@ class AutoEngine:
 
     def __init__(self, bundle: Bundle, device: str | None, default: str, candidates=None, build=None,
                  options: dict | None = None):
+        self._on_cuda = device is not None and device.startswith("cuda")
         if candidates is None:
-            on_cuda = device is not None and device.startswith("cuda")
-            candidates = CUDA_CANDIDATES if on_cuda else CPU_CANDIDATES
+            candidates = CUDA_CANDIDATES if self._on_cuda else CPU_CANDIDATES
         unknown = [c for c in candidates if c not in KNOWN]
         if unknown or not candidates:
             raise ValueError(f"auto engine candidates must be among {list(KNOWN)}, got {list(candidates)}")
@@ -151,12 +151,14 @@ class AutoEngine:
             warmup, repeats = (0, 1) if once else requested
             routes = {}
             for bucket in sorted(set(int(b) for b in buckets)):
-                calls = {}
+                calls, longest = {}, 0.0
                 for name in self.candidates:
                     try:
                         call = self._call(name, operation, bucket, d, rng)
                         for _ in range(warmup):
+                            t0 = time.perf_counter()
                             call()
+                            longest = max(longest, time.perf_counter() - t0)
                         calls[name] = call
                     except Exception:  # a backend that cannot run this is simply not a candidate here
                         continue
@@ -164,8 +166,13 @@ class AutoEngine:
                     continue
                 samples: dict[str, list[float]] = {name: [] for name in calls}
                 rounds = min(CALIBRATION_ROUNDS, repeats)
+                # On the CPU, a pause before each candidate's calls lets the last one's pools stop spinning
+                # (twice its longest warm-up call, at most 50 ms as `bench engine` pauses; nothing at small
+                # buckets, where calls take microseconds).
+                pause = 0.0 if self._on_cuda else min(0.05, 2 * longest)
                 for r in range(rounds):
                     for name, call in calls.items():
+                        time.sleep(pause)
                         if not once:
                             call()  # untimed: the previous candidate's thread pools settle
                         for _ in range(repeats // rounds + (r < repeats % rounds)):
