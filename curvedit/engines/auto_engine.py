@@ -36,6 +36,7 @@ KNOWN = ("onnxruntime", "torch", "triton", "torch.compile")
 
 SWITCH_MARGIN = 0.05  # a bucket leaves the default backend only for one measured this much faster
 CALIBRATION_ROUNDS = 2  # rounds over the candidates per bucket; a candidate's calls are consecutive in each
+CALIBRATION_PAUSE_S = 0.05  # the longest pause before a candidate's calls (CPU)
 
 
 def choose(medians: dict[str, float], default: str, margin: float = SWITCH_MARGIN) -> str:
@@ -166,10 +167,12 @@ class AutoEngine:
                     continue
                 samples: dict[str, list[float]] = {name: [] for name in calls}
                 rounds = min(CALIBRATION_ROUNDS, repeats)
-                # On the CPU, a pause before each candidate's calls lets the last one's pools stop spinning
-                # (twice its longest warm-up call, at most 50 ms as `bench engine` pauses; nothing at small
-                # buckets, where calls take microseconds).
-                pause = 0.0 if self._on_cuda else min(0.05, 2 * longest)
+                # On the CPU, a pause before each candidate's calls lets the last one's pools stop spinning:
+                # twice the longest warm-up call, at most CALIBRATION_PAUSE_S (`bench engine` pauses 50 ms). With
+                # once the call and at most 20 ms, 1 of 2 runs again routed 1,024 rows of the shipped flow to
+                # ONNX Runtime while torch was 1.22× faster (E13); twice and 50 ms got both runs right (E10, E11).
+                # The cost: the 7 default models' warm-up took 58 s instead of 39 s on the 2-core machine.
+                pause = 0.0 if self._on_cuda else min(CALIBRATION_PAUSE_S, 2 * longest)
                 for r in range(rounds):
                     for name, call in calls.items():
                         time.sleep(pause)
