@@ -70,8 +70,10 @@ class Translator:
         if to not in self._targets:
             from curvedit.api import resolve_model
 
-            if to not in self.bundle.alignments:
-                self._targets[to] = load_bundle(resolve_model(to))
+            if to not in self.bundle.alignments:  # the shipped model reverse_targets found (not a folder named so)
+                from curvedit.api import shipped_models_dir
+
+                self._targets[to] = load_bundle(shipped_models_dir() / to)
                 return self._targets[to]
             entry = self.bundle.manifest["alignments"][to]["target"]
             bundle = load_bundle(resolve_model(entry["name"]))

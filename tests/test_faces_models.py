@@ -178,3 +178,18 @@ def test_photo_edits_show_on_the_avatar(pair, name):
     delta = (after - before).mean(0)
     assert delta[k] > 0.5, delta
     assert delta.abs()[torch.arange(8) != k].max() < 0.5 * delta[k], delta
+
+
+def test_the_way_back_reads_the_shipped_map_even_beside_a_folder_of_the_same_name(photo, tmp_path, monkeypatch):
+    """avatar → photo uses the shipped faces-photo whose map was checked against this avatar, not a bundle
+    directory that happens to be called faces-photo in the working directory (``resolve_model`` prefers paths)."""
+    import shutil
+
+    shutil.copytree(curvedit.load("shapes-vae", engine="torch").bundle.path, tmp_path / "faces-photo")
+    monkeypatch.chdir(tmp_path)
+    avatar = curvedit.load("faces-avatar", engine="torch")
+    z = photo.translate(photo.sample(4, seed=2), to="faces-avatar")
+    back = avatar.translate(z, to="faces-photo")
+    assert back.shape == (4, 10)
+    np.testing.assert_allclose(avatar.translate(z, to="faces-photo"), back)
+    np.testing.assert_allclose(photo.translate(back, to="faces-avatar"), z, atol=1e-4)
