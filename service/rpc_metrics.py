@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 
 import grpc
 
 from curvedit.service.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
 
 _KINDS = (("unary_unary", "unary"), ("unary_stream", "server_stream"), ("stream_unary", "client_stream"),
           ("stream_stream", "bidi_stream"))
@@ -34,6 +37,32 @@ def _code(context, exc: BaseException | None) -> str:
         return code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode(
             next(c.value for c in grpc.StatusCode if c.value[0] == code)).name
     return "OK" if exc is None else "UNKNOWN"
+
+
+class _Recorder:
+    """The metric children of one method, resolved once (the interceptor wraps each method once): an RPC's
+    recording is then a few attribute updates on the event loop (``metrics.LoopFamily``)."""
+
+    __slots__ = ("handled", "handling", "labels", "metrics", "received", "sent", "started")
+
+    def __init__(self, metrics: ServerMetrics, labels: tuple[str, str, str], streams_in: bool, streams_out: bool):
+        self.metrics, self.labels = metrics, labels
+        self.started, self.handling = metrics.started.labels(*labels), metrics.handling.labels(*labels)
+        self.handled: dict[str, object] = {}  # status code name → its child
+        self.received = metrics.msg_received.labels(*labels) if streams_in else None
+        self.sent = metrics.msg_sent.labels(*labels) if streams_out else None
+
+    def done(self, context, error: BaseException | None, start: float) -> None:
+        """The RPC ended (``error``: what its handler raised): count it by status, and its time."""
+        try:
+            code = _code(context, error)
+            child = self.handled.get(code)
+            if child is None:
+                child = self.handled[code] = self.metrics.handled.labels(*self.labels, code)
+            child.inc()
+            self.handling.observe(time.perf_counter() - start)
+        except Exception:  # metrics must never break serving
+            log.exception("recording the end of RPC %s failed", self.labels[2])
 
 
 class RpcMetrics(grpc.aio.ServerInterceptor):
@@ -64,33 +93,33 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         return handler
 
     def _behaviour(self, behaviour, kind: str, service: str, method: str):
-        m = self.metrics
         streams_out = kind in ("server_stream", "bidi_stream") and inspect.isasyncgenfunction(behaviour)
         streams_in = kind in ("client_stream", "bidi_stream")
+        rpc = _Recorder(self.metrics, (kind, service, method), streams_in, streams_out)
 
         async def counted(requests):
             async for request in requests:
-                m.message(kind, service, method, received=1)
+                rpc.received.inc()
                 yield request
 
         if streams_out:
             async def generator(request_or_iterator, context):
-                m.rpc_started(kind, service, method)
+                rpc.started.inc()
                 start, error = time.perf_counter(), None
                 try:
                     source = counted(request_or_iterator) if streams_in else request_or_iterator
                     async for response in behaviour(source, context):
-                        m.message(kind, service, method, sent=1)
+                        rpc.sent.inc()
                         yield response
                 except BaseException as exc:
                     error = exc
                     raise
                 finally:
-                    m.rpc_handled(kind, service, method, _code(context, error), time.perf_counter() - start)
+                    rpc.done(context, error, start)
             return generator
 
         async def call(request_or_iterator, context):
-            m.rpc_started(kind, service, method)
+            rpc.started.inc()
             start, error = time.perf_counter(), None
             try:
                 return await behaviour(counted(request_or_iterator) if streams_in else request_or_iterator,
@@ -99,5 +128,5 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
                 error = exc
                 raise
             finally:
-                m.rpc_handled(kind, service, method, _code(context, error), time.perf_counter() - start)
+                rpc.done(context, error, start)
         return call

@@ -11,12 +11,16 @@ UNAVAILABLE, then stops: no client sees CANCELLED that it did not cause.
 
 With ``--model-repository`` the models come from a ``repository.ModelRepository``: ``start`` loads them
 (through ``activate``, the same path a hot reload takes), then polls every ``repository_poll_s``.
+
+A server that owns its process (``serve_until_signal`` sets ``freeze_heap``) freezes the heap (``settle_heap``)
+once warm-up is done and after each version it loads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -52,6 +56,24 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # instead (RESOURCE_EXHAUSTED with pushback, counted), so core's own limit is set out of the way.
 CORE_PENDING_LIMIT = 1 << 20
 HOLD_S = 0.1  # how long the last refusals of a drain are held so gRPC core can stop without cancelling calls
+
+
+def settle_heap() -> None:
+    """Collect the garbage of loading (and of versions retired since the last call), then freeze what is alive.
+
+    CPython's full collection walks every tracked object. Loaded with torch, ONNX Runtime and a model, a server
+    holds about 180,000 and one full collection takes ~50 ms on the development machine; under load the objects
+    of in-flight requests reach the oldest generation fast enough that one ran every ~1.5 s at c = 64 (16 in a
+    25 s run), each a 50 ms stall of every request. Frozen objects are skipped (and never collected), so the
+    collections that remain walk only what serving made. Measured on the d = 512 flow at c = 64 (one `/tmp`
+    A/B, 6 rounds of 3 s): p99 97.3 ms not frozen, 45.3 ms frozen; the no-op server's 21.5 ms.
+    """
+    start = time.perf_counter()
+    gc.unfreeze()  # a retired version's objects in reference cycles are collectable again
+    gc.collect()
+    gc.freeze()
+    log.info("heap settled: %d objects frozen after a %.0f ms full collection", gc.get_freeze_count(),
+             1000 * (time.perf_counter() - start))
 
 
 class _BatchMetrics:
@@ -92,6 +114,7 @@ class EditServer:
                                            config.max_items_per_request)
         self.servicer.log_requests = config.log_requests
         self.ready = False  # warm-up done and not draining: OIP readiness (health says SERVING then too)
+        self.freeze_heap = False  # the process is this server's: settle_heap after warm-up and each load
         self.repository = None if not config.model_repository else ModelRepository(
             config.model_repository, models, self._load_version, self.activate, self.deactivate,
             self.metrics.load_failed, keep=config.repository_versions)
@@ -163,6 +186,8 @@ class EditServer:
         self.metrics.engine(served.name, served.version_label, served.fallbacks(), served.routes())
         self.models.add(served)
         self._track(served)
+        if self.freeze_heap:
+            settle_heap()
 
     async def deactivate(self, served: ServedModel) -> None:
         """Stop new requests reaching ``served``; forget it once its queued and computing work is done."""
@@ -240,6 +265,8 @@ class EditServer:
                      len(bucket_sizes(self.config.max_batch_size)), time.perf_counter() - start)
         for served in self.models.values():
             self.metrics.engine(served.name, served.version_label, served.fallbacks(), served.routes())
+        if self.freeze_heap:
+            settle_heap()
         if not self.servicer.draining:
             self.ready = True
             await self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -312,6 +339,7 @@ async def serve_until_signal(config: ServeConfig, announce=print) -> int:
     if warning:
         print(warning, file=sys.stderr, flush=True)
     server, port = create_server(config)
+    server.freeze_heap = True
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

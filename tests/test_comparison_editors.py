@@ -254,8 +254,8 @@ def served(comparison_bundle):
     from curvedit.service.background import BackgroundServer
     from curvedit.service.config import ServeConfig
 
-    config = ServeConfig(port=0, metrics_port=0, models=(str(comparison_bundle[0]),), max_batch_size=8,
-                         max_queue_delay_ms=5)
+    config = ServeConfig(port=0, http_port=-1, metrics_port=0, models=(str(comparison_bundle[0]),),
+                         max_batch_size=8, max_queue_delay_ms=5)
     with BackgroundServer(config) as server, Client(f"127.0.0.1:{server.port}", timeout=30) as client:
         yield client
 

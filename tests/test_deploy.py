@@ -136,7 +136,7 @@ def test_promtool_parses_every_dashboard_query(tmp_path):
 @pytest.fixture(scope="module")
 def server(tiny_bundle):
     """A real server on loopback that has answered OK, INVALID_ARGUMENT and a stream: its metrics have samples."""
-    config = ServeConfig(port=0, metrics_port=0, models=(str(tiny_bundle),), max_batch_size=8)
+    config = ServeConfig(port=0, http_port=-1, metrics_port=0, models=(str(tiny_bundle),), max_batch_size=8)
     with BackgroundServer(config) as bg, Client(f"127.0.0.1:{bg.port}", timeout=30) as client:
         for n in (1, 3, 8, 20):
             client.edit(seeds=range(n), edits={"x": 1.0}, images="raw")

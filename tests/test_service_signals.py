@@ -100,3 +100,24 @@ def test_sigterm_during_load_loses_no_accepted_request(tiny_bundle):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_freezes_its_heap_once_warm_up_is_done(tiny_bundle):
+    """``curvedit serve`` owns its process: the objects of loading are frozen out of the collector's full passes
+    (``server.settle_heap``) before it says SERVING."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "curvedit.cli", "serve", "--model", str(tiny_bundle), "--port",
+                             "0", "--http-port", "-1", "--metrics-port", "-1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if SERVE_LINE.search(line):
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    frozen = [re.search(r"heap settled: (\d+) objects frozen", line) for line in lines]
+    counts = [int(m.group(1)) for m in frozen if m]
+    assert counts and counts[-1] > 10_000, "".join(lines)
