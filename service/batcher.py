@@ -56,11 +56,11 @@ def bucket_sizes(max_batch_size: int) -> list[int]:
 
 
 def bucket_for(n: int, max_batch_size: int) -> int:
-    """The smallest bucket holding ``n`` items."""
-    for b in bucket_sizes(max_batch_size):
-        if b >= n:
-            return b
-    raise ValueError(f"{n} items exceed max_batch_size {max_batch_size}")
+    """The smallest bucket holding ``n`` items (of ``bucket_sizes``; computed, as admission asks per request)."""
+    if n > max_batch_size:
+        raise ValueError(f"{n} items exceed max_batch_size {max_batch_size}")
+    power = 1 << max(0, n - 1).bit_length()  # the smallest power of two >= n (1 for n <= 1)
+    return power if power < max_batch_size else max_batch_size
 
 
 def stage_of(key: Hashable) -> Hashable:

@@ -152,7 +152,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
     async def _unary(self, method: str, work, request, context: grpc.aio.ServicerContext, admit: bool = True):
         """Run ``work(request, ticket, method)`` with an admission ticket (``admit``: metadata and health
         answers need none) and turn whatever it raises into the RPC's status (then ``None`` is returned)."""
-        ticket, rid, code, start = None, request_id(), grpc.StatusCode.OK, time.perf_counter()
+        ticket, rid, code, start = None, None, grpc.StatusCode.OK, time.perf_counter()  # rid: made if needed
         try:
             if isinstance(request, Corrupt):
                 raise request.error
@@ -160,6 +160,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
                 ticket = self.admission.enter(self._deadline(context))
             return await work(request, ticket, method)
         except BaseException as exc:
+            rid = request_id()
             code, message, pushback = to_status(exc, rid)
             if isinstance(exc, asyncio.CancelledError):
                 remaining = context.time_remaining()
@@ -174,7 +175,8 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             if ticket is not None:
                 ticket.leave()
             if self.log_requests:
-                log_request(method, rid, _model_name(request), code.name, time.perf_counter() - start)
+                log_request(method, rid or request_id(), _model_name(request), code.name,
+                            time.perf_counter() - start)
 
     async def _abort(self, context, code, message: str, pushback: int) -> None:
         """Make ``code`` (and the pushback trailer) the RPC's status, sent once the handler returns — not at once,

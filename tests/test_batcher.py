@@ -34,6 +34,14 @@ def test_bucket_for_is_smallest_holding_n(n, bucket):
     assert bucket_for(n, 12) == bucket
 
 
+@pytest.mark.parametrize("max_batch", [1, 2, 3, 8, 12, 100, 256, 257])
+def test_bucket_for_is_the_first_of_bucket_sizes_holding_n_and_refuses_more_than_max(max_batch):
+    for n in range(1, max_batch + 1):
+        assert bucket_for(n, max_batch) == next(b for b in bucket_sizes(max_batch) if b >= n)
+    with pytest.raises(ValueError, match="exceed max_batch_size"):
+        bucket_for(max_batch + 1, max_batch)
+
+
 def test_a_lone_request_at_an_idle_stage_leaves_at_once_whatever_the_delay():
     q = BatchQueue(max_batch_size=8, max_queue_delay_s=10.0, max_queue_size=100)
     q.put([entry(t=0.0)])
