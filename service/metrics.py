@@ -4,6 +4,7 @@ Names follow what dashboards already know: the go-grpc-prometheus ``grpc_server_
 ``nv_inference_*`` counters, plus histograms in seconds (percentiles, which Triton's counters cannot give) and
 the executed batch size. Labels are bounded: method names, status codes, model name/version, a fixed reason
 set. Every recording method is wrapped by ``_safe``: a metrics bug is logged, never raised into a request.
+Counters and histograms are ``LoopFamily``s: written only on the server's event loop, without a lock.
 
 THE LATENCY METRIC FOR SLOs is ``curvedit_request_latency_seconds{model, version, grpc_method}``: one inference
 request (native Edit/Generate/Encode/Traverse/EditStream messages, OIP ModelInfer over gRPC or HTTP), from its
@@ -218,7 +219,7 @@ class ServerMetrics:
         self._children: dict[tuple, object] = {}
 
     def _child(self, metric, *labels):
-        """``metric.labels(*labels)``, cached: prometheus_client's lookup costs microseconds on every request."""
+        """``metric.labels(*labels)``, cached: a lookup converts every label value, on every request."""
         key = (id(metric), *labels)
         child = self._children.get(key)
         if child is None:
