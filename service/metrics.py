@@ -59,10 +59,11 @@ class LoopFamily(Collector):
     """A counter or histogram family written only from the server's event loop, with no lock on the hot path.
 
     Every recording site of these families runs on the loop: the RPC interceptor, the handlers, the batcher's
-    observer and the HTTP front. prometheus_client's own ``Counter`` / ``Histogram`` take a lock per value, and
-    the set recorded per request cost about 8 us of the loop's ~330 us per request at c = 64; here a write is an
-    attribute update. A scrape (the ``/metrics`` thread) copies each child whole under the GIL, and a histogram's
-    ``_count`` is computed from the same copy as its buckets, so the two always agree.
+    observer and the HTTP front. prometheus_client's own ``Counter`` / ``Histogram`` take a lock per value: the
+    set recorded per request took 7.6 us in a microbenchmark (3.3 us with these), against the loop's ~330 us per
+    request at c = 64 (benchmarks/RESULTS.md, runs S10–S11); here a write is an attribute update. A scrape (the
+    ``/metrics`` thread) copies each child whole under the GIL, and a histogram's ``_count`` is computed from the
+    same copy as its buckets, so the two always agree.
 
     ``kind``: ``"counter"`` (exposed as ``name_total``, as ``Counter`` would, without ``_created``),
     ``"histogram"`` (``_bucket`` / ``_count`` / ``_sum``) or ``"triton"``: exactly ``name``, untyped, as Triton
