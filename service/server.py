@@ -265,7 +265,7 @@ class EditServer:
                      len(bucket_sizes(self.config.max_batch_size)), time.perf_counter() - start)
         for served in self.models.values():
             self.metrics.engine(served.name, served.version_label, served.fallbacks(), served.routes())
-        if self.freeze_heap:
+        if self.freeze_heap and self.repository is None:  # a repository's versions settled as each loaded
             settle_heap()
         if not self.servicer.draining:
             self.ready = True

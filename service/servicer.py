@@ -354,7 +354,8 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         tasks: set[asyncio.Task] = set()
         deadline = self._deadline(context)
 
-        def failed(req, exc: Exception, rid: str, start: float) -> None:
+        def failed(req, exc: Exception, start: float) -> None:
+            rid = request_id()
             c, message, pushback = to_status(exc, rid)
             self._count_failure(req, exc, c)
             out.put_nowait(pb.EditStreamResponse(id=getattr(req, "id", ""), error=pb.Error(
@@ -363,20 +364,20 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
                 log_request(method, rid, _model_name(req), c.name, time.perf_counter() - start)
 
         async def one(req) -> None:
-            rid, start = request_id(), time.perf_counter()
+            start = time.perf_counter()  # the request id is made only for an error or a log line
             try:
                 if isinstance(req, Corrupt):
                     raise req.error
                 ticket = self.admission.enter(deadline)
             except Exception as exc:
-                failed(req, exc, rid, start)
+                failed(req, exc, start)
                 return
             try:
                 out.put_nowait(pb.EditStreamResponse(id=req.id, result=await self._edit(req, ticket, method)))
                 if self.log_requests:
-                    log_request(method, rid, req.model, "OK", time.perf_counter() - start)
+                    log_request(method, request_id(), req.model, "OK", time.perf_counter() - start)
             except Exception as exc:
-                failed(req, exc, rid, start)
+                failed(req, exc, start)
             finally:
                 ticket.leave()
 
