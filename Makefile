@@ -3,14 +3,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint bench proto clean
+LOCK := requirements/lock.txt
 
+.PHONY: setup run test lint bench proto lock check-install clean
+
+# Every install takes its versions from the lock (pip constraints; `make lock` refreshes it).
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -c $(LOCK) --upgrade pip
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[dev]"
 	touch $@
 
 run: setup
@@ -23,12 +26,19 @@ lint: setup
 test: lint
 	TRITON_INTERPRET=1 $(BIN)/pytest -q
 
+# The wheel installed without extras into a fresh venv, used as a new user would (.ci/check_base_install.py).
+check-install: setup
+	$(PY) .ci/check_base_install.py
+
 bench: setup
 	$(BIN)/curvedit bench engine
 
 proto: setup
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto --grpc_python_out=proto \
 		proto/curvedit/v1/latent_edit.proto proto/curvedit/inference/grpc_service.proto
+
+lock:
+	bash requirements/refresh.sh
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

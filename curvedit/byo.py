@@ -16,6 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from curvedit.bundle import write_bundle
+from curvedit.extras import require_extra
 from curvedit.models.external import ExternalGenerator, build_user_module
 from curvedit.models.train_editor import EditorTrainConfig
 
@@ -65,6 +66,7 @@ def _directions(job: UserEditorJob, latent_dim: int) -> list[str]:
 
 def train_user_editor(job: UserEditorJob, log=print) -> Path:
     """Train an editor on the user's generator and write the bundle to ``job.out``; returns its path."""
+    require_extra("export", "writing the bundle's ONNX graphs")
     from curvedit.export.onnx_export import export_bundle
     from curvedit.models.fit_editors import make_editor
 

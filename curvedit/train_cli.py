@@ -13,6 +13,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from curvedit.bundle import add_editor, load_bundle, save_weights, weights_meta
+from curvedit.extras import require_extra
 from curvedit.models.editors import EDITOR_KINDS
 from curvedit.models.files import write_json
 from curvedit.models.generator import GeneratorConfig
@@ -145,6 +146,9 @@ def print_report(name: str, report: dict) -> None:
 
 def cmd_recipe(args: argparse.Namespace) -> int:
     name = getattr(args, "recipe", None) or "shapes32"
+    if not args.no_export:  # checked before hours of training, not after
+        require_extra("export", "writing the bundle's ONNX graphs",
+                      alternative="pass --no-export to train without writing graphs")
     out = Path(args.out or f"runs/{name}/bundle")
     run = Path(args.run or f"runs/{name}")
     seconds = run_recipe(name, out, run, seed=args.seed, generator_steps=args.generator_steps,

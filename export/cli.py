@@ -7,10 +7,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from curvedit.export.onnx_export import EXPORTERS
+from curvedit.export import EXPORTERS
+from curvedit.extras import require_extra
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    require_extra("export", "writing ONNX graphs")
     from curvedit.api import resolve_model
     from curvedit.bundle import read_manifest
     from curvedit.export.onnx_export import export_bundle

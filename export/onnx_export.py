@@ -26,12 +26,12 @@ import onnx
 import torch
 
 from curvedit.bundle import Bundle, add_file, load_bundle, remove_file
+from curvedit.export import EXPORTERS
 from curvedit.export.graphs import GraphSpec, bundle_specs
 from curvedit.models.files import atomic_write
 
 log = logging.getLogger("curvedit.export")
 
-EXPORTERS = ("dynamo", "torchscript")
 OPSET = 18
 EXPORT_BATCH = 2
 VERIFY_BATCHES = (1, 5)

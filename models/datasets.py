@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from curvedit.extras import require_extra
 from curvedit.models.faces import FACE_FACTOR_NAMES, RenderedFaces
 from curvedit.models.renderer import FACTOR_NAMES, RenderedShapes
 
@@ -54,11 +55,9 @@ _DIGITS_SPLIT_SEED = 2023
 
 def load_digits_images(size: int) -> torch.Tensor:
     """All 1,797 digits as ``[1797, 1, size, size]`` in [-1, 1] (needs scikit-learn: ``curvedit[train]``)."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as exc:
-        raise ValueError("the digits data ships inside scikit-learn, which is not installed: "
-                         "pip install 'curvedit[train]'") from exc
+    require_extra("train", "the digits data (it ships inside scikit-learn)")
+    from sklearn.datasets import load_digits
+
     images = torch.from_numpy(load_digits().images).float()[:, None] / 16.0  # [1797, 1, 8, 8] in [0, 1]
     images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
     return images.clamp(0.0, 1.0) * 2.0 - 1.0

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from numerics import EPS, assert_within, edit_bound
 
 import curvedit
 from curvedit.engines.onnx_engine import available_cores
@@ -35,7 +36,10 @@ def test_per_item_amounts_edit_each_row_independently(model):
     z = model.sample(3, seed=0)
     amounts = np.array([[1, 0, 0, 0], [0, 0.5, 0, 0], [0, 0, 0, 0]], np.float32)
     rows = np.concatenate([model.edit(z[i : i + 1], amounts[i : i + 1]) for i in range(3)])
-    np.testing.assert_allclose(model.edit(z, amounts), rows, rtol=1e-6, atol=1e-6)
+    # The batch and the single rows may be blocked differently by the matmuls: each within its rounding bound.
+    bound = edit_bound(model.bundle.editors["decurved"], torch.from_numpy(z), torch.from_numpy(amounts),
+                       EPS[torch.float32])[1]
+    assert_within(model.edit(z, amounts), rows, 2 * bound, "batched edit")
 
 
 def test_generate_returns_uint8_images(model):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,3 +84,54 @@ def test_exporters_are_an_extra_not_a_runtime_requirement():
     assert not runtime & {"onnx", "onnxscript"}
     assert {r.name for r in requirements("export")} == {"onnx", "onnxscript"}
     assert "scikit-learn" not in runtime, "only the digits training recipe needs it"
+
+
+# -- the lock ----------------------------------------------------------------------------------------------------
+LOCK = ROOT / "requirements" / "lock.txt"
+LOCK_ENV = {**default_environment(), "sys_platform": "linux", "platform_machine": "x86_64",
+            "platform_system": "Linux", "python_version": "3.11", "python_full_version": "3.11.7"}
+
+
+def locked() -> dict[str, Version]:
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        if line and not line.startswith("#"):
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"{line}: the lock pins exact versions"
+            pins[canonicalize_name(req.name)] = Version(spec.version)
+    return pins
+
+
+def dev_requirements() -> list[Requirement]:
+    """Every requirement `pip install -e '.[dev]'` asks for directly on the lock's platform."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    texts = list(project["dependencies"])
+    for text in extras["dev"]:
+        req = Requirement(text)
+        if req.name == "curvedit":
+            for extra in req.extras:
+                texts += extras[extra]
+        else:
+            texts.append(text)
+    return [r for r in map(Requirement, texts) if r.marker is None or r.marker.evaluate(LOCK_ENV)]
+
+
+@pytest.mark.parametrize("req", dev_requirements(), ids=str)
+def test_the_lock_pins_every_declared_dependency_inside_its_range(req):
+    pins = locked()
+    name = canonicalize_name(req.name)
+    assert name in pins, f"{req.name} is declared but not locked: run `make lock`"
+    assert req.specifier.contains(pins[name], prereleases=True), \
+        f"the lock has {req.name}=={pins[name]}, outside pyproject.toml's {req.specifier}: run `make lock`"
+
+
+def test_the_lock_pins_the_generator_of_the_committed_stubs():
+    text = (STUBS / "latent_edit_pb2_grpc.py").read_text()
+    generated = Version(re.search(r"GRPC_GENERATED_VERSION = '([^']+)'", text).group(1))
+    assert locked()["grpcio-tools"] == generated, "requirements/pins.txt must name the stubs' generator"
+
+
+def test_the_lock_takes_torch_from_the_cpu_wheel():
+    assert locked()["torch"].local == "cpu", "a CUDA build of torch is several GB; the lock pins the CPU wheel"

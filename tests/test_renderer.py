@@ -1,5 +1,7 @@
 """The built-in data: deterministic by seed, differentiable in every factor, each factor visible."""
 
+import math
+
 import pytest
 import torch
 
@@ -41,10 +43,13 @@ def test_every_factor_has_a_gradient_and_changes_the_image(index):
 
 
 def test_standardised_units_round_trip_and_span():
-    raw = sample_factors(10000, torch.Generator().manual_seed(0))
+    n = 10000
+    raw = sample_factors(n, torch.Generator().manual_seed(0))
     units = standardize(raw)
     torch.testing.assert_close(unstandardize(units), raw, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(units.std(0), torch.ones(len(FACTORS)), atol=0.03)
+    # A sample standard deviation of n uniform values has standard error √(0.8/n)/2 (excess kurtosis −1.2):
+    # 0.0045 here; the bound is 6 of them (measured: 2.5).
+    assert torch.allclose(units.std(0), torch.ones(len(FACTORS)), atol=6 * math.sqrt(0.8 / n) / 2)
     assert units.abs().max() <= 3**0.5 + 1e-4
 
 
