@@ -25,7 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements" / "lock.txt"
-SERVE_START_S = 180  # the first start on a fresh machine warms every default model up
+SERVE_START_S = 180  # the first start on a fresh machine warms the default model up (no route cache)
+WHEEL_LIMIT_MB = 25  # each weight byte stored once (models/bundle_files.py): 18 MB at the last count
 WALK = """
 import argparse, json
 from curvedit.cli import build_parser
@@ -59,6 +60,8 @@ def install(tmp: Path) -> Path:
     run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(ROOT)])
     (wheel,) = wheels.glob("curvedit-*.whl")
     step(f"{wheel.name}: {wheel.stat().st_size / 1e6:.1f} MB; installing it without extras into a fresh venv")
+    if wheel.stat().st_size > WHEEL_LIMIT_MB * 1e6:
+        sys.exit(f"check-install: the wheel is {wheel.stat().st_size / 1e6:.1f} MB, over {WHEEL_LIMIT_MB} MB")
     venv.create(tmp / "venv", with_pip=True)
     python = tmp / "venv" / "bin" / "python"
     run([str(python), "-m", "pip", "install", "--quiet", "-c", str(LOCK), str(wheel)])
@@ -115,8 +118,8 @@ def check_extras_are_named(bin_dir: Path, work: Path) -> None:
 def check_serve(bin_dir: Path, work: Path) -> None:
     step("curvedit serve (default models) until SERVING")
     server = subprocess.Popen([str(bin_dir / "curvedit"), "serve", "--port", "0", "--http-port", "0",
-                               "--metrics-port", "0"], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
+                               "--metrics-port", "0", "--cache-dir", str(work / "cache")], cwd=work,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     start, lines, port = time.monotonic(), [], None
     try:
         while port is None:

@@ -1,11 +1,11 @@
-"""``curvedit bench engine | serve | reliability | peers``: each benchmark registers its own options."""
+"""``curvedit bench engine | serve | reliability | peers | start``: each benchmark registers its own options."""
 
 from __future__ import annotations
 
 import importlib
 
 BENCH_MODULES = ("curvedit.engines.bench", "curvedit.service.loadtest", "curvedit.service.reliability",
-                 "curvedit.service.peers")
+                 "curvedit.service.peers", "curvedit.service.start_bench")
 
 
 def register(subparsers) -> None:

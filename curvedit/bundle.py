@@ -17,7 +17,8 @@ Manifest (format version 2)::
      "manifest_sha256": "<sha256 of everything above>"}
 
 Integrity, checked on every load, each failure a ``BundleError`` that names the file and the fix:
-- every file listed in ``files`` matches its sha256;
+- every file listed in ``files`` matches its sha256 (a file the bundle does not hold itself comes from the shared
+  store by that checksum: ``curvedit.models.bundle_files``);
 - ``manifest_sha256`` matches the manifest itself, so no field can be edited by hand without notice; it is the
   bundle's **digest** (``curvedit info`` prints it; ``curvedit serve --expect-digest`` pins it): it covers every
   file's checksum and every field that defines what the model does;
@@ -45,6 +46,7 @@ from safetensors.torch import load_file, save_file
 
 from curvedit.models import all_editors, all_families  # noqa: F401  (register every editor kind and family)
 from curvedit.models.alignment import ALIGNMENT_KIND, LatentAlignment
+from curvedit.models.bundle_files import BundleError, locate, materialize
 from curvedit.models.editors import Editor, build_editor
 from curvedit.models.families import GeneratorFamily, build_generator
 from curvedit.models.files import atomic_write, sha256_file
@@ -56,10 +58,6 @@ MANIFEST = "manifest.json"
 DIGEST_KEY = "manifest_sha256"
 MIN_DIGEST_PREFIX = 12
 _META_KEY = "curvedit"  # safetensors metadata: JSON of what the weights were written as
-
-
-class BundleError(ValueError):
-    """A bundle is missing, malformed, tampered with, or of an unsupported version."""
 
 
 @dataclass
@@ -202,6 +200,51 @@ def _write_bundle_files(path: Path, name, version, generator, editors, default_e
     write_manifest(path, manifest)
 
 
+def copy_bundle(source: str | Path, target: str | Path) -> Path:
+    """Copy the bundle at ``source`` into the new directory ``target`` with every file it lists, the ones it takes
+    from the shared store included, so the copy stands on its own."""
+    source, target = Path(source), Path(target)
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    materialize(target, read_manifest(target))
+    return target
+
+
+def borrow_generator_weights(path: str | Path, prefix: str, source: str | Path, source_name: str) -> None:
+    """Make the bundle at ``path`` take its generator's weights under ``prefix`` from the bundle at ``source``
+    (named ``source_name``), which holds the same ones: its weight file is copied in as
+    ``generator_<source_name>.safetensors`` (the shared store keeps one copy of identical files) and the
+    generator's own file is rewritten without them. Refused unless the values are equal (to the half-precision
+    rounding where this bundle stored them in float16)."""
+    path, source = Path(path), Path(source)
+    manifest, theirs = read_manifest(path), read_manifest(source)
+    spec = manifest["generator"]
+    own_file = locate(path, manifest, spec["file"])
+    with safe_open(own_file, framework="pt") as f:
+        metadata = f.metadata()
+    own = load_file(own_file)
+    borrowed_file = locate(source, theirs, theirs["generator"]["file"])
+    taken = {k: v for k, v in load_file(borrowed_file).items() if k.startswith(prefix)}
+    mine = {k: v for k, v in own.items() if k.startswith(prefix)}
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+        if b.dtype != torch.float16:
+            return torch.equal(a.double(), b.double())
+        # round to nearest: within 2⁻¹¹ relative, and half the spacing of float16's subnormals (2⁻²⁴) near 0
+        return torch.allclose(a.double(), b.double(), rtol=2.0**-11, atol=2.0**-25)
+
+    if set(taken) != set(mine) or not all(same(taken[k], mine[k]) for k in mine):
+        raise BundleError(f"{source} does not hold the same weights under {prefix!r} as {path}: nothing borrowed")
+    filename = f"generator_{source_name}.safetensors"
+    shutil.copyfile(borrowed_file, path / filename)
+    kept = {k: v for k, v in own.items() if not k.startswith(prefix)}
+    atomic_write(path / spec["file"], lambda tmp: save_file(kept, tmp, metadata=metadata))
+    manifest["files"][spec["file"]] = sha256_file(path / spec["file"])
+    manifest["files"][filename] = sha256_file(path / filename)
+    spec["borrow"] = {"prefix": prefix, "file": filename, "from": source_name}
+    if all(p.startswith(prefix) for p in spec.get("float16", ())):
+        spec.pop("float16", None)  # what it stored in half precision is the source's now
+    write_manifest(path, manifest)
+
+
 def add_editor(path: str | Path, name: str, editor: Editor, mode: str, training: dict | None = None,
                make_default: bool = False) -> None:
     """Add (or replace) one editor in an existing bundle, then rewrite the manifest atomically."""
@@ -296,9 +339,7 @@ def verify_files(path: str | Path, manifest: dict) -> None:
     """Check every listed file's sha256; raise ``BundleError`` naming the first mismatch."""
     path = Path(path)
     for filename, expected in manifest["files"].items():
-        file = path / filename
-        if not file.is_file():
-            raise BundleError(f"bundle {path} lists {filename} but the file is missing; restore or re-save it")
+        file = locate(path, manifest, filename)  # the bundle's own copy, or the shared store's
         actual = sha256_file(file)
         if actual != expected:
             raise BundleError(
@@ -320,11 +361,28 @@ def check_digest(digest: str, expected: str | None, path: Path) -> None:
                           "(another model, or a changed one)")
 
 
-def _load_weights(path: Path, manifest: dict, filename: str, module: torch.nn.Module, meta: dict) -> None:
-    """Load ``filename`` into ``module`` after checking the file was written as what ``meta`` says."""
+def _borrowed(path: Path, manifest: dict, borrow: dict, own: dict) -> dict:
+    """The tensors a module takes from another model's weight file: those under ``borrow["prefix"]`` of the file
+    ``borrow["file"]`` the manifest lists (the shipped PixelCNN's encoder is the shapes-vae's)."""
+    filename, prefix = borrow["file"], borrow["prefix"]
     if filename not in manifest["files"]:
         raise BundleError(f"{filename} is not listed with a checksum in {path / MANIFEST}; refusing to load it")
-    with safe_open(path / filename, framework="pt") as f:
+    taken = {k: v for k, v in load_file(locate(path, manifest, filename)).items() if k.startswith(prefix)}
+    if not taken or any(k.startswith(prefix) for k in own):
+        raise BundleError(f"{path / MANIFEST}: the weights under {prefix!r} must come from {filename} alone "
+                          f"({len(taken)} there, {sum(k.startswith(prefix) for k in own)} in the module's own "
+                          "file); re-save the bundle")
+    return taken
+
+
+def _load_weights(path: Path, manifest: dict, filename: str, module: torch.nn.Module, meta: dict,
+                  borrow: dict | None = None) -> None:
+    """Load ``filename`` (and what ``borrow`` takes from another file) into ``module`` after checking the file was
+    written as what ``meta`` says."""
+    if filename not in manifest["files"]:
+        raise BundleError(f"{filename} is not listed with a checksum in {path / MANIFEST}; refusing to load it")
+    file = locate(path, manifest, filename)
+    with safe_open(file, framework="pt") as f:
         written = json.loads((f.metadata() or {}).get(_META_KEY, "null"))
     if written != meta:
         raise BundleError(
@@ -332,10 +390,13 @@ def _load_weights(path: Path, manifest: dict, filename: str, module: torch.nn.Mo
             f"{meta['config']}, but the weights were written as {written}: the manifest disagrees with its "
             "checksummed weights; restore the original manifest or re-save the bundle"
         )
+    state = load_file(file)
+    if borrow is not None:
+        state.update(_borrowed(path, manifest, borrow, state))
     try:
-        module.load_state_dict(load_file(path / filename))
+        module.load_state_dict(state)
     except RuntimeError as exc:
-        raise BundleError(f"{path / filename} does not match its config in the manifest: {exc}") from exc
+        raise BundleError(f"{file} does not match its config in the manifest: {exc}") from exc
 
 
 def _consistent(path: Path, manifest: dict, generator: GeneratorFamily, editors: dict[str, Editor]) -> None:
@@ -365,7 +426,7 @@ def load_bundle(path: str | Path, expect_digest: str | None = None) -> Bundle:
         spec = manifest["generator"]
         generator = build_generator(spec["kind"], spec["config"])
         _load_weights(path, manifest, spec["file"], generator, weights_meta("generator", spec["kind"],
-                                                                             spec["config"]))
+                                                                             spec["config"]), spec.get("borrow"))
         generator.attach(path, manifest)
         editors = {}
         for name, entry in manifest["editors"].items():

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import shutil
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +25,11 @@ import numpy as np
 import onnx
 import torch
 
-from curvedit.bundle import Bundle, add_file, load_bundle, remove_file
+from curvedit.bundle import Bundle, add_file, copy_bundle, load_bundle, read_manifest, remove_file
 from curvedit.export import EXPORTERS
-from curvedit.export.graphs import GraphSpec, bundle_specs
+from curvedit.export.external_weights import externalize, inline, outputs_equal, weight_files_of
+from curvedit.export.graphs import GraphSpec, bundle_specs, is_fresh
+from curvedit.models.bundle_files import read_verified
 from curvedit.models.files import atomic_write
 
 log = logging.getLogger("curvedit.export")
@@ -72,7 +74,18 @@ def _quiet():
             logger.setLevel(level)
 
 
+# torch.onnx keeps its export state in globals ("GLOBALS.in_onnx_export must be False" when two threads export at
+# once, and one of them then falls back to PyTorch): a server warming one model in the background while a request
+# builds another's session would export concurrently. One export at a time, process-wide.
+_EXPORTING = threading.Lock()
+
+
 def _export_bytes(spec: GraphSpec, exporter: str) -> bytes:
+    with _EXPORTING:
+        return _export_bytes_alone(spec, exporter)
+
+
+def _export_bytes_alone(spec: GraphSpec, exporter: str) -> bytes:
     inputs = spec.example_inputs(EXPORT_BATCH)
     names_in = [p.name for p in spec.inputs]
     names_out = [p.name for p in spec.outputs]
@@ -194,15 +207,67 @@ def _target(bundle_path: Path, out: str | Path | None) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out {out} exists and is not an empty directory; pass a new directory")
     load_bundle(bundle_path)  # refuse a broken source before copying anything
-    shutil.copytree(bundle_path, out, dirs_exist_ok=True)
-    return out
+    return copy_bundle(bundle_path, out)
+
+
+def _feed(spec: GraphSpec) -> dict:
+    return {port.name: x.numpy() for port, x in zip(spec.inputs, spec.example_inputs(3, seed=7), strict=True)}
+
+
+def stored_form(path: Path, spec: GraphSpec, data: bytes,
+                verify: bool = False) -> tuple[bytes, list[str], dict | None]:
+    """The graph as a bundle stores it: weights the bundle's safetensors hold become references into them
+    (``export.external_weights``). Raises ``ExportError`` unless ONNX Runtime then gives bit-identical outputs, or
+    — where a weight now goes through the bundle's float16 copy, or with ``verify`` — unless the stored graph
+    verifies against eager PyTorch like a new export (returned as the new check; ``None`` when not run)."""
+    files = weight_files_of(path, read_manifest(path))
+    stored, used, halved = externalize(data, files)
+    if halved or verify:
+        return stored, used, verify_graph(spec, inline(stored, files))
+    if used and not outputs_equal(data, stored, {name: files[name] for name in used}, _feed(spec)):
+        raise ExportError(f"{spec.filename}: the graph reading its weights from {used} disagrees with the graph "
+                          "holding them")
+    return stored, used, None
 
 
 def write_graph(path: Path, graph: ExportedGraph) -> int:
-    """Write a verified graph into bundle ``path`` atomically and register it in the manifest."""
-    atomic_write(path / graph.spec.filename, lambda tmp: Path(tmp).write_bytes(graph.data))
-    add_file(path, graph.spec.filename, section="onnx", entry=graph.entry())
-    return len(graph.data)
+    """Write a verified graph into bundle ``path`` atomically, its weights as references into the bundle's
+    safetensors files, and register it in the manifest (with the files it reads)."""
+    data, weights, check = stored_form(path, graph.spec, graph.data)
+    entry = graph.entry() if check is None else graph.spec.entry(graph.opset, graph.exporter, check)
+    atomic_write(path / graph.spec.filename, lambda tmp: Path(tmp).write_bytes(data))
+    add_file(path, graph.spec.filename, section="onnx", entry={**entry, "weights": weights})
+    return len(data)
+
+
+def relink_bundle(bundle: str | Path) -> list[GraphResult]:
+    """Rewrite the graphs bundle ``bundle`` already holds so that they read their weights from its safetensors
+    files (no export: the same graph; bit-identical outputs, or verified against eager PyTorch where a weight
+    now goes through the bundle's float16 copy or the weights changed since the graph was made); returns one
+    result per graph (size after). A graph that already points into weight files that changed since is left as
+    it is (its offsets may no longer hold): re-export it."""
+    path = Path(bundle)
+    loaded = load_bundle(path)
+    specs = {spec.filename: spec for spec in bundle_specs(loaded)}
+    results = []
+    for filename, entry in dict(loaded.manifest.get("onnx", {})).items():
+        manifest = read_manifest(path)
+        data = read_verified(path, manifest, filename)
+        if filename not in specs:
+            results.append(GraphResult(filename, False, "no graph of this bundle is written to this file"))
+            continue
+        spec, fresh = specs[filename], is_fresh(loaded, entry)
+        if entry.get("weights") and not fresh:
+            results.append(GraphResult(filename, False, "its weight files changed since it was linked: re-export"))
+            continue
+        stored, weights, check = stored_form(path, spec, inline(data, weight_files_of(path, manifest)),
+                                             verify=not fresh)
+        if check is not None:  # verified against the weights the bundle holds now
+            entry = {**entry, "verified": check, "sources": dict(spec.sources)}
+        atomic_write(path / filename, lambda tmp, stored=stored: Path(tmp).write_bytes(stored))
+        add_file(path, filename, section="onnx", entry={**entry, "weights": weights})
+        results.append(GraphResult(filename, True, "", len(stored), entry.get("opset")))
+    return results
 
 
 def export_bundle(bundle: str | Path, out: str | Path | None = None, exporter: str = "dynamo",

@@ -19,7 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from curvedit.bundle import Bundle, load_bundle
+from curvedit.export.external_weights import inline, weight_files_of
 from curvedit.export.graphs import GraphSpec, edit_spec, encoder_specs, generator_spec, is_fresh
+from curvedit.models.bundle_files import read_verified
 
 TYPES = {"float32": "TYPE_FP32", "uint8": "TYPE_UINT8"}
 
@@ -27,8 +29,9 @@ TYPES = {"float32": "TYPE_FP32", "uint8": "TYPE_UINT8"}
 def graph_bytes(bundle: Bundle, spec: GraphSpec, exporter: str) -> bytes:
     """The bundle's own graph file when it is fresh for ``spec``, else a verified in-memory export."""
     entry = bundle.manifest.get("onnx", {}).get(spec.filename)
-    if entry is not None and is_fresh(bundle, entry, spec):
-        return (bundle.path / spec.filename).read_bytes()
+    if entry is not None and is_fresh(bundle, entry, spec):  # self-contained: Triton loads model.onnx alone
+        data = read_verified(bundle.path, bundle.manifest, spec.filename)
+        return inline(data, weight_files_of(bundle.path, bundle.manifest)) if entry.get("weights") else data
     from curvedit.export.onnx_export import build_graph
 
     return build_graph(spec, exporter).data

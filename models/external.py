@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from curvedit.models.bundle_files import ort_session
 from curvedit.models.families import GeneratorFamily, register_family
 
 
@@ -136,12 +137,9 @@ class ExternalGenerator(GeneratorFamily):
         if "generator.onnx" not in graphs:
             raise ValueError(f"{self.import_error}; and the bundle has no generator.onnx to run instead: install "
                              "the generator's package where you load this bundle")
-        import onnxruntime as ort
-
         for key in ("generator", "encoder"):
             if f"{key}.onnx" in graphs:
-                self._sessions[key] = ort.InferenceSession(str(path / f"{key}.onnx"),
-                                                           providers=["CPUExecutionProvider"])
+                self._sessions[key] = ort_session(path, manifest, f"{key}.onnx")
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         if self.inner is None:  # weights stay in the (checksummed) file; the graphs carry them

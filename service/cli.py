@@ -19,7 +19,7 @@ _SERVE_FLAGS = ("host", "port", "http_port", "metrics_host", "metrics_port", "en
                 "max_queue_delay_ms",
                 "max_queue_size", "max_items_per_request", "max_concurrent_requests", "grace_s", "max_message_mb",
                 "tls_cert", "tls_key", "tls_client_ca", "auth_token_file", "model_repository", "repository_poll_s",
-                "repository_versions", "log_format", "log_requests")
+                "repository_versions", "log_format", "log_requests", "ready_when", "cache_dir")
 
 
 def _flags(args: argparse.Namespace) -> dict:
@@ -107,6 +107,12 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     add("--config", default=None, metavar="FILE",
         help="JSON or TOML file with the same settings (default: none); flags > CURVEDIT_* env > file")
     add("--no-warmup", action="store_true", help="skip warm-up: SERVING at once (default: warm every bucket)")
+    add("--ready-when", default=None, choices=("default", "all"),
+        help="SERVING once the default (first) model is warm, the others then warming one by one and each taking "
+             "requests once warm, or once every model is warm (default: default)")
+    add("--cache-dir", default=None, metavar="DIR",
+        help="where warm-up keeps what it learns for the next start (the engine's route per batch bucket, per "
+             "bundle, machine and software; default $XDG_CACHE_HOME/curvedit or ~/.cache/curvedit; 'off' = none)")
     add("--no-reflection", action="store_true", help="switch gRPC server reflection off (default: on)")
 
 

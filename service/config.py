@@ -43,7 +43,14 @@ class ServeConfig:
     max_concurrent_requests: int = 1024  # unary RPCs + stream messages in progress; beyond it RESOURCE_EXHAUSTED
     grace_s: float = 10.0  # how long SIGTERM waits for in-flight work
     max_message_mb: int = 64
-    warmup: bool = True  # run every batch bucket once before health says SERVING
+    warmup: bool = True  # run every batch bucket once before a model takes requests
+    # "all": health says SERVING once every model is warm (what code building a server expects); "default": once
+    # the default (first) model is warm, the others warming after it, one at a time, each taking requests once
+    # warm (UNAVAILABLE naming it before). `build_config` (the command line) defaults it to "default".
+    ready_when: str = "all"
+    # Where warm-up keeps what it learns across starts (the auto engine's routes: route_cache); "" = nowhere.
+    # `build_config` (the command line) defaults it to $XDG_CACHE_HOME/curvedit (~/.cache/curvedit).
+    cache_dir: str = ""
     reflection: bool = True  # grpc.reflection.v1alpha (grpcurl); off with --no-reflection
     tls_cert: str = ""  # PEM certificate chain; with tls_key, the port speaks TLS only
     tls_key: str = ""  # PEM private key of tls_cert
@@ -79,6 +86,9 @@ class ServeConfig:
         need(not (self.model_repository and self.expect_digests),
              "--expect-digest pins a --model; a --model-repository version is checked against its own manifest")
         need(self.log_format in ("text", "json"), f"log_format must be 'text' or 'json', got {self.log_format!r}")
+        need(self.ready_when in ("default", "all"),
+             f"ready_when must be 'default' (SERVING once the first model is warm) or 'all', got "
+             f"{self.ready_when!r}")
         need(self.repository_poll_s >= 0, f"repository_poll_s must be >= 0 (0 = no polling), got "
              f"{self.repository_poll_s}")
         need(self.repository_versions >= 1,
@@ -145,7 +155,10 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
 def build_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
                  config_file: str | os.PathLike | None = None) -> ServeConfig:
-    """Merge defaults < ``config_file`` < ``env`` (``CURVEDIT_*``) < ``flags`` (``None`` values ignored)."""
+    """Merge defaults < ``config_file`` < ``env`` (``CURVEDIT_*``) < ``flags`` (``None`` values ignored).
+
+    Two defaults differ from ``ServeConfig()``'s, for a server run from the command line: ``ready_when`` is
+    "default" (SERVING once the first model is warm) and ``cache_dir`` the user's cache (``default_cache_dir``)."""
     values: dict[str, Any] = {}
     sources: list[tuple[str, Mapping[str, Any]]] = []
     if config_file is not None:
@@ -160,11 +173,23 @@ def build_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] 
             if name not in _FIELDS:
                 raise ValueError(f"{source}: unknown setting {name!r}; known settings: {sorted(_FIELDS)}")
             values[name] = _coerce(name, value, source)
+    values.setdefault("ready_when", "default")  # `curvedit serve`: SERVING once the default model is warm
+    if "cache_dir" not in values:
+        values["cache_dir"] = default_cache_dir(env or {})
+    elif values["cache_dir"] == "off":
+        values["cache_dir"] = ""
     return ServeConfig(**values)
+
+
+def default_cache_dir(env: Mapping[str, str]) -> str:
+    """``$XDG_CACHE_HOME/curvedit``, else ``~/.cache/curvedit`` (``""``, no cache, where neither is known)."""
+    if env.get("XDG_CACHE_HOME"):
+        return str(Path(env["XDG_CACHE_HOME"]) / "curvedit")
+    return str(Path(env["HOME"]) / ".cache" / "curvedit") if env.get("HOME") else ""
 
 
 def replace(config: ServeConfig, **changes) -> ServeConfig:
     return dataclasses.replace(config, **changes)
 
 
-__all__ = ["ENV_PREFIX", "ServeConfig", "build_config", "read_config_file", "replace"]
+__all__ = ["ENV_PREFIX", "ServeConfig", "build_config", "default_cache_dir", "read_config_file", "replace"]

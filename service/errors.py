@@ -82,6 +82,26 @@ class Draining(ServiceError):
                          pushback_ms)
 
 
+class WarmingUp(ServiceError):
+    """A model that is loaded but not warm yet (``--ready-when default`` warms the others after the first)."""
+
+    reason = "warming_up"
+
+    def __init__(self, model: str, ahead: int, eta_s: float | None, failure: str = ""):
+        if failure:
+            super().__init__(grpc.StatusCode.UNAVAILABLE,
+                             f"model {model} failed to warm up ({failure}) and takes no requests; see the server "
+                             "log, fix the bundle and restart (or ask another replica)")
+            return
+        wait = f"about {eta_s:.0f} s" if eta_s is not None else "a few seconds"
+        queue = f", {ahead} model(s) ahead of it" if ahead else ""
+        pushback_ms = max(100, min(int(1000 * (eta_s or 1.0)), 10_000))
+        super().__init__(grpc.StatusCode.UNAVAILABLE,
+                         f"model {model} is warming up{queue}: ready in {wait}; retry after {pushback_ms} ms "
+                         "(grpc-retry-pushback-ms), or use a model that is ready (ListModels, OIP ModelReady)",
+                         pushback_ms)
+
+
 class ShutDown(ServiceError):
     """Accepted work cut off because the drain's grace period ran out (the operator's choice, not the client's)."""
 

@@ -41,8 +41,19 @@ SERVICE = "curvedit.v1.LatentEditService"
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 LATENCY_BUCKETS = (.0005, .001, .002, .004, .006, .008, .01, .015, .02, .03, .05, .075, .1, .25, .5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-REJECT_REASONS = ("queue_full", "overloaded", "deadline_unmeetable", "draining", "invalid", "not_found",
-                  "unauthenticated", "deadline", "cancelled")
+# The label values known before any event, so every series of a loaded model exists from the start at zero
+# (rate() and increase() need a sample before the first event to see it): go-grpc-prometheus does the same for
+# every registered method and status code.
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+INFERENCE_METHODS = ("Edit", "EditStream", "Traverse", "Generate", "Encode", "Translate", "ModelInfer")
+STAGES = ("encoder", "flow", "generator")
+RELEASE_REASONS = ("idle", "full", "delay", "company")
+DROP_REASONS = ("deadline", "cancelled")
+STATUS_CODES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+                "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+                "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED")
+REJECT_REASONS = ("queue_full", "overloaded", "deadline_unmeetable", "draining", "warming_up", "invalid",
+                  "not_found", "unauthenticated", "deadline", "cancelled")
 
 
 def _safe(method):
@@ -210,6 +221,12 @@ class ServerMetrics:
                                    "`version` is the repository version (or the bundle's version without a "
                                    "repository), `bundle_version` the bundle's own version string.",
                                    (*model, "bundle_version"), registry=registry)
+        self.model_ready = Gauge("curvedit_model_ready", "1 for each loaded model version that is warm and takes "
+                                 "requests, 0 while it warms up (requests get UNAVAILABLE naming it).", model,
+                                 registry=registry)
+        self.warmup_seconds = Gauge("curvedit_model_warmup_seconds", "How long each model version's warm-up took "
+                                    "(routes from the cache, or measured; every batch bucket run once).", model,
+                                    registry=registry)
         self.load_failures = counter("curvedit_model_load_failures_total", "Model versions of the repository that "
                                      "failed to load (checksum, graph or warm-up); the version serving before "
                                      "keeps serving.", model)
@@ -246,9 +263,45 @@ class ServerMetrics:
     # -- model versions (a model repository loads and unloads them while serving) --------------------------------
     @_safe
     def model_loaded(self, model: str, version: str, bundle_version: str) -> None:
+        """The version is loaded: it is reported, and every series of it exists from now on, at 0."""
         self.model_version.labels(model, version, bundle_version).set(1)
-        for reason in REJECT_REASONS:  # the model's rejections exported from the start, at 0
+        for reason in REJECT_REASONS:
             self.rejections.labels(model, reason)
+        labels = (model, version)
+        for family in (self.success, self.count, self.exec_count, self.request_us, self.queue_us, self.compute_us,
+                       self.queue_seconds, self.batch_size, self.padded_size, self.sampling_steps,
+                       self.load_failures):
+            family.labels(*labels)
+        for family, values in ((self.failure, FAILURE_REASONS), (self.latency_seconds, INFERENCE_METHODS),
+                               (self.compute_seconds, STAGES), (self.batch_release, RELEASE_REASONS),
+                               (self.dropped_items, DROP_REASONS)):
+            for value in values:
+                family.labels(*labels, value)
+
+    @_safe
+    def rpc_methods(self, methods: dict[str, str]) -> None:
+        """Every RPC the server registered (``/service/Method`` → grpc_type), exported from the start at 0:
+        started, handling time, handled by every status code, and stream messages where its type streams them."""
+        for path, kind in methods.items():
+            service, _, method = path.lstrip("/").rpartition("/")
+            labels = (kind, service, method)
+            self.started.labels(*labels)
+            self.handling.labels(*labels)
+            for code in STATUS_CODES:
+                self.handled.labels(*labels, code)
+            if kind in ("client_stream", "bidi_stream"):
+                self.msg_received.labels(*labels)
+            if kind in ("server_stream", "bidi_stream"):
+                self.msg_sent.labels(*labels)
+
+    @_safe
+    def warming(self, model: str, version: str) -> None:
+        self.model_ready.labels(model, version).set(0)
+
+    @_safe
+    def warmed(self, model: str, version: str, seconds: float) -> None:
+        self.model_ready.labels(model, version).set(1)
+        self.warmup_seconds.labels(model, version).set(seconds)
 
     @_safe
     def model_unloaded(self, model: str, version: str, bundle_version: str) -> None:
@@ -257,9 +310,12 @@ class ServerMetrics:
 
     @_safe
     def model_forgotten(self, model: str, version: str) -> None:
-        """The version's work is done: its queue-depth gauge goes too."""
+        """The version's work is done: its queue-depth and readiness gauges go too."""
         self._children.pop((id(self.pending), model, version), None)
         self.pending.remove(model, version)
+        for gauge in (self.model_ready, self.warmup_seconds):
+            if (model, version) in gauge._metrics:
+                gauge.remove(model, version)
 
     @_safe
     def load_failed(self, model: str, version: int) -> None:

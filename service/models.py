@@ -23,6 +23,7 @@ import numpy as np
 
 import curvedit
 from curvedit.engines import resolve_engine
+from curvedit.engines.auto_engine import CalibrationStopped
 from curvedit.service.batcher import Batch, bucket_sizes
 from curvedit.service.errors import Cancelled, DeadlineExpired
 from curvedit.v1 import latent_edit_pb2 as pb
@@ -53,6 +54,8 @@ class ServedModel:
         self.version_label = str(self.repository_version) if self.repository_version else self.version
         self.latent_dim = self.model.latent_dim
         self._index = {e: {d: k for k, d in enumerate(self.model.directions_of(e))} for e in self.model.editors}
+        self.ready = False  # warmed up (or warm-up off): takes requests; see server.EditServer.start
+        self.warmup_s: float | None = None
 
     def direction_index(self, editor: str) -> dict[str, int]:
         """``{direction: column}`` of a resolved editor name."""
@@ -133,19 +136,26 @@ class ServedModel:
         batch. ``InputError`` for a seed out of range."""
         return None if seed is None else self.model.check_seeds(seed, n)
 
-    def warm_up(self, max_batch_size: int) -> dict[tuple[str, str, int], float]:
+    def warm_up(self, max_batch_size: int, cache=None, stop=None) -> dict[tuple[str, str, int], float]:
         """Run every bucket once per editor, and the generator, so no request pays a first-shape cost (the auto
-        engine first measures its backends at every bucket and routes each to the fastest).
+        engine first measures its backends at every bucket and routes each to the fastest, or takes the routes
+        ``cache``, a ``route_cache.RouteCache``, holds for this bundle and machine).
 
         Then time each once more: ``{(editor, EDIT or GENERATE, bucket): seconds}`` (editor "" for GENERATE),
-        the admission control's first cost estimates.
+        the admission control's first cost estimates. ``stop`` (a ``threading.Event``), once set, ends the
+        warm-up between two calls with ``WarmUpStopped``.
         """
         calibrate = getattr(self.model.runtime, "calibrate", None)
         if calibrate is not None:  # the auto engine: measure its backends at these buckets, route each
-            calibrate(bucket_sizes(max_batch_size))
+            try:
+                calibrate(bucket_sizes(max_batch_size), cache=cache, stop=stop)
+            except CalibrationStopped as exc:
+                raise WarmUpStopped(self.name) from exc
         seconds: dict[tuple[str, str, int], float] = {}
         for timed in (False, True):
             for b in bucket_sizes(max_batch_size):
+                if stop is not None and stop.is_set():
+                    raise WarmUpStopped(self.name)
                 z = np.zeros((b, self.latent_dim), dtype=np.float32)
                 for editor in self.model.editors:
                     amounts = np.zeros((b, len(self.model.directions_of(editor))), np.float32)
@@ -176,6 +186,13 @@ class ServedModel:
                 cost.set((self.key, editor, key), b, seconds)
                 if encode is not None:
                     cost.set((self.key, editor, from_images(key)), b, seconds + encode)
+
+
+class WarmUpStopped(Exception):
+    """A warm-up was told to stop (the server is shutting down) before it finished."""
+
+    def __init__(self, name: str):
+        super().__init__(f"warm-up of {name} stopped")
 
 
 def sampling_check(batch: Batch):

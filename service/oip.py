@@ -141,22 +141,28 @@ class Inference:
         raise not_found(f"model {versions[0].name} has no version {requests.short(version)} loaded here (loaded: "
                         f"{loaded}); leave the version empty for the newest, or ask for one of those")
 
+    def serving(self, name: str, version: str = "") -> ServedModel:
+        """``model``, warm: a model still warming up answers UNAVAILABLE naming it and the wait."""
+        served = self.model(name, version)
+        if not served.ready:
+            raise self.servicer.not_warm(served)
+        return served
+
     def model_ready(self, name: str, version: str = "") -> bool:
         """True when that model (version) takes requests; false for a repository version that failed to load."""
         repository = self.repository
         if repository is not None and (name in repository.unloaded or (
                 version.isdigit() and repository.failure(name, int(version)) is not None)):
             return False
-        self.model(name, version)
-        return self.ready()
+        return self.model(name, version).ready and self.ready()
 
     def index(self, ready_only: bool = False) -> list[dict]:
         ready = self.ready()
         if self.repository is not None:
             entries = self.repository.index()
         else:
-            entries = [{"name": m.name, "version": m.version, "state": "READY", "reason": ""}
-                       for m in self.servicer.models.values()]
+            entries = [{"name": m.name, "version": m.version, "state": "READY" if m.ready else "UNAVAILABLE",
+                        "reason": "" if m.ready else "warming up"} for m in self.servicer.models.values()]
         if not ready:
             entries = [{**e, "state": "UNAVAILABLE", "reason": e["reason"] or "warming up or draining"}
                        for e in entries]
@@ -207,7 +213,7 @@ class Inference:
         target = None
         if translate_to:
             translate_to = served.model.check_translation_target(translate_to)
-            target = self.model(translate_to) if "images" in wanted else None
+            target = self.serving(translate_to) if "images" in wanted else None
         real = "images" in byname
         x = served.model.check_images(byname["images"].data) if real else self._latents(served, byname["z"])
         n = len(x)

@@ -99,7 +99,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):
         async def work(req: oip.ModelInferRequest, ticket, _method):
-            served = self.inference.model(req.model_name, req.model_version)
+            served = self.inference.serving(req.model_name, req.model_version)
             editor, seed, translate_to = self.inference.options(
                 {k: parameter(v) for k, v in req.parameters.items()})
             outputs = await self.inference.infer(served, _inputs(req), [o.name for o in req.outputs], editor,

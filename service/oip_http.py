@@ -216,7 +216,7 @@ class HttpFront:
         except Exception as exc:
             return self._failed(name, exc, rid)
         try:
-            served = self.inference.model(name, version)
+            served = self.inference.serving(name, version)
             request, binary = self._split(headers, body)
             inputs, offset = [], 0
             for spec in request.get("inputs") or []:

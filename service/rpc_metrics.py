@@ -18,11 +18,10 @@ import time
 import grpc
 
 from curvedit.service.metrics import ServerMetrics
+from curvedit.service.wire import KINDS
 
 log = logging.getLogger(__name__)
 
-_KINDS = (("unary_unary", "unary"), ("unary_stream", "server_stream"), ("stream_unary", "client_stream"),
-          ("stream_stream", "bidi_stream"))
 
 
 def _code(context, exc: BaseException | None) -> str:
@@ -86,7 +85,7 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, handler: grpc.RpcMethodHandler, service: str, method: str) -> grpc.RpcMethodHandler:
-        for attribute, kind in _KINDS:
+        for attribute, kind in KINDS:
             behaviour = getattr(handler, attribute)
             if behaviour is not None:
                 return handler._replace(**{attribute: self._behaviour(behaviour, kind, service, method)})

@@ -23,7 +23,9 @@ import contextlib
 import gc
 import logging
 import signal
+import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -32,15 +34,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from curvedit.engines.route_cache import RouteCache
 from curvedit.inference import grpc_service_pb2_grpc as oip_grpc
 from curvedit.service import security, wire
 from curvedit.service.admission import Admission, CostModel
-from curvedit.service.batcher import Batch, BatchQueue, Entry, bucket_sizes
+from curvedit.service.batcher import Batch, BatchQueue, Entry
 from curvedit.service.config import ServeConfig
-from curvedit.service.errors import ShutDown
+from curvedit.service.errors import ShutDown, WarmingUp
 from curvedit.service.metrics import INFERENCE_SERVICE, SERVICE, ServerMetrics
 from curvedit.service.model_set import ModelSet
-from curvedit.service.models import ServedModel, load_models, serving_model
+from curvedit.service.models import ServedModel, WarmUpStopped, load_models, serving_model
 from curvedit.service.oip import Inference
 from curvedit.service.oip_grpc import InferenceServicer
 from curvedit.service.oip_http import HttpFront
@@ -120,6 +123,13 @@ class EditServer:
             self.metrics.load_failed, keep=config.repository_versions)
         self._retiring: set[asyncio.Task] = set()
         self._poller: asyncio.Task | None = None
+        self._warming: asyncio.Task | None = None  # the models after the first, warming one by one
+        self._stop_warmup = threading.Event()  # set: every warm-up in progress stops between two calls
+        self._warm_times: list[float] = []  # seconds each finished warm-up took (the wait a refusal names)
+        self.route_cache = RouteCache(config.cache_dir) if config.cache_dir else None
+        self.servicer.not_warm = self._not_warm
+        self.on_ready: Callable | None = None  # called with each model that finishes warming up
+        self.on_all_ready: Callable | None = None  # called once the models after the first are warm
         self.inference = Inference(self.servicer, lambda: self.ready, self.repository)
         self.health = HealthServicer()
         credentials = security.server_credentials(config)  # read before binding: a bad file fails here
@@ -132,15 +142,18 @@ class EditServer:
             ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
             ("grpc.so_reuseport", 0), ("grpc.server.max_pending_requests", CORE_PENDING_LIMIT),
             ("grpc.server.max_pending_requests_hard_limit", CORE_PENDING_LIMIT)])
-        self.methods = set(wire.register(self.grpc, pb_grpc.add_LatentEditServiceServicer_to_server,
-                                         self.servicer, own=True))
-        self.methods |= set(wire.register(self.grpc, oip_grpc.add_GRPCInferenceServiceServicer_to_server,
-                                          InferenceServicer(self.inference), own=True))
-        wire.register(self.grpc, health_pb2_grpc.add_HealthServicer_to_server, self.health, own=False)
+        registered = wire.register(self.grpc, pb_grpc.add_LatentEditServiceServicer_to_server, self.servicer,
+                                   own=True)
+        registered |= wire.register(self.grpc, oip_grpc.add_GRPCInferenceServiceServicer_to_server,
+                                    InferenceServicer(self.inference), own=True)
+        self.methods = set(registered)
+        registered |= wire.register(self.grpc, health_pb2_grpc.add_HealthServicer_to_server, self.health,
+                                    own=False)
         if config.reflection:
             names = (SERVICE, INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
-            wire.register(self.grpc, reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
-                          reflection.aio.ReflectionServicer(names), own=False)
+            registered |= wire.register(self.grpc, reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+                                        reflection.aio.ReflectionServicer(names), own=False)
+        self.metrics.rpc_methods(registered)
         address = f"{config.host}:{config.port}"
         try:
             self.port = (self.grpc.add_secure_port(address, credentials) if credentials is not None
@@ -172,22 +185,69 @@ class EditServer:
 
     async def activate(self, served: ServedModel) -> None:
         """Warm ``served`` up on its own compute thread, then let it take requests (the newest of its name)."""
-        if self.config.warmup:
-            loop = asyncio.get_running_loop()
-            try:
-                timings = await loop.run_in_executor(self.runner.executor_for(served.key), served.warm_up,
-                                                     self.config.max_batch_size)
-            except BaseException:
-                if not self.models.has_key(served.key):  # its compute thread serves nothing
-                    self.runner.executors.pop(served.key).shutdown(wait=False)
-                raise
-            if timings:
-                served.seed_costs(self.cost, timings)
-        self.metrics.engine(served.name, served.version_label, served.fallbacks(), served.routes())
+        self.metrics.warming(served.name, served.version_label)
+        try:
+            await self._warm(served)
+        except BaseException:
+            if not self.models.has_key(served.key) and served.key in self.runner.executors:
+                self.runner.executors.pop(served.key).shutdown(wait=False)  # its compute thread serves nothing
+            raise
         self.models.add(served)
         self._track(served)
         if self.freeze_heap:
             settle_heap()
+
+    async def _warm(self, served: ServedModel, place: str = "") -> None:
+        """Run ``served``'s warm-up on its compute thread (routes from the cache when it has them), then mark it
+        ready: it takes requests from now on. ``place`` ("2 of 7") goes into the log lines."""
+        if self.config.warmup:
+            loop = asyncio.get_running_loop()
+            start = time.perf_counter()
+            log.info("warming up %s%s", served.name, f" ({place})" if place else "")
+            timings = await loop.run_in_executor(self.runner.executor_for(served.key), served.warm_up,
+                                                 self.config.max_batch_size, self.route_cache, self._stop_warmup)
+            if timings:
+                served.seed_costs(self.cost, timings)
+            served.warmup_s = time.perf_counter() - start
+            self._warm_times.append(served.warmup_s)
+            routes = getattr(served.model.runtime, "calibrated_from", "")
+            log.info("%s ready after a %.1f s warm-up%s%s", served.name, served.warmup_s,
+                     f" ({place})" if place else "", f"; engine routes {routes}" if routes else "")
+        served.ready = True
+        self.metrics.engine(served.name, served.version_label, served.fallbacks(), served.routes())
+        self.metrics.warmed(served.name, served.version_label, served.warmup_s or 0.0)
+        if self.on_ready is not None:
+            self.on_ready(served)
+
+    def _not_warm(self, served: ServedModel) -> WarmingUp:
+        """The refusal of a request to ``served`` while it warms up: how many wait before it, and for how long."""
+        failure = getattr(served, "warmup_failure", "")
+        waiting = [m for m in self.models.values() if not m.ready and not getattr(m, "warmup_failure", "")]
+        ahead = next((i for i, m in enumerate(waiting) if m is served), 0)
+        typical = statistics.median(self._warm_times) if self._warm_times else None
+        return WarmingUp(served.name, ahead, None if typical is None else typical * (ahead + 1), failure)
+
+    async def _warm_the_others(self, others: list[ServedModel], total: int) -> None:
+        """After the default model: the others, one at a time (their calibrations would time each other)."""
+        start = time.perf_counter()
+        for i, served in enumerate(others, start=total - len(others) + 1):
+            try:
+                await self._warm(served, f"{i} of {total}")
+            except WarmUpStopped:
+                return
+            except Exception as exc:  # one bad model must not stop the others (nor the server)
+                served.warmup_failure = f"{type(exc).__name__}: {exc}"
+                log.exception("warm-up of %s failed; it answers UNAVAILABLE, the other models serve", served.name)
+        log.info("all %d models ready %.1f s after the first", total, time.perf_counter() - start)
+        if self.on_all_ready is not None:
+            self.on_all_ready()
+        if self.freeze_heap:
+            settle_heap()
+
+    async def warmed(self) -> None:
+        """Return once every model has warmed up (or failed to): ``ready_when="default"`` serves before that."""
+        if self._warming is not None:
+            await asyncio.shield(self._warming)
 
     async def deactivate(self, served: ServedModel) -> None:
         """Stop new requests reaching ``served``; forget it once its queued and computing work is done."""
@@ -253,18 +313,21 @@ class EditServer:
                                  f"{failures or 'no DIR/<name>/<version>/ directories'}); fix or add a bundle")
             if self.config.repository_poll_s > 0:
                 self._poller = asyncio.create_task(self._poll(self.config.repository_poll_s))
-        elif self.config.warmup:
-            loop = asyncio.get_running_loop()
-            start = time.perf_counter()
-            for served in self.models.values():
-                timings = await loop.run_in_executor(self.runner.executor_for(served.key), served.warm_up,
-                                                     self.config.max_batch_size)
-                if timings:
-                    served.seed_costs(self.cost, timings)
-            log.info("warm-up of %d model(s) x %d buckets took %.2f s", len(self.models),
-                     len(bucket_sizes(self.config.max_batch_size)), time.perf_counter() - start)
-        for served in self.models.values():
-            self.metrics.engine(served.name, served.version_label, served.fallbacks(), served.routes())
+        else:
+            models = list(self.models.values())
+            for served in models:
+                self.metrics.warming(served.name, served.version_label)
+            total = len(models)
+            if models:
+                await self._warm(models[0], f"1 of {total}, the default" if total > 1 else "")
+            if total > 1:
+                if not self.config.warmup:
+                    for served in models[1:]:
+                        await self._warm(served)
+                else:
+                    self._warming = asyncio.create_task(self._warm_the_others(models[1:], total))
+                    if self.config.ready_when == "all":
+                        await self.warmed()
         if self.freeze_heap and self.repository is None:  # a repository's versions settled as each loaded
             settle_heap()
         if not self.servicer.draining:
@@ -274,6 +337,7 @@ class EditServer:
     async def drain(self, grace_s: float | None = None) -> bool:
         """NOT_SERVING, refuse new work, wait for accepted work (≤ grace), stop. True if nothing was cut off."""
         grace_s = self.config.grace_s if grace_s is None else grace_s
+        self.stop_warming()
         self.servicer.draining = True
         self.ready = False
         await self.health.enter_graceful_shutdown()
@@ -302,7 +366,14 @@ class EditServer:
         await self.stop()
         return clean
 
+    def stop_warming(self) -> None:
+        """Every warm-up in progress or still to come stops (between two calls: within milliseconds)."""
+        self._stop_warmup.set()
+        if self._warming is not None:
+            self._warming.cancel()
+
     async def stop(self, grace_s: float = 0.0) -> None:
+        self.stop_warming()
         for task in (self._poller, *self._retiring):
             if task is not None:
                 task.cancel()
@@ -333,18 +404,66 @@ def create_server(config: ServeConfig, models: dict[str, ServedModel] | None = N
     return server, server.port
 
 
+def _progress_bar(config: ServeConfig, models: int):
+    """A warm-up progress bar on a terminal (text logs, several models, warm-up on), else ``None``."""
+    if not (config.log_format == "text" and config.warmup and models > 1 and sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=models, desc="warm-up", unit="model", file=sys.stderr, leave=False)
+
+
 async def serve_until_signal(config: ServeConfig, announce=print) -> int:
-    """Run until SIGTERM/SIGINT, then drain within ``config.grace_s``. Exit code 0 if the drain was clean."""
+    """Run until SIGTERM/SIGINT, then drain within ``config.grace_s``. Exit code 0 if the drain was clean.
+
+    A signal that arrives while models load or the default model warms up (nothing accepted yet) stops the
+    warm-up between two calls and exits at once; one that arrives while serving drains, also while the other
+    models still warm up in the background (their warm-up stops first)."""
     warning = security.exposure_warning(config)
     if warning:
         print(warning, file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    received: list[str] = []
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
     server, port = create_server(config)
     server.freeze_heap = True
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await server.start()
+    await asyncio.sleep(0)  # a signal that came while loading is handled now: its handler runs on the loop
+    if stop.is_set():
+        log.info("curvedit serve: %s while loading the models: stopped before serving", received[0])
+        await server.stop()
+        return 0
+    bar = _progress_bar(config, len(server.models))
+    if bar is not None:
+        server.on_ready = lambda served: (bar.update(1), bar.set_postfix_str(served.name))
+    starting = asyncio.create_task(server.start())
+    waiting = asyncio.create_task(stop.wait())
+    with contextlib.ExitStack() as stack:
+        if bar is not None:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            stack.enter_context(logging_redirect_tqdm())  # log lines above the bar, not through it
+        await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        if bar is not None:
+            bar.close()
+        warming = [m.name for m in server.models.values() if not m.ready]
+        log.info("curvedit serve: %s during warm-up (%s): stopped before serving", received[0],
+                 ", ".join(warming) or "finishing")
+        server.stop_warming()
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WarmUpStopped):
+            await starting
+        await server.stop()
+        return 0
+    waiting.cancel()
+    starting.result()  # a failed start raises here
     names = ", ".join(f"{m.name} {m.version}" + (f" [repository version {m.repository_version}]"
                                                   if m.repository_version else "") + f" ({m.model.engine})"
                       for m in server.models.values())
@@ -352,10 +471,17 @@ async def serve_until_signal(config: ServeConfig, announce=print) -> int:
     http = f"http://{config.host}:{server.http_port}/v2" if server.http_port else "off"
     secured = [word for word, on in (("TLS", config.tls_cert), ("mutual TLS", config.tls_client_ca),
                                      ("tokens", config.auth_token_file)) if on]
+    warming = [m.name for m in server.models.values() if not m.ready]
     announce(f"curvedit serve: SERVING {names} on {config.host}:{port}; metrics {metrics}; OIP HTTP {http}; "
              f"max_batch_size={config.max_batch_size} max_queue_delay_ms={config.max_queue_delay_ms:g}"
-             + (f"; {', '.join(secured)}" if secured else ""))
+             + (f"; {', '.join(secured)}" if secured else "")
+             + (f"; warming up after the default: {', '.join(warming)}" if warming else ""))
     sys.stdout.flush()
+    if bar is not None:
+        if all(m.ready for m in server.models.values()):
+            bar.close()
+        else:
+            server.on_all_ready = bar.close
     await stop.wait()
     announce(f"curvedit serve: draining (grace {config.grace_s:g} s)")
     clean = await server.drain()

@@ -26,6 +26,7 @@ from curvedit.service.batcher import as_array
 from curvedit.service.errors import (
     PUSHBACK_KEY,
     Draining,
+    WarmingUp,
     failure_reason,
     invalid,
     not_found,
@@ -99,6 +100,8 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         self.streams: set[asyncio.Queue] = set()  # answer queues of the open EditStreams
         self.hold: asyncio.Future | None = None  # at the end of a drain: refusals wait for it (see server.drain)
         self.log_requests = False  # a log line per RPC (--log-requests; see logs)
+        # served → the WarmingUp error for a model not warm yet (the server sets one that knows the wait)
+        self.not_warm = lambda served: WarmingUp(served.name, 0, None)
 
     @property
     def draining(self) -> bool:
@@ -133,6 +136,13 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             loaded = [s.repository_version for s in self.models.versions(name or self.default)]
             raise not_found(f"model {name or self.default} has no loaded repository version {repository_version}; "
                             f"loaded: {[v for v in loaded if v]}; pass one of those, or 0 for the newest")
+        return served
+
+    def _serving(self, name: str, repository_version: int = 0) -> ServedModel:
+        """``_model``, warm: a model still warming up answers UNAVAILABLE naming it and the wait."""
+        served = self._model(name, repository_version)
+        if not served.ready:
+            raise self.not_warm(served)
         return served
 
     def _count_failure(self, request, exc: BaseException, code: grpc.StatusCode) -> None:
@@ -222,7 +232,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         return await self._unary("GetModel", work, request, context)
 
     async def _edit(self, request: pb.EditRequest, ticket: Ticket, method: str) -> pb.EditResponse:
-        served = self._model(request.model, request.repository_version)
+        served = self._serving(request.model, request.repository_version)
         editor = requests.editor(served, request.editor)
         fmt = requests.image_format(request.image_format)
         n = item_count(request, "latents", served.latent_dim)
@@ -250,7 +260,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
 
     async def Generate(self, request, context):
         async def work(req: pb.GenerateRequest, ticket, method):
-            served = self._model(req.model, req.repository_version)
+            served = self._serving(req.model, req.repository_version)
             fmt = requests.image_format(req.image_format)
             n = item_count(req, "latents", served.latent_dim)
             check_count(n, self.max_items)
@@ -266,7 +276,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
 
     async def Encode(self, request, context):
         async def work(req: pb.EncodeRequest, ticket, method):
-            served = self._model(req.model, req.repository_version)
+            served = self._serving(req.model, req.repository_version)
             served.model.require_encoder()
             n = requests.image_count(req.images)
             check_count(n, self.max_items)
@@ -282,12 +292,12 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
     async def _translate(self, req: pb.TranslateRequest, ticket: Ticket, method: str) -> pb.TranslateResponse:
         """Source latents (encoded on the source's compute thread when images come in) → the alignment, off the
         event loop → on request, images from the target's compute thread."""
-        served = self._model(req.model)
+        served = self._serving(req.model)
         to = served.model.check_translation_target(req.to)
         fmt = requests.image_format(req.image_format)
         n = item_count(req, "latents", served.latent_dim)
         check_count(n, self.max_items)
-        target = self._model(to) if req.return_images else None
+        target = self._serving(to) if req.return_images else None
         if req.WhichOneof("input") == "images":
             served.model.require_encoder()
             key = (served.key, "", ENCODE)
@@ -316,7 +326,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
 
     async def Traverse(self, request: pb.TraverseRequest, context) -> AsyncIterator[pb.TraverseFrame]:
         async def work(req: pb.TraverseRequest, ticket, method):
-            served = self._model(req.model, req.repository_version)
+            served = self._serving(req.model, req.repository_version)
             editor = requests.editor(served, req.editor)
             k = requests.direction(served, editor, req.direction)
             values = requests.traverse_amounts(req, self.max_items)

@@ -104,20 +104,24 @@ def _guarded(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return handler  # (no such methods among the services served here)
 
 
-def register(server: grpc.aio.Server, add_to_server: Callable, servicer, own: bool) -> list[str]:
+KINDS = (("unary_unary", "unary"), ("unary_stream", "server_stream"), ("stream_unary", "client_stream"),
+         ("stream_stream", "bidi_stream"))  # handler attribute → go-grpc-prometheus's grpc_type
+
+
+def register(server: grpc.aio.Server, add_to_server: Callable, servicer, own: bool) -> dict[str, str]:
     """``add_to_server(servicer, server)`` with tolerant deserializers; ``own`` = the servicer handles ``Corrupt``.
 
-    Returns the full method names registered (``/package.Service/Method``).
+    Returns the methods registered: full name (``/package.Service/Method``) → grpc_type (``unary``, ...).
     """
     capture = _Capture()
     add_to_server(servicer, capture)
-    names = []
+    names = {}
     for service, handlers in capture.services.items():
         safe = {}
         for method, handler in handlers.items():
             handler = handler._replace(request_deserializer=tolerant(handler.request_deserializer))
             safe[method] = handler if own else _guarded(handler)
-            names.append(f"/{service}/{method}")
+            names[f"/{service}/{method}"] = next(kind for attr, kind in KINDS if getattr(handler, attr))
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, safe),))
         server.add_registered_method_handlers(service, safe)
     return names

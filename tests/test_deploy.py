@@ -268,3 +268,33 @@ def test_the_health_probe_says_serving_only_for_a_serving_server(server):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# Per-model families whose every (model, version) series must exist from the start, so that rate() and increase()
+# see the first event: which label set is known at start beyond model and version.
+PER_MODEL = ("model", "version")
+
+
+def test_every_series_the_dashboard_and_the_alerts_name_exists_right_after_serving(tiny_bundle):
+    """The real ``curvedit serve``, scraped the moment it says SERVING, before any request: each metric the
+    dashboard or the rules name has a sample, and each per-model one has a sample for the loaded model."""
+    from test_service_warmup import start_cli, wait_for_line
+
+    proc, lines = start_cli("--model", str(tiny_bundle), "--metrics-port", str(port := free_port()))
+    try:
+        wait_for_line(lines, r"SERVING ")
+        text = get(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    present: dict[str, list[dict]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            present.setdefault(sample.name, []).append(sample.labels)
+    used = {name for exprs in (dashboard_exprs(), rule_exprs()) for expr in exprs.values()
+            for name in metric_names(expr)} - NOT_FROM_THE_SERVER.keys()
+    missing = sorted(name for name in used if name not in present)
+    assert not missing, f"no sample at start (rate/increase would miss the first event): {missing}"
+    model_less = sorted(name for name in used if any("model" in labels for labels in present[name])
+                        and not any(labels.get("model") == "tiny" for labels in present[name]))
+    assert not model_less, f"no series for the loaded model at start: {model_less}"

@@ -10,11 +10,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from curvedit.bundle import BundleError, add_editor, load_bundle, read_manifest
+import curvedit
+from curvedit.bundle import BundleError, add_editor, add_file, load_bundle, read_manifest
 from curvedit.cli import main
 from curvedit.export import onnx_export
+from curvedit.export.external_weights import MIN_BYTES, tensor_spans
 from curvedit.export.graphs import bundle_specs
-from curvedit.export.onnx_export import OPSET, export_bundle
+from curvedit.export.onnx_export import OPSET, export_bundle, relink_bundle
 from curvedit.models.editors import Editor, register_editor
 from curvedit.models.files import sha256_file, to_uint8
 from curvedit.synthetic import make_synthetic_bundle
@@ -119,12 +121,53 @@ def test_manifest_lists_checksum_opset_and_ports(exported, filename):
     assert set(entry["sources"]) <= set(manifest["files"])
 
 
-def test_graphs_are_self_contained(exported):
+@pytest.mark.parametrize("filename", GRAPHS)
+def test_graphs_store_no_weight_the_bundle_already_holds(exported, filename):
+    """Every initializer the safetensors files hold byte for byte points into them (ONNX external data), and the
+    manifest lists the files each graph reads; no side files (*.data) are written."""
     path, _ = exported
     assert not list(path.glob("*.data")) and not list(path.glob("*.onnx.*"))
-    for filename in GRAPHS:
-        model = onnx.load(str(path / filename), load_external_data=False)
-        assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    manifest = read_manifest(path)
+    files = {name: (path / name).read_bytes() for name in manifest["files"] if name.endswith(".safetensors")}
+    spans = {name: tensor_spans(data) for name, data in files.items()}
+    model = onnx.load(str(path / filename), load_external_data=False)
+    pointed = set()
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            where = {e.key: e.value for e in tensor.external_data}
+            offset, length = int(where["offset"]), int(where["length"])
+            assert (offset, length) in spans[where["location"]].values()
+            pointed.add(where["location"])
+        else:
+            raw = onnx.numpy_helper.to_array(tensor).tobytes()
+            assert len(raw) < MIN_BYTES or not any(raw in found for found in spans.values()), tensor.name
+    assert pointed and sorted(pointed) == manifest["onnx"][filename]["weights"]
+
+
+def test_a_graph_refuses_a_weight_file_changed_after_load(exported, tmp_path):
+    """The engine reads the graph and the weight files it points into again, checked, as it builds the session."""
+    path = copy_bundle(exported[0], tmp_path)
+    model = curvedit.load(path, engine="onnxruntime")
+    data = bytearray((path / "editor_decurved.safetensors").read_bytes())
+    data[-3] ^= 0xFF
+    (path / "editor_decurved.safetensors").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"checksum mismatch for .*editor_decurved\.safetensors"):
+        model.edit(model.sample(2, seed=0), {"x": 1.0})
+
+
+def test_relinking_a_self_contained_graph_keeps_its_outputs_bit_for_bit(tiny_bundle, tmp_path):
+    """A bundle exported before graphs pointed into its weights (every weight inline) is rewritten in place."""
+    path = copy_bundle(tiny_bundle, tmp_path)
+    (spec,) = [s for s in bundle_specs(load_bundle(path)) if s.filename == "edit.onnx"]
+    graph = onnx_export.build_graph(spec, "torchscript")
+    (path / "edit.onnx").write_bytes(graph.data)  # the old layout: everything inline
+    add_file(path, "edit.onnx", section="onnx", entry=graph.entry())
+    z, t = torch.randn(5, 8), torch.randn(5, 4)
+    before = run_graph(path, "edit.onnx", z, t)
+    (result,) = relink_bundle(path)
+    assert result.written and result.size < len(graph.data)  # the tiny flow: most tensors are under MIN_BYTES
+    assert read_manifest(path)["onnx"]["edit.onnx"]["weights"] == ["editor_decurved.safetensors"]
+    assert np.array_equal(run_graph(path, "edit.onnx", z, t), before)
 
 
 def test_tampered_graph_is_refused_at_load(exported, tmp_path):

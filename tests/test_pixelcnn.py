@@ -1,15 +1,19 @@
 """The conditional PixelCNN family: causal masks, seeded sampling, the fast loop against the naive one, and its
 round trips through the registry and a bundle."""
 
+import math
+
 import pytest
 import torch
+from numerics import EPS, FLOAT16_STORAGE, assert_within, storage_bound
 
 from curvedit.bundle import load_bundle, write_bundle
+from curvedit.models.datasets import make_dataset
 from curvedit.models.families import GENERATOR_FAMILIES, build_generator, families_that_encode
 from curvedit.models.labelled_editors import AxesEditor
 from curvedit.models.pixelcnn import DEFAULT_SEED, PixelCNN, PixelCNNConfig, dequantise, quantise
 from curvedit.models.train_pixelcnn import PixelCNNTrainConfig, train_pixelcnn
-from curvedit.recipes import RECIPES
+from curvedit.recipes import RECIPES, VAE_FLOAT16
 
 TINY = PixelCNNConfig(channels=8, layers=3, kernel=3, head=16, encoder_channels=8, encoder_hidden=32)
 
@@ -156,7 +160,7 @@ def test_the_recipe_conditions_on_the_shapes_vae_encoder_and_reuses_its_editors(
     assert recipe.train_config.encoder_from == "shapes-vae" and recipe.regressor == "shapes32"
     assert (recipe.config.latent_dim, recipe.config.encoder_channels, recipe.config.encoder_hidden) == (
         vae.latent_dim, vae.base_channels, vae.hidden)
-    assert set(recipe.skip_graphs) == {"encoder.onnx"} and recipe.generator_float16 == ("encoder.",)
+    assert set(recipe.skip_graphs) == {"encoder.onnx"} and recipe.generator_borrow == ("encoder.", "shapes-vae")
 
 
 @pytest.mark.parametrize(("exporter", "reason"), [("torchscript", "no one-graph export"),
@@ -207,3 +211,24 @@ def test_weights_stored_in_half_precision_load_back_as_float32(tmp_path, model):
     for key, value in original.items():
         expected = value.half().float() if key.startswith("encoder.") else value
         assert torch.equal(loaded[key], expected), key
+
+
+@torch.no_grad()
+def test_half_precision_storage_moves_a_vaes_outputs_only_by_its_rounding(tmp_path):
+    """The shipped 32×32 VAEs store their largest weights in float16 (recipes.VAE_FLOAT16): encoded latents and
+    decoded images stay within the bound that rounding allows (numerics.storage_bound) of the float32 module."""
+    from curvedit.models.vae import VAE, VAEConfig
+
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(latent_dim=8)).eval()
+    path = write_bundle(tmp_path / "b", name="half", version="0", generator=vae,
+                        editors={"axes": (AxesEditor(8, ["x", "y"], [0, 1]), "supervised", {})},
+                        default_editor="axes", generator_float16=VAE_FLOAT16)
+    half = load_bundle(path).generator
+    images = make_dataset("shapes", seed=0).held_out(64)
+    unit = FLOAT16_STORAGE + 2 * math.sqrt(2048) * EPS[torch.float32]  # and both float32 computations' rounding
+    latents = storage_bound(vae.encoder, images, unit)[:, :8]
+    assert_within(half.encode(images), vae.encode(images), latents, "encoder")
+    z = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    decoder = torch.nn.Sequential(vae.fc, *vae.body)
+    assert_within(half.decode(z), vae.decode(z), storage_bound(decoder, z, unit), "decoder")

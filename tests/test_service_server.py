@@ -241,12 +241,12 @@ class GatedWarmup(ServedModel):
     gate = threading.Event()
     sizes: ClassVar[list[int]] = []
 
-    def warm_up(self, max_batch_size):
+    def warm_up(self, max_batch_size, *cache_and_stop):
         self.gate.wait(30)
         edit = self.model.edit
         self.model.edit = lambda z, a, e: (self.sizes.append(len(z)), edit(z, a, e))[1]
         try:
-            super().warm_up(max_batch_size)
+            super().warm_up(max_batch_size, *cache_and_stop)
         finally:
             del self.model.edit
 

@@ -1,12 +1,11 @@
 """The shipped models: trained weights that load by name, invert, commute, move the factor they name, and — for
 the VAEs — encode real images well enough to edit them."""
 
-import math
 
 import numpy as np
 import pytest
 import torch
-from numerics import EPS, FLOAT16_STORAGE, assert_within, flow_passes, in_float64, pass_rounding, storage_bound
+from numerics import flow_passes, in_float64, pass_rounding
 
 import curvedit
 from curvedit.evaluation.real_images import measure
@@ -131,22 +130,32 @@ def test_shapes_vae_edits_shapes_drawn_by_another_program():
 
 
 @torch.no_grad()
-def test_the_pixelcnn_keeps_the_shapes_vae_latents_with_its_encoder_in_half_precision():
-    """Its encoder is the shapes-vae's, stored once in float16: on 1,000 held-out renders its latents stay within
-    the bound float16 storage allows (numerics.storage_bound: measured 1.0e-3 at most, latents have standard
-    deviation ~1), so the shapes-vae's editors apply to it unchanged."""
+def test_the_pixelcnn_encodes_with_the_shapes_vae_encoder_stored_once():
+    """Its encoder is the shapes-vae's, read from that model's weight file (one copy in the shared store): the
+    same latents, so the shapes-vae's editors apply to it unchanged."""
     from torch.nn import functional as F
 
     pixelcnn, vae = (curvedit.load(n, engine="torch").bundle for n in ("shapes-pixelcnn", "shapes-vae"))
-    assert pixelcnn.manifest["generator"]["float16"] == ["encoder."]
+    borrow = pixelcnn.manifest["generator"]["borrow"]
+    assert borrow["prefix"] == "encoder." and borrow["from"] == "shapes-vae"
+    assert pixelcnn.manifest["files"][borrow["file"]] == vae.manifest["files"]["generator.safetensors"]
     assert "encoder.onnx" in pixelcnn.manifest["onnx_not_shipped"]
     small = F.avg_pool2d(make_dataset("shapes", seed=0).held_out(1000), 2)
     upsampled = F.interpolate(small, scale_factor=2, mode="nearest")
-    expected = vae.generator.encode(upsampled)
-    # Storage rounding, plus both float32 computations' own (√w·ε per term, w ≤ 2,048: numerics.py).
-    unit = FLOAT16_STORAGE + 2 * math.sqrt(2048) * EPS[torch.float32]
-    bound = storage_bound(vae.generator.encoder, upsampled, unit)[:, : vae.generator.latent_dim]  # the means
-    assert_within(pixelcnn.generator.encode(small), expected, bound, "float16 encoder")
+    assert torch.equal(pixelcnn.generator.encode(small), vae.generator.encode(upsampled))
+
+
+@pytest.mark.parametrize("name", ["shapes-vae", "shapes-betavae", "digits-vae"])
+def test_the_32px_vaes_store_their_large_weights_in_half_precision_and_say_so(name):
+    from safetensors.torch import load_file
+
+    from curvedit.models.bundle_files import locate
+    from curvedit.recipes import RECIPES, VAE_FLOAT16
+
+    bundle = curvedit.load(name, engine="torch").bundle
+    assert bundle.manifest["generator"]["float16"] == list(VAE_FLOAT16) == list(RECIPES[name].generator_float16)
+    stored = load_file(locate(bundle.path, bundle.manifest, "generator.safetensors"))
+    assert {k for k, v in stored.items() if v.dtype == torch.float16} == set(VAE_FLOAT16)
 
 
 def test_the_pixelcnn_samples_the_shapes_background_grey_and_onnxruntime_draws_the_same_images():

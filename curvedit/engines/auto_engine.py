@@ -28,6 +28,7 @@ import numpy as np
 
 from curvedit.bundle import Bundle
 from curvedit.engines.base import ShapePolicy
+from curvedit.engines.route_cache import machine, versions
 
 CPU_CANDIDATES = ("onnxruntime", "torch")
 CUDA_CANDIDATES = ("triton", "onnxruntime", "torch")
@@ -63,6 +64,13 @@ class Route:
     seconds: float
 
 
+class CalibrationStopped(Exception):
+    """A calibration was told to stop (``calibrate(stop=...)``) before it finished."""
+
+    def __init__(self, operation: str, bucket: int):
+        super().__init__(f"calibration stopped before {operation} at {bucket} rows")
+
+
 class AutoEngine:
     """Routes each call to the backend measured fastest for its operation and batch bucket (see the module)."""
 
@@ -79,6 +87,7 @@ class AutoEngine:
         self._build, self._options = build, options or {}
         self._engines: dict[str, object] = {}
         self._routes: dict[str, dict[int, Route]] = {}  # operation → bucket → route
+        self.calibrated_from = ""  # "measured" or "cache" once calibrated
         self._lock = threading.Lock()
 
     # -- the backends -------------------------------------------------------------------------------------------
@@ -133,7 +142,15 @@ class AutoEngine:
         ops = [f"edit:{name}" for name in self.bundle.editors] + ["generate"]
         return [*ops, "encode"] if self.bundle.generator.can_encode else ops
 
-    def calibrate(self, buckets, operations=None, repeats: int = 5, warmup: int = 1) -> list[Route]:
+    def cache_key(self, buckets, operations) -> dict:
+        """What this calibration's result depends on (``route_cache``): bundle, machine, software, settings."""
+        return {"bundle": self.bundle.digest, "machine": machine(self.device), "versions": versions(),
+                "default": self.default, "candidates": list(self.candidates),
+                "options": {k: v for k, v in sorted(self._options.items())},
+                "operations": list(operations), "buckets": sorted(set(int(b) for b in buckets))}
+
+    def calibrate(self, buckets, operations=None, repeats: int = 5, warmup: int = 1, cache=None,
+                  stop=None) -> list[Route]:
         """Time every candidate at every bucket of every operation (median of ``repeats`` calls, taken in
         ``CALIBRATION_ROUNDS`` rounds over the candidates so load from elsewhere hits them alike) and route each
         to the fastest (replacing earlier routes of those buckets). Within a round a candidate's calls are
@@ -143,16 +160,39 @@ class AutoEngine:
         E6). A candidate that fails to build or run is left out of that route. A sampler's ``generate`` (256
         network passes, seconds at large buckets) is timed once per candidate, without warm-up calls: its
         backends differ by 1.4–2× (benchmarks/RESULTS.md), far above the noise of one call, and seven calls each
-        made shapes-pixelcnn's server warm-up take 239 s on 2 cores (48 s with one). Returns all routes."""
+        made shapes-pixelcnn's server warm-up take 239 s on 2 cores (48 s with one). Returns all routes.
+
+        ``cache`` (a ``route_cache.RouteCache``): routes stored for this very bundle, machine and software are
+        taken instead of measuring, and what is measured is stored. ``stop`` (a ``threading.Event``): set, it
+        ends the calibration between two calls with ``CalibrationStopped`` (a server told to stop mid-warm-up)."""
+        operations = list(operations or self.operations())
+        key = self.cache_key(buckets, operations) if cache is not None else None
+        stored = cache.load(key) if cache is not None else None
+        if stored is not None:
+            for operation, bucket, backend, seconds in stored:
+                self._routes.setdefault(operation, {})[int(bucket)] = Route(operation, int(bucket), backend,
+                                                                            float(seconds))
+            self.calibrated_from = "cache"
+            return self.routes()
+        self._measure(buckets, operations, repeats, warmup, stop)
+        self.calibrated_from = "measured"
+        if cache is not None:
+            cache.save(key, [[r.operation, r.bucket, r.backend, r.seconds] for r in self.routes()
+                             if r.operation in operations])
+        return self.routes()
+
+    def _measure(self, buckets, operations, repeats: int, warmup: int, stop) -> None:
         rng = np.random.default_rng(0)
         d = int(self.bundle.manifest["latent_dim"])
         requested = (warmup, repeats)
-        for operation in operations or self.operations():
+        for operation in operations:
             once = operation == "generate" and self.bundle.generator.samples
             warmup, repeats = (0, 1) if once else requested
             routes = {}
             for bucket in sorted(set(int(b) for b in buckets)):
                 calls, longest = {}, 0.0
+                if stop is not None and stop.is_set():
+                    raise CalibrationStopped(operation, bucket)
                 for name in self.candidates:
                     try:
                         call = self._call(name, operation, bucket, d, rng)
@@ -186,7 +226,6 @@ class AutoEngine:
                 best = choose(medians, self.default)
                 routes[bucket] = Route(operation, bucket, best, medians[best])
             self._routes.setdefault(operation, {}).update(routes)
-        return self.routes()
 
     def _call(self, name: str, operation: str, bucket: int, d: int, rng):
         engine = self.engine(name)

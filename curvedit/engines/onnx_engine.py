@@ -3,7 +3,9 @@
 Where the graphs come from, per graph and on first use:
 
 1. the bundle's own file (``curvedit export`` wrote it; its sha256 was checked when the bundle loaded, and it is
-   checked again here as it is read), if its manifest entry was made from the weight files the bundle has now;
+   checked again here as it is read, with the safetensors files its weights point into:
+   ``curvedit.models.bundle_files.ort_session``), if its manifest entry was made from the weight files the bundle
+   has now;
 2. otherwise an in-memory export (TorchScript exporter, about a second for the shipped model) verified against
    eager PyTorch exactly like ``curvedit export`` does. Nothing is written, so read-only installs work;
    ``curvedit export`` makes later loads skip this step;
@@ -17,7 +19,6 @@ errors only. CUDA runs fp32 GEMMs without TF32, so results stay within fp32 tole
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -26,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from curvedit.bundle import Bundle, BundleError
+from curvedit.bundle import Bundle
 from curvedit.engines.base import ANY_SHAPE, seed_list, to_tensor
+from curvedit.models.bundle_files import ort_session
 from curvedit.models.editors import DeCurvEd
 from curvedit.models.files import from_uint8, to_uint8
 from curvedit.models.pixelcnn import DEFAULT_SEED, PixelCNN, dequantise, sample_loop
@@ -187,14 +189,8 @@ class OnnxEngine:
         entry = self.bundle.manifest.get("onnx", {}).get(spec.filename)
         return entry is not None and is_fresh(self.bundle, entry, spec)
 
-    def _graph_bytes(self, spec) -> tuple[bytes | None, str]:
-        if self._shipped(spec):
-            data = (self.bundle.path / spec.filename).read_bytes()
-            expected = self.bundle.manifest["files"].get(spec.filename)
-            if hashlib.sha256(data).hexdigest() != expected:
-                raise BundleError(f"checksum mismatch for {self.bundle.path / spec.filename}: the file changed "
-                                  "after the bundle was loaded; restore it or re-run `curvedit export`")
-            return data, "bundle"
+    def _exported(self, spec) -> tuple[bytes | None, str]:
+        """A graph the bundle does not ship: exported and verified in memory now, or ``None`` (torch fallback)."""
         try:
             from curvedit.export.onnx_export import ExportError, build_graph
         except ImportError as exc:  # onnx/onnxscript are the optional `export` extra
@@ -207,18 +203,26 @@ class OnnxEngine:
             log.warning("%s runs on PyTorch: %s", spec.key, exc)
             return None, f"torch: {exc}"
 
+    def _new_session(self, spec):
+        """``(session or None, origin)``: the bundle's own graph (its bytes and the weight files it reads checked
+        against the manifest now, in case a file changed since load), else an in-memory export."""
+        if self._shipped(spec):
+            bundle = self.bundle
+            session = ort_session(bundle.path, bundle.manifest, spec.filename, self.options.session_options(),
+                                  self.providers)
+            return session, "bundle"
+        data, origin = self._exported(spec)
+        if data is None:
+            return None, origin
+        return _ort().InferenceSession(data, self.options.session_options(), providers=self.providers), origin
+
     def session(self, key: str):
         """The session for ``"generator"``, ``"edit:<editor>"`` or ``"rows_edit:<editor>"``, made on first use;
         ``None`` = torch fallback."""
         if key not in self._sessions:
             with self._lock:
                 if key not in self._sessions:
-                    data, origin = self._graph_bytes(self._spec(key))
-                    session = None
-                    if data is not None:
-                        session = _ort().InferenceSession(data, self.options.session_options(),
-                                                          providers=self.providers)
-                    self.origins[key] = origin
+                    session, self.origins[key] = self._new_session(self._spec(key))
                     self._sessions[key] = session
         return self._sessions[key]
 
