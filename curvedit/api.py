@@ -21,9 +21,9 @@ import numpy as np
 from curvedit.bundle import MANIFEST, Bundle, load_bundle
 from curvedit.engines import make_engine
 from curvedit.errors import InputError
-from curvedit.images import check_images
+from curvedit.model_spec import ModelSpec
 from curvedit.models.families import families_that_encode
-from curvedit.translation import Translator
+from curvedit.translation import Translator, translation_fix
 
 Edits = Mapping[str, float] | np.ndarray | Sequence[Sequence[float]]
 
@@ -71,19 +71,6 @@ def load(model: str | Path | None = None, engine: str = "auto", device: str | No
     return Model(bundle, engine, device, engine_options)
 
 
-def _finite_float32(array, what: str, hint: str) -> np.ndarray:
-    try:
-        out = np.asarray(array, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{what} must be numeric ({hint}), got {type(array).__name__}: {exc}") from exc
-    if out.ndim != 2:
-        raise InputError(f"{what} must be 2-D {hint}, got shape {list(out.shape)}")
-    if not np.isfinite(out).all():
-        bad = np.argwhere(~np.isfinite(out))[0].tolist()
-        raise InputError(f"{what} contains NaN or Inf (first at index {bad}); pass finite values")
-    return np.ascontiguousarray(out)
-
-
 class Model:
     """A loaded bundle plus the engine that runs it.
 
@@ -95,6 +82,7 @@ class Model:
         self.bundle = bundle
         self._engine = make_engine(bundle, engine, device, engine_options)
         self.translator = Translator(bundle, self.name)
+        self._spec: ModelSpec | None = None
 
     # ``translator``: translation below this facade, like ``runtime``: ``translator.translate(z, to)`` takes
     # checked latents and a checked target name (``check_translation_target``) and checks neither again.
@@ -157,54 +145,35 @@ class Model:
         return self.directions_of(None)
 
     def directions_of(self, editor: str | None) -> list[str]:
-        return list(self.bundle.editors[self.resolve_editor(editor)].directions)
+        return self.spec.directions_of(editor)
 
     def resolve_editor(self, editor: str | None) -> str:
         """``None`` or ``""`` → the default editor; an unknown name raises ``ValueError`` listing the known."""
-        if not editor:
-            return self.bundle.default_editor
-        if editor not in self.bundle.editors:
-            raise InputError(f"unknown editor {editor!r}; this model has {self.editors}")
-        return editor
+        return self.spec.resolve_editor(editor)
+
+    @property
+    def spec(self) -> ModelSpec:
+        """What this model takes and gives, and the checks of its inputs (``curvedit.model_spec``): every input
+        of the methods below is checked through it."""
+        if self._spec is None:
+            bundle = self.bundle
+            self._spec = ModelSpec(
+                name=self.name, version=self.version, digest=self.digest, family=self.family,
+                latent_dim=int(bundle.manifest["latent_dim"]), image_shape=tuple(bundle.manifest["image_shape"]),
+                editor_directions={name: list(editor.directions) for name, editor in bundle.editors.items()},
+                default_editor=bundle.default_editor, can_encode=bool(bundle.generator.can_encode),
+                samples=bool(bundle.generator.samples), alignments=self.translator.targets,
+                encoding_families=tuple(families_that_encode()), translation_fix=translation_fix(self.name))
+        return self._spec
 
     # -- checking inputs ------------------------------------------------------------------------------------
     def check_latents(self, z) -> np.ndarray:
         """Validate latents: float32 ``[n, d]``, ``n >= 1``, finite. Returns a contiguous float32 array."""
-        d = self.latent_dim
-        z = _finite_float32(z, "latents", f"[n, {d}]")
-        if z.shape[1] != d:
-            raise InputError(f"latents have width {z.shape[1]}, but this model's latent dim is {d}: pass [n, {d}]")
-        if z.shape[0] == 0:
-            raise InputError("empty batch: pass at least one latent")
-        return z
+        return self.spec.check_latents(z)
 
     def amounts(self, edits: Edits, n: int, editor: str | None = None) -> np.ndarray:
         """Turn ``{"name": amount}`` (applied to all n) or an ``[n, K]`` array into float32 ``[n, K]``."""
-        names = self.directions_of(editor)
-        k = len(names)
-        if isinstance(edits, Mapping):
-            out = np.zeros((n, k), dtype=np.float32)
-            for name, amount in edits.items():
-                if name not in names:
-                    raise InputError(f"unknown direction {name!r}; known directions: {names}")
-                try:
-                    value = float(amount)
-                except (TypeError, ValueError):
-                    raise InputError(
-                        f"amount for direction {name!r} must be one number, got {amount!r}; for per-item amounts "
-                        f"pass an [n, K] array instead of a mapping"
-                    ) from None
-                if not np.isfinite(value):
-                    raise InputError(f"amount for direction {name!r} is {value}; pass a finite number")
-                out[:, names.index(name)] = value
-            return out
-        out = _finite_float32(edits, "amounts", f"[n, K] = [{n}, {k}]")
-        if out.shape != (n, k):
-            raise InputError(
-                f"amounts have shape {list(out.shape)}, expected [n, K] = [{n}, {k}] "
-                f"(one row per latent, one column per direction: {names})"
-            )
-        return out
+        return self.spec.amounts(edits, n, editor)
 
     # -- the work -------------------------------------------------------------------------------------------
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
@@ -241,14 +210,7 @@ class Model:
     def check_seeds(self, seed, n: int) -> np.ndarray | None:
         """A sampling ``seed`` for ``n`` rows — ``None``, one int for every row, or ``n`` ints — as int64
         ``[n]`` (``None`` stays ``None``: the family's default seed)."""
-        if seed is None:
-            return None
-        seeds = np.atleast_1d(np.asarray(seed))
-        if seeds.ndim != 1 or seeds.dtype.kind not in "iu" or len(seeds) not in (1, n):
-            raise InputError(f"seed must be one integer or one per latent ({n}), got {seed!r}")
-        if (seeds < 0).any() or (seeds > np.iinfo(np.int64).max).any():
-            raise InputError(f"seeds must be in 0 … 2^63 − 1, got {seeds.min()} … {seeds.max()}")
-        return np.broadcast_to(seeds.astype(np.int64), (n,)).copy()
+        return self.spec.check_seeds(seed, n)
 
     def generate(self, z, seed: int | Sequence[int] | None = None) -> np.ndarray:
         """Images uint8 ``[n, H, W, 3]`` for latents ``[n, d]``. For a generator that samples (``samples``):
@@ -260,14 +222,11 @@ class Model:
 
     def require_encoder(self) -> None:
         """Raise ``ValueError`` naming the families that can encode, unless this model can."""
-        if not self.can_encode:
-            raise InputError(f"model {self.name!r} ({self.family}) has no encoder, so it cannot take real images; "
-                             f"families that can: {families_that_encode()} (e.g. the shipped shapes-vae)")
+        self.spec.require_encoder()
 
     def check_images(self, images) -> np.ndarray:
         """Validate real images for this model (rules in ``curvedit.images``): uint8 ``[n, H, W, 3]`` back."""
-        self.require_encoder()
-        return check_images(images, self.image_shape)
+        return self.spec.check_images(images)
 
     def encode(self, images) -> np.ndarray:
         """Latents float32 ``[n, d]`` of real images uint8 ``[n, H, W, 3]`` (grayscale ``[n, H, W]`` too)."""
@@ -287,7 +246,7 @@ class Model:
 
     def check_translation_target(self, to: str) -> str:
         """``to`` if this model has an alignment to it; else ``ValueError`` naming the ones it has, and the fix."""
-        return self.translator.check_target(to)
+        return self.spec.check_translation_target(to)
 
     def translate(self, inputs, to: str) -> np.ndarray:
         """Latents of model ``to`` float32 ``[n, d_t]`` that show what ``inputs`` show, in ``to``'s domain.

@@ -20,7 +20,8 @@ from curvedit.errors import InputError
 from curvedit.models.alignment import AlignmentTrainConfig, train_alignment, translate_latents
 
 
-def _fix(source: str) -> str:
+def translation_fix(source: str) -> str:
+    """How to get an alignment from model ``source``, for the message naming a target it has none to."""
     return (f"the shipped faces models are aligned by their recipes (`curvedit train recipe faces-avatar`, then "
             f"`curvedit train recipe faces-photo`); for another pair, align a bundle with "
             f"`curvedit.translation.align_bundle(BUNDLE_OF_{source.upper()}, TARGET)`")
@@ -54,19 +55,10 @@ class Translator:
                     self._reverse.append(other)
         return self._reverse
 
-    def check_target(self, to: str) -> str:
-        if not isinstance(to, str) or not to:
-            raise InputError(f"name the target model to translate to (to=...); model {self.name!r} can translate "
-                             f"to {self.targets}")
-        if to not in self.bundle.alignments and to not in self.reverse_targets:
-            where = f"it can translate to {self.targets}" if self.targets else "it holds no alignment"
-            raise InputError(f"model {self.name!r} has no alignment to {to!r}: {where}; {_fix(self.name)}")
-        return to
-
     def target(self, to: str) -> Bundle:
         """The target's bundle: checked against the digest the map was trained for, or (a map read backwards)
-        the bundle holding the map, which was checked against this one when ``reverse_targets`` found it."""
-        to = self.check_target(to)
+        the bundle holding the map, which was checked against this one when ``reverse_targets`` found it.
+        ``to`` is checked already (``ModelSpec.check_translation_target``)."""
         if to not in self._targets:
             from curvedit.api import resolve_model
 
@@ -80,7 +72,7 @@ class Translator:
             if bundle.digest != entry["digest"]:
                 raise InputError(f"model {self.name!r}'s alignment to {to!r} was trained against its bundle "
                                  f"{entry['digest'][:12]}…, but {to!r} is now {bundle.digest[:12]}…: the map does "
-                                 f"not fit it; {_fix(self.name)}")
+                                 f"not fit it; {translation_fix(self.name)}")
             self._targets[to] = bundle
         return self._targets[to]
 

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from curvedit.service.models import ServedModel
+from curvedit.service.catalog import ModelEntry
 
 
-class ModelSet(Mapping[str, ServedModel]):
-    def __init__(self, models: Mapping[str, ServedModel] | None = None):
-        self._versions: dict[str, dict[int, ServedModel]] = {}  # name → {repository version → model}
-        self._keys: dict[str, ServedModel] = {}  # batch key → model, retiring versions included
+class ModelSet(Mapping[str, ModelEntry]):
+    def __init__(self, models: Mapping[str, ModelEntry] | None = None):
+        self._versions: dict[str, dict[int, ModelEntry]] = {}  # name → {repository version → model}
+        self._keys: dict[str, ModelEntry] = {}  # batch key → model, retiring versions included
         for served in (models or {}).values():
             self.add(served)
 
     # -- the mapping: name → the version serving new requests --------------------------------------------------
-    def __getitem__(self, name: str) -> ServedModel:
+    def __getitem__(self, name: str) -> ModelEntry:
         versions = self._versions.get(name)
         if not versions:
             raise KeyError(name)
@@ -36,26 +36,26 @@ class ModelSet(Mapping[str, ServedModel]):
         return sum(1 for versions in self._versions.values() if versions)
 
     # -- versions ----------------------------------------------------------------------------------------------
-    def version(self, name: str, repository_version: int) -> ServedModel | None:
+    def version(self, name: str, repository_version: int) -> ModelEntry | None:
         """A loaded version of ``name`` (``0`` = the newest), or ``None``."""
         versions = self._versions.get(name) or {}
         if repository_version == 0:
             return versions[max(versions)] if versions else None
         return versions.get(repository_version)
 
-    def versions(self, name: str) -> list[ServedModel]:
+    def versions(self, name: str) -> list[ModelEntry]:
         """The loaded versions of ``name``, newest first."""
         versions = self._versions.get(name) or {}
         return [versions[v] for v in sorted(versions, reverse=True)]
 
-    def by_key(self, key: str) -> ServedModel:
-        """The version a batch key's first element names (``ServedModel.key``), retiring versions included."""
+    def by_key(self, key: str) -> ModelEntry:
+        """The version a batch key's first element names (``ModelEntry.key``), retiring versions included."""
         return self._keys[key]
 
     def has_key(self, key: str) -> bool:
         return key in self._keys
 
-    def add(self, served: ServedModel) -> None:
+    def add(self, served: ModelEntry) -> None:
         """Make ``served`` take requests (the newest version of its name serves those naming no version)."""
         versions = self._versions.setdefault(served.name, {})
         if served.repository_version in versions:
@@ -66,13 +66,13 @@ class ModelSet(Mapping[str, ServedModel]):
         versions[served.repository_version] = served
         self._keys[served.key] = served
 
-    def retire(self, served: ServedModel) -> None:
+    def retire(self, served: ModelEntry) -> None:
         """Take ``served`` out of the name mapping: new requests no longer reach it; in-flight ones still do."""
         versions = self._versions.get(served.name, {})
         if versions.get(served.repository_version) is served:
             del versions[served.repository_version]
 
-    def forget(self, served: ServedModel) -> None:
+    def forget(self, served: ModelEntry) -> None:
         """Drop a retired version for good (its work is done)."""
         if self._keys.get(served.key) is served:
             del self._keys[served.key]

@@ -1,23 +1,15 @@
-"""The models a server holds, how a batch is computed on one, and what ``GetModel`` says about it.
+"""The models a server computes: how a batch is computed on one, its warm-up, and what ``GetModel`` says.
 
 A batch is computed on the model's RUNTIME (``Model.runtime``, the engine below the validating facade) with the
 checked arrays the request reading produced: nothing is validated twice, and only the engine pads (its
-``shape_policy``).
-
-A served model's NAME is its bundle manifest's ``name`` (``Model.name``, which falls back to the bundle's
-directory name); its VERSION is the manifest's ``version``. Two bundles with the same name are refused at
-start-up. The first model is the default one (requests with an empty ``model`` field).
-
-A model from a model repository (``serve --model-repository``, see ``repository``) is named by its directory
-instead, and carries its REPOSITORY VERSION (the version directory's number) beside the bundle's own version
-string: its batch key (``ServedModel.key``, ``name/version``) and its metrics' ``version`` label are that number,
-so two loaded versions never share a batch and in-flight work finishes on the version it started on.
+``shape_policy``). Names, versions and batch keys: ``catalog``. Two bundles with the same name are refused at
+start-up; the first model is the default one (requests with an empty ``model`` field).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,57 +17,44 @@ import curvedit
 from curvedit.engines import resolve_engine
 from curvedit.engines.auto_engine import CalibrationStopped
 from curvedit.service.batcher import Batch, bucket_sizes
+from curvedit.service.catalog import EDIT, EDIT_IMAGES, ENCODE, GENERATE, ModelEntry, from_images
 from curvedit.service.errors import Cancelled, DeadlineExpired
 from curvedit.v1 import latent_edit_pb2 as pb
 
-EDIT, EDIT_IMAGES, GENERATE = "edit", "edit+images", "generate"
-# Work that starts from real images (uint8 [n, H, W, 3] in the batch instead of latents): encode only, or encode
-# then one of the kinds above.
-ENCODE = "encode"
+__all__ = ["EDIT", "EDIT_IMAGES", "ENCODE", "GENERATE", "ServedModel", "from_images", "load_models",
+           "serving_model"]
 
 
-def from_images(kind: str) -> str:
-    """The batch kind of ``kind`` (EDIT or EDIT_IMAGES) for a request whose input is real images."""
-    return f"{ENCODE}+{kind}"
+class ServedModel(ModelEntry):
+    """A model this process computes: the ``curvedit.Model`` and its engine (see ``catalog.ModelEntry``)."""
 
+    def __init__(self, model: curvedit.Model, name: str = "", repository_version: int = 0):
+        super().__init__(model.spec, name, repository_version)
+        self.model = model
 
-@dataclass
-class ServedModel:
-    model: curvedit.Model
-    name: str = ""  # default: the bundle manifest's name
-    repository_version: int = 0  # > 0 for a version of a model repository
+    @property
+    def engine(self) -> str:
+        return self.model.engine
 
-    def __post_init__(self):
-        self.name = self.name or self.model.name
-        self.version = self.model.version
-        # The first element of this version's batch keys, and its compute stage.
-        self.key = f"{self.name}/{self.repository_version}" if self.repository_version else self.name
-        # The `version` label of its metrics: the repository version when there is one (as Triton labels them).
-        self.version_label = str(self.repository_version) if self.repository_version else self.version
-        self.latent_dim = self.model.latent_dim
-        self._index = {e: {d: k for k, d in enumerate(self.model.directions_of(e))} for e in self.model.editors}
-        self.ready = False  # warmed up (or warm-up off): takes requests; see server.EditServer.start
-        self.warmup_s: float | None = None
+    def sample_latents(self, seeds: list[int]) -> np.ndarray:
+        return self.model.bundle.generator.sample_latents(seeds)
 
-    def direction_index(self, editor: str) -> dict[str, int]:
-        """``{direction: column}`` of a resolved editor name."""
-        return self._index[editor]
+    async def translate(self, z: np.ndarray, to: str) -> np.ndarray:
+        return await asyncio.to_thread(self.model.translator.translate, z, to)
 
     def info(self, max_items: int) -> pb.ModelInfo:
-        editors = []
-        for name in self.model.editors:
+        spec, editors = self.spec, []
+        for name in spec.editors:
             editor = self.model.bundle.editors[name]
             editors.append(pb.EditorInfo(
                 name=name, kind=str(getattr(editor, "kind", "")), commutative=bool(getattr(editor, "commutative",
                                                                                           False)),
-                directions=[pb.Direction(name=d, index=i) for i, d in enumerate(self.model.directions_of(name))]))
+                directions=[pb.Direction(name=d, index=i) for i, d in enumerate(spec.directions_of(name))]))
         return pb.ModelInfo(name=self.name, version=self.version, repository_version=self.repository_version,
-                            latent_dim=self.latent_dim,
-                            image_shape=list(self.model.image_shape), editors=editors,
-                            default_editor=self.model.default_editor, engine=self.model.engine,
-                            max_items_per_request=max_items, can_encode=self.model.can_encode,
-                            family=self.model.family, digest=self.model.digest,
-                            alignments=self.model.alignments,
+                            latent_dim=self.latent_dim, image_shape=list(spec.image_shape), editors=editors,
+                            default_editor=spec.default_editor, engine=self.engine,
+                            max_items_per_request=max_items, can_encode=spec.can_encode, family=spec.family,
+                            digest=spec.digest, alignments=spec.alignments,
                             fallbacks=[pb.EngineFallback(part=k, reason=v) for k, v in self.fallbacks().items()],
                             routes=[pb.EngineRoute(operation=r.operation, bucket=r.bucket, backend=r.backend,
                                                    seconds=r.seconds) for r in self.routes()])
@@ -129,12 +108,6 @@ class ServedModel:
                                   sampling_check(batch) if self.model.samples else None)
         stages["generator"] = time.perf_counter() - t
         return edited, images
-
-    def sampling_seeds(self, seed: int | None, n: int) -> np.ndarray | None:
-        """A request's per-row sampling seeds int64 ``[n]`` (its one ``seed`` for every row), or ``None`` (seed
-        0, ``pixelcnn.DEFAULT_SEED``); each entry carries its own, so requests with different seeds share a
-        batch. ``InputError`` for a seed out of range."""
-        return None if seed is None else self.model.check_seeds(seed, n)
 
     def warm_up(self, max_batch_size: int, cache=None, stop=None) -> dict[tuple[str, str, int], float]:
         """Run every bucket once per editor, and the generator, so no request pays a first-shape cost (the auto

@@ -25,7 +25,6 @@ native requests merge), limits, metrics and status codes. This module only trans
 
 from __future__ import annotations
 
-import asyncio
 import math
 from dataclasses import dataclass
 
@@ -35,8 +34,8 @@ import numpy as np
 from curvedit import __version__
 from curvedit.service import requests
 from curvedit.service.admission import Ticket
+from curvedit.service.catalog import EDIT, EDIT_IMAGES, GENERATE, ModelEntry, from_images
 from curvedit.service.errors import ServiceError, invalid, not_found
-from curvedit.service.models import EDIT, EDIT_IMAGES, GENERATE, ServedModel, from_images
 from curvedit.service.servicer import edit_finish
 from curvedit.v1 import latent_edit_pb2 as pb
 
@@ -100,17 +99,17 @@ def tensor_from_values(name: str, datatype: str, shape, values) -> InferTensor:
     return InferTensor(name, datatype, dims, array.astype(dtype).reshape(dims))
 
 
-def model_metadata(served: ServedModel) -> dict:
+def model_metadata(served: ModelEntry) -> dict:
     """The protocol's model metadata (names, versions, platform, tensors) as plain data."""
-    d, image = served.latent_dim, list(served.model.image_shape)
-    k = len(served.model.directions_of(None))
+    d, image = served.latent_dim, list(served.spec.image_shape)
+    k = len(served.spec.directions_of(None))
     inputs = [{"name": "z", "datatype": "FP32", "shape": [-1, d]}]
-    if served.model.can_encode:
+    if served.spec.can_encode:
         inputs.append({"name": "images", "datatype": "UINT8", "shape": [-1, *image]})
     inputs.append({"name": "t", "datatype": "FP32", "shape": [-1, k]})
     outputs = [{"name": "z_edited", "datatype": "FP32", "shape": [-1, d]},
                {"name": "images", "datatype": "UINT8", "shape": [-1, *image]}]
-    return {"name": served.name, "versions": [served.version_label], "platform": f"curvedit_{served.model.engine}",
+    return {"name": served.name, "versions": [served.version_label], "platform": f"curvedit_{served.engine}",
             "bundle_version": served.version, "inputs": inputs, "outputs": outputs}
 
 
@@ -126,7 +125,7 @@ class Inference:
         self.ready = ready  # () -> bool: warm-up done and not draining
         self.repository = repository  # a repository.ModelRepository, or None
 
-    def model(self, name: str, version: str = "") -> ServedModel:
+    def model(self, name: str, version: str = "") -> ModelEntry:
         """The model ``name`` at ``version`` (empty = the one serving new requests), or NOT_FOUND."""
         versions = self.servicer.models.versions(name)
         if not versions:
@@ -141,7 +140,7 @@ class Inference:
         raise not_found(f"model {versions[0].name} has no version {requests.short(version)} loaded here (loaded: "
                         f"{loaded}); leave the version empty for the newest, or ask for one of those")
 
-    def serving(self, name: str, version: str = "") -> ServedModel:
+    def serving(self, name: str, version: str = "") -> ModelEntry:
         """``model``, warm: a model still warming up answers UNAVAILABLE naming it and the wait."""
         served = self.model(name, version)
         if not served.ready:
@@ -190,7 +189,7 @@ class Inference:
         except LookupError as exc:
             raise not_found(str(exc)) from None
 
-    async def infer(self, served: ServedModel, inputs: list[InferTensor], outputs: list[str] | None,
+    async def infer(self, served: ModelEntry, inputs: list[InferTensor], outputs: list[str] | None,
                     editor_name: str, ticket: Ticket, seed: int | None = None,
                     translate_to: str = "") -> list[InferOutput]:
         """Run one request through admission's ticket and the batcher; the outputs asked for, in that order
@@ -212,10 +211,10 @@ class Inference:
         editor = requests.editor(served, editor_name)
         target = None
         if translate_to:
-            translate_to = served.model.check_translation_target(translate_to)
+            translate_to = served.spec.check_translation_target(translate_to)
             target = self.serving(translate_to) if "images" in wanted else None
         real = "images" in byname
-        x = served.model.check_images(byname["images"].data) if real else self._latents(served, byname["z"])
+        x = served.spec.check_images(byname["images"].data) if real else self._latents(served, byname["z"])
         n = len(x)
         requests.check_count(n, self.servicer.max_items)
         kind = EDIT_IMAGES if "images" in wanted and not translate_to else EDIT
@@ -226,7 +225,7 @@ class Inference:
             t = byname["t"].data
             if t.shape != (n, k) or not np.isfinite(t).all():
                 raise invalid(f"input t has shape {list(t.shape)}, expected [{n}, {k}] (one row per item, one "
-                              f"column per direction of editor {editor}: {served.model.directions_of(editor)}), "
+                              f"column per direction of editor {editor}: {served.spec.directions_of(editor)}), "
                               "finite")
         else:
             t = np.zeros((n, k), np.float32)
@@ -236,7 +235,7 @@ class Inference:
         if translate_to:
             z = np.frombuffer(b"".join(p[0] for p in parts), np.float32).reshape(n, served.latent_dim)
             return await self._translated(served, z, translate_to, target, wanted, ticket)
-        d, image = served.latent_dim, list(served.model.image_shape)
+        d, image = served.latent_dim, list(served.spec.image_shape)
         out = []
         for name in wanted:
             if name == "z_edited":
@@ -245,10 +244,10 @@ class Inference:
                 out.append(InferOutput(name, "UINT8", [n, *image], b"".join(p[1] for p in parts)))
         return out
 
-    async def _translated(self, served: ServedModel, z: np.ndarray, to: str, target: ServedModel | None,
+    async def _translated(self, served: ModelEntry, z: np.ndarray, to: str, target: ModelEntry | None,
                           wanted: list[str], ticket: Ticket) -> list[InferOutput]:
         """The edited latents translated into model ``to`` (off the event loop), rendered by ``target``."""
-        translated = await asyncio.to_thread(served.model.translator.translate, z, to)
+        translated = await served.translate(z, to)
         n, out = len(translated), []
         image = b""
         if target is not None:
@@ -261,7 +260,7 @@ class Inference:
             if name == "z_edited":
                 out.append(InferOutput(name, "FP32", list(translated.shape), translated.tobytes()))
             else:
-                out.append(InferOutput(name, "UINT8", [n, *target.model.image_shape], image))
+                out.append(InferOutput(name, "UINT8", [n, *target.spec.image_shape], image))
         return out
 
     @staticmethod
@@ -278,10 +277,10 @@ class Inference:
         return editor, seed, translate_to
 
     @staticmethod
-    def _latents(served: ServedModel, tensor: InferTensor) -> np.ndarray:
+    def _latents(served: ModelEntry, tensor: InferTensor) -> np.ndarray:
         if tensor.data.ndim != 2 or tensor.data.shape[1] != served.latent_dim:
             raise invalid(f"input z has shape {list(tensor.data.shape)}; model {served.name} takes FP32 "
                           f"[n, {served.latent_dim}]")
         if not np.isfinite(tensor.data).all():
-            return served.model.check_latents(tensor.data)  # its message names the first NaN/Inf
+            return served.spec.check_latents(tensor.data)  # its message names the first NaN/Inf
         return tensor.data

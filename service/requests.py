@@ -17,8 +17,8 @@ import numpy as np
 
 from curvedit.images import decode_image_file
 from curvedit.service import codec
+from curvedit.service.catalog import ModelEntry
 from curvedit.service.errors import InvalidInput, invalid
-from curvedit.service.models import ServedModel
 from curvedit.v1 import latent_edit_pb2 as pb
 
 IMAGE_FORMATS = {pb.IMAGE_FORMAT_UNSPECIFIED: pb.IMAGE_FORMAT_RAW, pb.IMAGE_FORMAT_PNG: pb.IMAGE_FORMAT_PNG,
@@ -50,14 +50,14 @@ def image_format(value: int) -> int:
     return fmt
 
 
-def editor(served: ServedModel, name: str) -> str:
+def editor(served: ModelEntry, name: str) -> str:
     """The editor a request names (empty = the model's default); an unknown one is refused."""
-    if name and name not in served.model.editors:
-        raise invalid(f"unknown editor {short(name)}; this model has {served.model.editors}")
-    return served.model.resolve_editor(name)
+    if name and name not in served.spec.editors:
+        raise invalid(f"unknown editor {short(name)}; this model has {served.spec.editors}")
+    return served.spec.resolve_editor(name)
 
 
-def direction(served: ServedModel, editor: str, name: str) -> int:
+def direction(served: ModelEntry, editor: str, name: str) -> int:
     """The column of direction ``name`` in ``editor``'s amounts; an unknown one is refused."""
     index = served.direction_index(editor)
     if name not in index:
@@ -100,19 +100,19 @@ class SeedLatents:
     """Latents to sample from seeds, made on the model's compute thread (lazy: ``len``, slicing, ``array()``).
     The seeds were checked when the request was read."""
 
-    __slots__ = ("generator", "seeds")
+    __slots__ = ("sample", "seeds")
 
-    def __init__(self, generator, seeds: list[int]):
-        self.generator, self.seeds = generator, seeds
+    def __init__(self, sample, seeds: list[int]):
+        self.sample, self.seeds = sample, seeds  # sample(seeds) → float32 [n, d]: the generator's prior
 
     def __len__(self) -> int:
         return len(self.seeds)
 
     def __getitem__(self, index: slice) -> SeedLatents:
-        return SeedLatents(self.generator, self.seeds[index])
+        return SeedLatents(self.sample, self.seeds[index])
 
     def array(self) -> np.ndarray:
-        return self.generator.sample_latents(self.seeds)
+        return self.sample(self.seeds)
 
 
 class ImageFiles:
@@ -135,18 +135,18 @@ class ImageFiles:
                          for i, data in enumerate(self.files)])
 
 
-def images(served: ServedModel, message: pb.Images) -> np.ndarray | ImageFiles:
+def images(served: ModelEntry, message: pb.Images) -> np.ndarray | ImageFiles:
     """uint8 ``[n, H, W, 3]`` for the model: raw arrays checked now, PNGs decoded and fitted to its size on the
     compute thread (the rules of ``curvedit.images``); refused for a model that cannot encode."""
-    served.model.require_encoder()
-    shape = served.model.image_shape
+    served.spec.require_encoder()
+    shape = served.spec.image_shape
     if message.format == pb.IMAGE_FORMAT_PNG:
         return ImageFiles(list(message.png), shape)
     dims = [int(s) for s in message.shape]
     if math.prod(dims) != len(message.data):
         raise invalid(f"raw images have shape {dims} (needs {math.prod(dims)} bytes of uint8) but carry "
                       f"{len(message.data)} bytes; send prod(shape) bytes, row-major")
-    return served.model.check_images(np.frombuffer(message.data, dtype=np.uint8).reshape(dims))
+    return served.spec.check_images(np.frombuffer(message.data, dtype=np.uint8).reshape(dims))
 
 
 def check_count(n: int, max_items: int) -> None:
@@ -157,7 +157,7 @@ def check_count(n: int, max_items: int) -> None:
                       "(or use EditStream), or raise --max-items-per-request on the server")
 
 
-def latents(served: ServedModel, request) -> np.ndarray | SeedLatents:
+def latents(served: ModelEntry, request) -> np.ndarray | SeedLatents:
     """The request's latents float32 ``[n, d]``: decoded and checked now, or (seeds) checked now and sampled
     on the compute thread."""
     which = request.WhichOneof("input")
@@ -165,14 +165,14 @@ def latents(served: ServedModel, request) -> np.ndarray | SeedLatents:
         seeds = list(request.seeds.seeds) if which == "seeds" else [request.seed]
         if min(seeds) < 0:
             raise invalid(f"seeds must be >= 0, got {min(seeds)}")
-        return SeedLatents(served.model.bundle.generator, seeds)
+        return SeedLatents(served.sample_latents, seeds)
     z = codec.from_tensor(getattr(request, which), which)
     if z.shape[1] == served.latent_dim and np.isfinite(z).all():
         return z  # the common case, checked cheaply; anything else gets Model's own message below
-    return served.model.check_latents(z)
+    return served.spec.check_latents(z)
 
 
-def amounts(served: ServedModel, editor: str, request: pb.EditRequest, n: int) -> np.ndarray:
+def amounts(served: ModelEntry, editor: str, request: pb.EditRequest, n: int) -> np.ndarray:
     """float32 ``[n, K]`` amounts from ``edits`` (each direction once) or per-item ``amounts``."""
     if not request.HasField("amounts"):
         index = served.direction_index(editor)
@@ -193,10 +193,10 @@ def amounts(served: ServedModel, editor: str, request: pb.EditRequest, n: int) -
     if request.edits:
         raise invalid("set either `edits` (applied to all items) or per-item `amounts`, not both")
     given = codec.from_tensor(request.amounts.amounts, "amounts")
-    names = served.model.directions_of(editor)
+    names = served.spec.directions_of(editor)
     columns = list(request.amounts.directions)
     if not columns:
-        return served.model.amounts(given, n, editor)
+        return served.spec.amounts(given, n, editor)
     unknown = [c for c in columns if c not in names]
     if unknown or len(set(columns)) != len(columns):
         raise invalid(f"amounts.directions {[short(c) for c in columns[:16]]} must be distinct names among "
@@ -206,7 +206,7 @@ def amounts(served: ServedModel, editor: str, request: pb.EditRequest, n: int) -
                       f"(one row per latent, one column per amounts.directions entry)")
     full = np.zeros((n, len(names)), dtype=np.float32)
     full[:, [names.index(c) for c in columns]] = given
-    return served.model.amounts(full, n, editor)
+    return served.spec.amounts(full, n, editor)
 
 
 def traverse_amounts(request: pb.TraverseRequest, max_items: int) -> np.ndarray:

@@ -23,6 +23,7 @@ import numpy as np
 from curvedit.service import codec, requests
 from curvedit.service.admission import Admission, Ticket
 from curvedit.service.batcher import as_array
+from curvedit.service.catalog import EDIT, EDIT_IMAGES, ENCODE, GENERATE, ModelEntry, from_images
 from curvedit.service.errors import (
     PUSHBACK_KEY,
     Draining,
@@ -36,7 +37,6 @@ from curvedit.service.errors import (
 from curvedit.service.logs import log_request
 from curvedit.service.metrics import ServerMetrics
 from curvedit.service.model_set import ModelSet
-from curvedit.service.models import EDIT, EDIT_IMAGES, ENCODE, GENERATE, ServedModel, from_images
 from curvedit.service.requests import Corrupt, check_count, item_count
 from curvedit.service.runner import BatchRunner
 from curvedit.v1 import latent_edit_pb2 as pb
@@ -127,7 +127,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         return next(iter(self.models), "")
 
     # -- plumbing -------------------------------------------------------------------------------------------
-    def _model(self, name: str, repository_version: int = 0) -> ServedModel:
+    def _model(self, name: str, repository_version: int = 0) -> ModelEntry:
         served = self.models.version(name or self.default, repository_version)
         if served is None:
             if (name or self.default) not in self.models:
@@ -138,7 +138,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
                             f"loaded: {[v for v in loaded if v]}; pass one of those, or 0 for the newest")
         return served
 
-    def _serving(self, name: str, repository_version: int = 0) -> ServedModel:
+    def _serving(self, name: str, repository_version: int = 0) -> ModelEntry:
         """``_model``, warm: a model still warming up answers UNAVAILABLE naming it and the wait."""
         served = self._model(name, repository_version)
         if not served.ready:
@@ -199,7 +199,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         context.set_code(code)
         context.set_details(message)
 
-    async def _run(self, served: ServedModel, key, x, amounts, ticket: Ticket, method: str, finish=None,
+    async def _run(self, served: ModelEntry, key, x, amounts, ticket: Ticket, method: str, finish=None,
                    seeds: np.ndarray | None = None) -> list:
         """Queue ``x`` (``n`` rows, or a lazy input) under ``key`` (with per-row sampling ``seeds``); returns each
         chunk's result in order (its ``finish`` value, or its output rows)."""
@@ -240,7 +240,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         kind = EDIT_IMAGES if request.return_images else EDIT
         real = request.WhichOneof("input") == "images"
         if real:
-            served.model.require_encoder()
+            served.spec.require_encoder()
             kind = from_images(kind)
         key = (served.key, editor, kind)
         ticket.reserve(key, n)
@@ -252,7 +252,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
                                    model=served.name, model_version=served.version, id=request.id,
                                    repository_version=served.repository_version)
         if request.return_images:
-            response.images.CopyFrom(join_images([p[1] for p in parts], n, served.model.image_shape, fmt))
+            response.images.CopyFrom(join_images([p[1] for p in parts], n, served.spec.image_shape, fmt))
         return response
 
     async def Edit(self, request, context):
@@ -269,7 +269,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             ticket.reserve(key, n)
             parts = await self._run(served, key, requests.latents(served, req), None, ticket, method,
                                     lambda rows, _start: image_payload(rows[0], fmt), seeds)
-            return pb.GenerateResponse(images=join_images(parts, n, served.model.image_shape, fmt),
+            return pb.GenerateResponse(images=join_images(parts, n, served.spec.image_shape, fmt),
                                        model=served.name, model_version=served.version,
                                        repository_version=served.repository_version)
         return await self._unary("Generate", work, request, context)
@@ -277,7 +277,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
     async def Encode(self, request, context):
         async def work(req: pb.EncodeRequest, ticket, method):
             served = self._serving(req.model, req.repository_version)
-            served.model.require_encoder()
+            served.spec.require_encoder()
             n = requests.image_count(req.images)
             check_count(n, self.max_items)
             key = (served.key, "", ENCODE)
@@ -293,13 +293,13 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
         """Source latents (encoded on the source's compute thread when images come in) → the alignment, off the
         event loop → on request, images from the target's compute thread."""
         served = self._serving(req.model)
-        to = served.model.check_translation_target(req.to)
+        to = served.spec.check_translation_target(req.to)
         fmt = requests.image_format(req.image_format)
         n = item_count(req, "latents", served.latent_dim)
         check_count(n, self.max_items)
         target = self._serving(to) if req.return_images else None
         if req.WhichOneof("input") == "images":
-            served.model.require_encoder()
+            served.spec.require_encoder()
             key = (served.key, "", ENCODE)
             ticket.reserve(key, n)
             parts = await self._run(served, key, requests.images(served, req.images), None, ticket, method,
@@ -307,7 +307,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             z = np.concatenate(parts)
         else:
             z = as_array(requests.latents(served, req))
-        translated = await asyncio.to_thread(served.model.translator.translate, z, to)
+        translated = await served.translate(z, to)
         if not np.isfinite(translated).all():
             raise invalid("a translated latent is not finite: the input latents are far outside the source "
                           "model's prior; pass latents of a few units (like N(0, I) samples)")
@@ -318,7 +318,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
             ticket.reserve(key, n)
             parts = await self._run(target, key, translated, None, ticket, method,
                                     lambda rows, _start: image_payload(rows[0], fmt))
-            response.images.CopyFrom(join_images(parts, n, target.model.image_shape, fmt))
+            response.images.CopyFrom(join_images(parts, n, target.spec.image_shape, fmt))
         return response
 
     async def Translate(self, request, context):

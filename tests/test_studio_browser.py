@@ -174,10 +174,7 @@ def test_downloads_feed_back_to_curvedit_edit(page, models, downloads, tiny_bund
     page.find_element(By.ID, "download-png").click()
     page.find_element(By.ID, "download-json").click()
     png, state = downloads / "curvedit-tiny-seed5.png", downloads / "curvedit-tiny-seed5.json"
-    deadline = time.monotonic() + 10
-    while not (png.is_file() and state.is_file()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    saved = json.loads(state.read_text())
+    saved = _when_written(png, state)
     s = studio(page)
     assert saved["model"] == "tiny" and saved["editor"] == "decurved" and saved["source"] == {"seed": 5}
     assert saved["edits"] == dict(zip(s["directions"], s["t"], strict=True))
@@ -192,6 +189,22 @@ def test_downloads_feed_back_to_curvedit_edit(page, models, downloads, tiny_bund
     image = np.asarray(Image.open(png).convert("RGB"))
     assert image.shape == (32, 32, 3)
     np.testing.assert_allclose(image, model.generate(edited)[0], atol=PIXEL_ATOL)
+
+
+def _when_written(png: Path, state: Path, timeout: float = 20.0) -> dict:
+    """The downloaded state once both files are complete: Chromium creates a download's file before it has
+    written all of it (a loaded CI machine read an empty JSON file), so wait until the JSON parses and the PNG
+    opens."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            saved = json.loads(state.read_text())
+            Image.open(png).verify()
+            return saved
+        except (OSError, ValueError, SyntaxError):  # PIL raises SyntaxError for a cut-off PNG
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _choose_model(page, name: str) -> None:
