@@ -81,8 +81,10 @@ class HttpFront:
 
         self.studio = Studio(inference, max_body)
 
-    async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._connection, host, port, ssl=self.ssl, limit=1 << 16)
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
+        """Listen on ``host:port`` (``reuse_port``: beside the other front-end processes on the same port)."""
+        self._server = await asyncio.start_server(self._connection, host, port, ssl=self.ssl, limit=1 << 16,
+                                                  reuse_port=reuse_port or None)
         return self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:

@@ -12,8 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from curvedit.service.engine_core import settle_heap
 from curvedit.service.metrics import LATENCY_BUCKETS, LoopFamily
-from curvedit.service.server import settle_heap
 
 
 def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple], float]:
