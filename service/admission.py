@@ -77,11 +77,7 @@ class Admission:
 
     def backlog_seconds(self) -> float:
         """Estimated time until everything queued (and the batch computing now) is done."""
-        seconds = sum(self.cost.drain_seconds(key, n) for key, n in self.queue.items_by_key())
-        now = self.clock()
-        for batch, since in self.runner.running.values():
-            seconds += max(0.0, self.cost.batch_seconds(batch.key, batch.bucket) - (now - since))
-        return seconds
+        return self.runner.backlog_seconds(self.cost, self.clock())
 
     def pushback_ms(self) -> int:
         return int(min(MAX_PUSHBACK_MS, max(MIN_PUSHBACK_MS, 1000 * self.backlog_seconds())))

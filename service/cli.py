@@ -19,7 +19,7 @@ _SERVE_FLAGS = ("host", "port", "http_port", "metrics_host", "metrics_port", "en
                 "max_queue_delay_ms",
                 "max_queue_size", "max_items_per_request", "max_concurrent_requests", "grace_s", "max_message_mb",
                 "tls_cert", "tls_key", "tls_client_ca", "auth_token_file", "model_repository", "repository_poll_s",
-                "repository_versions", "log_format", "log_requests", "ready_when", "cache_dir")
+                "repository_versions", "log_format", "log_requests", "ready_when", "cache_dir", "workers")
 
 
 def _flags(args: argparse.Namespace) -> dict:
@@ -41,7 +41,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = build_config(_flags(args), os.environ, args.config)
     setup_logging(config.log_format)
-    return asyncio.run(serve_until_signal(config, announce=lambda line: print(line, flush=True)))
+    announce = lambda line: print(line, flush=True)  # noqa: E731
+    if config.workers > 1:
+        from curvedit.service.workers import serve_workers
+
+        return asyncio.run(serve_workers(config, announce))
+    return asyncio.run(serve_until_signal(config, announce))
 
 
 def add_serve_options(serve: argparse.ArgumentParser) -> None:
@@ -107,6 +112,9 @@ def add_serve_options(serve: argparse.ArgumentParser) -> None:
     add("--config", default=None, metavar="FILE",
         help="JSON or TOML file with the same settings (default: none); flags > CURVEDIT_* env > file")
     add("--no-warmup", action="store_true", help="skip warm-up: SERVING at once (default: warm every bucket)")
+    add("--workers", type=int, default=None, metavar="N",
+        help="front-end processes on the same ports before one engine process that holds the models and "
+             "batches across them (default 1: one process serves and computes)")
     add("--ready-when", default=None, choices=("default", "all"),
         help="SERVING once the default (first) model is warm, the others then warming one by one and each taking "
              "requests once warm, or once every model is warm (default: default)")

@@ -48,6 +48,9 @@ class ServeConfig:
     # the default (first) model is warm, the others warming after it, one at a time, each taking requests once
     # warm (UNAVAILABLE naming it before). `build_config` (the command line) defaults it to "default".
     ready_when: str = "all"
+    # Front-end processes (`serve --workers N`, see workers): 1 = one process serves and computes (in-process);
+    # N > 1 = N front ends on the same ports before one engine process holding the models.
+    workers: int = 1
     # Where warm-up keeps what it learns across starts (the auto engine's routes: route_cache); "" = nowhere.
     # `build_config` (the command line) defaults it to $XDG_CACHE_HOME/curvedit (~/.cache/curvedit).
     cache_dir: str = ""
@@ -86,6 +89,7 @@ class ServeConfig:
         need(not (self.model_repository and self.expect_digests),
              "--expect-digest pins a --model; a --model-repository version is checked against its own manifest")
         need(self.log_format in ("text", "json"), f"log_format must be 'text' or 'json', got {self.log_format!r}")
+        need(self.workers >= 1, f"workers must be at least 1 (1 = one process), got {self.workers}")
         need(self.ready_when in ("default", "all"),
              f"ready_when must be 'default' (SERVING once the first model is warm) or 'all', got "
              f"{self.ready_when!r}")

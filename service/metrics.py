@@ -265,6 +265,12 @@ class ServerMetrics:
     def model_loaded(self, model: str, version: str, bundle_version: str) -> None:
         """The version is loaded: it is reported, and every series of it exists from now on, at 0."""
         self.model_version.labels(model, version, bundle_version).set(1)
+        self.model_series(model, version)
+
+    @_safe
+    def model_series(self, model: str, version: str) -> None:
+        """Every counter and histogram series of a model version, at 0 (a front-end process of ``serve --workers
+        N`` makes them too; the gauges are the engine process's alone, so one scrape can add everything up)."""
         for reason in REJECT_REASONS:
             self.rejections.labels(model, reason)
         labels = (model, version)

@@ -114,6 +114,13 @@ class BatchRunner:
     def idle(self) -> bool:
         return not self.running and len(self.queue) == 0
 
+    def backlog_seconds(self, cost, now: float) -> float:
+        """Estimated seconds until everything queued and computing is done, by ``cost`` (a ``CostModel``)."""
+        seconds = sum(cost.drain_seconds(key, n) for key, n in self.queue.items_by_key())
+        for batch, since in self.running.values():
+            seconds += max(0.0, cost.batch_seconds(batch.key, batch.bucket) - (now - since))
+        return seconds
+
     def make_room(self) -> None:
         """Drop stale queued entries now (deadline passed, client gone), failing their futures."""
         self._fail_dropped(self.queue.drop_stale(self.clock()))

@@ -61,8 +61,10 @@ class EditServer:
     ``EngineCore``, or a front-end process's link to the engine process). Create it with ``create_server``."""
 
     def __init__(self, config: ServeConfig, models: dict[str, ServedModel] | None,
-                 compute_wrapper: Callable | None = None, core=None, metrics: ServerMetrics | None = None):
+                 compute_wrapper: Callable | None = None, core=None, metrics: ServerMetrics | None = None,
+                 reuse_port: bool = False):
         self.config = config
+        self.reuse_port = reuse_port  # a front-end process of `serve --workers N` shares its ports (SO_REUSEPORT)
         self.metrics = metrics or ServerMetrics()
         if core is None:
             from curvedit.service.engine_core import EngineCore
@@ -112,8 +114,6 @@ class EditServer:
         self.http_port: int | None = None
         self.metrics_port: int | None = None
         self._httpd = None
-
-    reuse_port = False  # a front-end process of `serve --workers N` shares its ports with the others
 
     @property
     def freeze_heap(self) -> bool:

@@ -39,14 +39,15 @@ def start_server(bundle, *flags) -> tuple[subprocess.Popen, int, int | None]:
 
 
 @pytest.mark.slow
-def test_sigterm_during_load_loses_no_accepted_request(tiny_bundle):
+@pytest.mark.parametrize("workers", ["1", "2"], ids=["one-process", "workers-2"])
+def test_sigterm_during_load_loses_no_accepted_request(tiny_bundle, workers):
     model = curvedit.load(tiny_bundle)
     # A burst waits in the batcher when SIGTERM arrives; a steady loader keeps sending across it. A batch leaves
     # at once while its model's compute is idle, so the burst is sent while one large request (16,384 images in
     # chunks of 64, seconds of work) is computed: the burst's batch queues behind those chunks.
     proc, port, metrics_port = start_server(tiny_bundle, "--max-queue-delay-ms", "1000", "--max-batch-size", "64",
                                             "--max-items-per-request", "16384", "--max-queue-size", "32768",
-                                            "--grace-s", "30", "--metrics-port", "0")
+                                            "--grace-s", "30", "--metrics-port", "0", "--workers", workers)
     try:
         client = Client(f"127.0.0.1:{port}", timeout=30)
         outcomes: list[grpc.StatusCode] = []
