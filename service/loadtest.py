@@ -377,12 +377,29 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true",
                    help="print cells and target checks as JSON at the end (default: a table)")
     p.add_argument("--csv", default=None, help="also write the cells to this CSV file (default: none)")
+    p.add_argument("--workers", default=None, type=lambda s: [int(x) for x in s.split(",")],
+                   help="the scale-out table instead (service/scale_bench.py): serve --workers N beside a no-op "
+                        "server of N processes, for each N of this comma list, e.g. 1,2,4 (default: none)")
+    p.add_argument("--client-processes", type=int, default=2,
+                   help="with --workers: load generator processes (default 2)")
+    p.add_argument("--big-items", type=int, default=1024,
+                   help="with --workers: latents per request of the large-request cell (default 1024)")
+    p.add_argument("--big-concurrency", type=int, default=8,
+                   help="with --workers: requests in flight in the large-request cell (default 8)")
+    p.add_argument("--scale-model", default=None, metavar="PATH",
+                   help="with --workers: the bundle served (default: the shipped default model)")
+    p.add_argument("--json-file", default=None, metavar="FILE",
+                   help="with --workers: write the cells and ratios as JSON to FILE (default: none)")
 
 
 def run(args) -> int:
     import curvedit
     from curvedit.synthetic import make_synthetic_bundle
 
+    if args.workers:
+        from curvedit.service.scale_bench import run_scale
+
+        return run_scale(args)
     cells = []
     with tempfile.TemporaryDirectory() as tmp:
         print(HEADER, flush=True)
