@@ -23,8 +23,14 @@ run: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# The whole suite, then the service suites again against `serve --workers 2` (front-end processes before an
+# engine process: tests/conftest.py's --serve-workers).
+SERVICE_SUITES := tests/test_service_*.py tests/test_studio.py tests/test_studio_browser.py tests/test_deploy.py \
+	tests/test_auto_engine.py tests/test_client_balancing.py tests/test_kubernetes.py
+
 test: lint
 	TRITON_INTERPRET=1 $(BIN)/pytest -q
+	TRITON_INTERPRET=1 $(BIN)/pytest -q --serve-workers 2 $(SERVICE_SUITES)
 
 # The wheel installed without extras into a fresh venv, used as a new user would (.ci/check_base_install.py).
 check-install: setup

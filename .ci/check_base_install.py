@@ -4,8 +4,11 @@ lock), then use it as a new user would.
 1. ``curvedit <command> --help`` exits 0 for every subcommand at every depth;
 2. the read-only commands run: models, info, edit (latents and a real image), traverse, translate, batch;
 3. a command that needs an extra (export, training that writes ONNX graphs) says which one in one line, exit 2;
-4. ``curvedit serve`` reports SERVING, answers ``curvedit client`` calls (health, edit), and SIGTERM stops it
-   cleanly (exit 0).
+4. the container image's command (the Dockerfile's ENTRYPOINT + CMD, ports swapped for free ones) reports
+   SERVING, passes the image's HEALTHCHECK command, answers ``curvedit client edit``, and SIGTERM stops it cleanly
+   (exit 0).
+
+The install is the image's: ``deploy/image/install.sh`` (a fresh venv, the wheel, the lock's versions).
 
 Run by ``.ci/run`` after the tests (``make check-install`` runs it alone); stdlib only, any python3 ≥ 3.10.
 """
@@ -20,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,9 +64,9 @@ def install(tmp: Path) -> Path:
     step(f"{wheel.name}: {wheel.stat().st_size / 1e6:.1f} MB; installing it without extras into a fresh venv")
     if wheel.stat().st_size > WHEEL_LIMIT_MB * 1e6:
         sys.exit(f"check-install: the wheel is {wheel.stat().st_size / 1e6:.1f} MB, over {WHEEL_LIMIT_MB} MB")
-    venv.create(tmp / "venv", with_pip=True)
+    # The container image's own install script (the Dockerfile's install stages run it the same way).
+    run(["sh", str(ROOT / "deploy" / "image" / "install.sh"), str(tmp / "venv"), str(wheel), "cpu"])
     python = tmp / "venv" / "bin" / "python"
-    run([str(python), "-m", "pip", "install", "--quiet", "-c", str(LOCK), str(wheel)])
     for module in ("onnx", "onnxscript", "sklearn", "ray", "pytest"):
         run([str(python), "-c", f"import importlib.util as u, sys; sys.exit(u.find_spec({module!r}) is not None)"])
     return tmp / "venv" / "bin"
@@ -115,9 +117,21 @@ def check_extras_are_named(bin_dir: Path, work: Path) -> None:
         sys.exit("check-install: a refused command left output behind")
 
 
+def image_commands() -> tuple[list[str], list[str]]:
+    """The Dockerfile's ENTRYPOINT + CMD, and its HEALTHCHECK command."""
+    sys.path.insert(0, str(ROOT / "deploy" / "image"))
+    from dockerfile import exec_form, healthcheck_command, instructions
+
+    found = {i.keyword: i.args for i in instructions(ROOT / "Dockerfile") if i.stage == "runtime"}
+    return exec_form(found["ENTRYPOINT"]) + exec_form(found["CMD"]), healthcheck_command(found["HEALTHCHECK"])
+
+
 def check_serve(bin_dir: Path, work: Path) -> None:
-    step("curvedit serve (default models) until SERVING")
-    server = subprocess.Popen([str(bin_dir / "curvedit"), "serve", "--port", "0", "--http-port", "0",
+    command, health = image_commands()
+    step(f"the image's command `{' '.join(command)}` (default models) until SERVING")
+    if command[0] != "curvedit" or health[0] != "curvedit":
+        sys.exit(f"check-install: the image runs {command[0]!r} / {health[0]!r}, expected curvedit")
+    server = subprocess.Popen([str(bin_dir / "curvedit"), *command[1:], "--port", "0", "--http-port", "0",
                                "--metrics-port", "0", "--cache-dir", str(work / "cache")], cwd=work,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     start, lines, port = time.monotonic(), [], None
@@ -134,7 +148,9 @@ def check_serve(bin_dir: Path, work: Path) -> None:
                 sys.exit(f"check-install: no SERVING within {SERVE_START_S} s:\n" + "".join(lines[-40:]))
         step(f"SERVING on port {port} after {time.monotonic() - start:.1f} s")
         target = f"127.0.0.1:{port}"
-        run([str(bin_dir / "curvedit"), "client", "health", "--server", target])
+        health = [str(bin_dir / "curvedit"), *(a.replace("127.0.0.1:50051", target) for a in health[1:])]
+        step(f"the image's HEALTHCHECK: {' '.join(health[1:])}")
+        run(health)
         run([str(bin_dir / "curvedit"), "client", "edit", "--server", target, "--seed", "0", "--count", "4",
              "--edit", "scale=1", "--out", str(work / "client")], cwd=work)
         server.send_signal(signal.SIGTERM)

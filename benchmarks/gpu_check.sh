@@ -12,6 +12,13 @@
 #
 #   bash benchmarks/gpu_check.sh                      # from the repository root
 #   BENCH_ARGS="--quick" bash benchmarks/gpu_check.sh  # dry run of the plumbing (tests/test_gpu_check.py runs it)
+#   CURVEDIT_GPU_CHECK_DRY=1 bash benchmarks/gpu_check.sh  # every section on the CPU, tiny sizes, < 5 minutes
+#
+# After the kernels, a serve section starts the real `curvedit serve --workers N` (the triton engine on the
+# device; N = 1, 2, 4, 8) beside a no-op gRPC server of N processes, drives them from this machine's cores and
+# writes the scale-out table (`curvedit bench serve --workers`) to $OUT/serve.json and serve.txt. The GPU image
+# lacks the service's gRPC packages: `bash benchmarks/gpu_wheels.sh` here downloads them into .whl; carry .whl
+# and they are installed with --target before the section.
 #
 # Exit status 0 when every step passed, 1 otherwise (summary.txt says which).
 # Knobs (environment): PYTHON (default: the first of .venv/bin/python, python3, python that imports torch and
@@ -30,6 +37,11 @@ exec > >(tee -a "$LOG") 2>&1
 TEE_PID=$!
 export PYTHONUNBUFFERED=1 TRITON_PRINT_AUTOTUNING=1
 start=$(date +%s)
+DRY="${CURVEDIT_GPU_CHECK_DRY:-0}"
+if [ "$DRY" = 1 ]; then
+  BENCH_ARGS="${BENCH_ARGS:---quick}"
+  export TRITON_INTERPRET=1
+fi
 BUDGET_S="${GPU_CHECK_BUDGET_S:-460}"
 GRACE_S=15  # SIGINT first; SIGKILL this much later if the step has not ended
 
@@ -87,8 +99,9 @@ if ! "$PY" -c "import curvedit.kernels.edit" 2>/dev/null; then
   [ "$code" -ne 0 ] && note "WARNING: install failed; the steps below run anyway and will say what is missing"
 fi
 
-# conftest.py sets TRITON_INTERPRET=1 only when it is unset: 0 makes Triton compile for the GPU.
-export TRITON_INTERPRET=0
+# conftest.py sets TRITON_INTERPRET=1 only when it is unset: 0 makes Triton compile for the GPU (the dry mode
+# keeps the interpreter).
+[ "$DRY" = 1 ] || export TRITON_INTERPRET=0
 # Only the files that hold GPU tests: the service's test modules import grpcio-health-checking/-reflection,
 # which the lent machines' image lacks, and one collection error would stop the whole run.
 step "GPU tests: pytest -m gpu"
@@ -114,8 +127,10 @@ for case in suite.iter("testcase"):
 EOF
 
 step "engine benchmark: d=512 synthetic flow and the shipped flow; main pass, then torch.compile"
-# The benchmark stops starting rows 20 s before its own hard limit, and the compile pass gets at most 120 s.
-left=$(( BUDGET_S - $(elapsed) - GRACE_S - 10 ))
+# The benchmark stops starting rows 20 s before its own hard limit, and the compile pass gets at most 120 s; the
+# serve section keeps GPU_CHECK_SERVE_S of the budget.
+SERVE_S="${GPU_CHECK_SERVE_S:-150}"
+left=$(( BUDGET_S - $(elapsed) - GRACE_S - 10 - SERVE_S ))
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of options, split on purpose
 bounded "$left" 10 "$PY" benchmarks/bench_engine.py --flows d512,shipped --repeats 10 --warmup 3 \
   --time-limit-s $(( left > 40 ? left - 20 : 20 )) --compile-time-limit-s 120 --json "$OUT/bench_gpu.json" \
@@ -129,6 +144,32 @@ result = json.load(open(sys.argv[1]))
 rows = result["rows"]
 timed = [r for r in rows if r["ms"] is not None]
 print(f"benchmark: {result.get('status', '?')}, {len(timed)} of {len(rows)} rows timed, {result['seconds']:.0f} s")
+EOF
+
+step "serve: curvedit serve --workers N beside a no-op server of N processes"
+SITE=""
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && SITE=/tmp/site
+fi
+if [ "$DRY" = 1 ]; then
+  SERVE_ARGS=(--workers 1,2 --concurrency 1,8 --duration 0.5 --rounds 1 --engine onnxruntime --client-processes 1
+              --big-items 64 --big-concurrency 2)
+else
+  SERVE_ARGS=(--workers 1,2,4,8 --concurrency 1,64,256,1024 --duration 3 --rounds 2 --engine triton
+              --client-processes 8 --big-items 1024 --big-concurrency 16)
+fi
+PYTHONPATH="${SITE}${SITE:+:}${PYTHONPATH:-}" bounded "$SERVE_S" 0 "$PY" -m curvedit.cli bench serve \
+  "${SERVE_ARGS[@]}" --json-file "$OUT/serve.json" > >(tee "$OUT/serve.txt")
+status serve $?
+[ -f "$OUT/serve.json" ] && "$PY" - "$OUT/serve.json" <<'EOF' | tee -a "$SUMMARY"
+import json
+import sys
+
+result = json.load(open(sys.argv[1]))
+print(f"serve: {len(result['cells'])} cells")
+for line in result["checks"]:
+    print(f"  {line}")
 EOF
 
 step "done"

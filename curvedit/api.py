@@ -163,7 +163,9 @@ class Model:
                 editor_directions={name: list(editor.directions) for name, editor in bundle.editors.items()},
                 default_editor=bundle.default_editor, can_encode=bool(bundle.generator.can_encode),
                 samples=bool(bundle.generator.samples), alignments=self.translator.targets,
-                encoding_families=tuple(families_that_encode()), translation_fix=translation_fix(self.name))
+                encoding_families=tuple(families_that_encode()), translation_fix=translation_fix(self.name),
+                editor_modes={name: str(entry.get("mode", ""))
+                              for name, entry in bundle.manifest.get("editors", {}).items()})
         return self._spec
 
     # -- checking inputs ------------------------------------------------------------------------------------

@@ -165,11 +165,37 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    if args.copy:
+        return copy_model(args.copy, args.out)
     for name in curvedit.list_models():
         model = curvedit.load(name, engine="torch")
         encode = ", encodes images" if model.can_encode else ""
         print(f"{name:12s} {model.family:6s} d={model.latent_dim} image={list(model.image_shape)}{encode}; "
               f"editors {model.editors}; directions {model.directions}")
+    return 0
+
+
+def copy_model(name: str, out: str | None) -> int:
+    """A shipped model as a bundle folder that stands on its own (e.g. a model repository's NAME/1/): copied
+    beside ``out`` and renamed into place, so a half-written copy never looks complete."""
+    import shutil
+
+    from curvedit.api import resolve_model
+    from curvedit.bundle import copy_bundle
+
+    if not out:
+        raise SystemExit("curvedit models --copy needs --out DIR (e.g. /models/NAME/1 for a model repository)")
+    target = Path(out)
+    if target.exists():
+        raise SystemExit(f"curvedit models --copy: {target} exists; pass a new folder (a repository version is "
+                         "never rewritten in place: add the next version number)")
+    source = resolve_model(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    copy_bundle(source, partial)
+    partial.rename(target)
+    print(f"{name}: {sum(f.stat().st_size for f in target.iterdir()) / 1e6:.1f} MB bundle in {target}")
     return 0
 
 
@@ -209,5 +235,9 @@ def register(subparsers) -> None:
     info.add_argument("--json", action="store_true", help="print the whole manifest (default: a summary)")
     info.set_defaults(func=cmd_info)
 
-    models = subparsers.add_parser("models", help="list the shipped models")
+    models = subparsers.add_parser("models", help="list the shipped models (or copy one out: --copy)")
+    models.add_argument("--copy", default=None, metavar="NAME", help="write shipped model NAME as a bundle folder "
+                        "that stands on its own, e.g. into a model repository (default: list them)")
+    models.add_argument("--out", default=None, metavar="DIR", help="the new folder --copy writes, e.g. "
+                        "/models/NAME/1 (default: none; --copy needs it)")
     models.set_defaults(func=cmd_models)

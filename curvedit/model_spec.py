@@ -48,6 +48,7 @@ class ModelSpec:
     alignments: list[str] = field(default_factory=list)  # models this one's latents translate to
     encoding_families: tuple[str, ...] = ()  # for the message when a model without an encoder gets images
     translation_fix: str = ""  # how to get an alignment, for the message when a target is not one
+    editor_modes: dict[str, str] = field(default_factory=dict)  # editor name → how it was trained ("" unknown)
 
     def to_dict(self) -> dict:
         return asdict(self)

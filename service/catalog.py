@@ -72,6 +72,10 @@ class ModelEntry:
         """The generator's prior for ``seeds``: float32 ``[n, d]`` (run on the compute stage)."""
         raise NotImplementedError
 
+    async def prior(self, seeds: list[int]) -> np.ndarray:
+        """``sample_latents`` from wherever the generator is (a front end asks the engine process)."""
+        return self.sample_latents(seeds)
+
     async def translate(self, z: np.ndarray, to: str) -> np.ndarray:
         """Checked latents ``[n, d]`` → latents of model ``to`` (a checked target)."""
         raise NotImplementedError

@@ -331,7 +331,8 @@ def register(subparsers) -> None:
     def action(name: str, func, help: str) -> argparse.ArgumentParser:
         p = csub.add_parser(name, help=help)
         p.add_argument("--server", default="127.0.0.1:50051", metavar="HOST:PORT",
-                       help="the server to call (default 127.0.0.1:50051)")
+                       help="the server to call; several, separated by commas, or dns:///NAME:PORT of several "
+                            "addresses are balanced per call, with retries (default 127.0.0.1:50051)")
         p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                        help="deadline of each call, in seconds (default 60)")
         add_security_options(p)

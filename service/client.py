@@ -142,10 +142,14 @@ def translate_request(to: str, latents=None, seeds=None, input_images=None, mode
 
 
 class Client:
-    """Blocking client. ``target`` is ``host:port``; ``timeout`` (s) is the default per-call deadline;
-    ``security`` says how to reach a server with TLS and/or tokens (default: plaintext, no token)."""
+    """Blocking client. ``target`` is ``host:port``, or several servers (a list of ``host:port``, commas in one
+    string, or ``dns:///name:port`` of several addresses): each call then goes to the next server and a call
+    refused UNAVAILABLE or RESOURCE_EXHAUSTED is retried elsewhere, after the server's pushback
+    (``curvedit.service.channels``). ``timeout`` (s) is the default per-call deadline; ``security`` says how to
+    reach a server with TLS and/or tokens (default: plaintext, no token)."""
 
-    def __init__(self, target: str, timeout: float | None = 60.0, security: Security | None = None):
+    def __init__(self, target: str | Sequence[str], timeout: float | None = 60.0,
+                 security: Security | None = None):
         self.target = target
         self.channel = open_channel(target, security)
         self.stub = pb_grpc.LatentEditServiceStub(self.channel)
@@ -217,7 +221,8 @@ class Client:
 class AsyncClient:
     """asyncio client with the same methods as ``Client`` (coroutines / async iterators)."""
 
-    def __init__(self, target: str, timeout: float | None = 60.0, security: Security | None = None):
+    def __init__(self, target: str | Sequence[str], timeout: float | None = 60.0,
+                 security: Security | None = None):
         self.target = target
         self.channel = open_aio_channel(target, security)
         self.stub = pb_grpc.LatentEditServiceStub(self.channel)

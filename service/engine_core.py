@@ -87,7 +87,7 @@ class EngineCore:
         self.freeze_heap = False  # the process is this server's: settle_heap after warm-up and each load
         self.repository = None if not config.model_repository else ModelRepository(
             config.model_repository, models, self._load_version, self.activate, self.deactivate,
-            metrics.load_failed, keep=config.repository_versions)
+            self._load_failed, keep=config.repository_versions)
         self._retiring: set[asyncio.Task] = set()
         self._poller: asyncio.Task | None = None
         self._runner_task: asyncio.Task | None = None
@@ -183,6 +183,10 @@ class EngineCore:
         if self.on_ready is not None:
             self.on_ready(served)
         self._changed()
+
+    def _load_failed(self, name: str, version: int) -> None:
+        self._changed()  # the repository's index says why (front ends of `serve --workers` read it from there)
+        self.metrics.load_failed(name, version)
 
     def _changed(self) -> None:
         if self.on_change is not None:

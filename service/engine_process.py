@@ -44,14 +44,16 @@ class EngineLinks:
         self.core, self.config = core, config
         self.links: set[link.Link] = set()
         self._calls: set[asyncio.Task] = set()
+        self.started = False  # core.start() returned: what makes an in-process server say SERVING
 
     def catalog(self) -> str:
-        models = [to_catalog(m, self.config.max_items_per_request) for m in self.core.models.values()]
+        models = [to_catalog(m, self.config.max_items_per_request)  # every loaded version (values(): newest only)
+                  for name in self.core.models for m in self.core.models.versions(name)]
         repository = self.core.repository
         state = None if repository is None else {
             "index": repository.index(), "unloaded": sorted(repository.unloaded),
             "failures": [[n, v, r] for (n, v), (_, r) in repository.failures.items()]}
-        return json.dumps({"models": models, "repository": state, "pid": os.getpid()})
+        return json.dumps({"models": models, "repository": state, "pid": os.getpid(), "started": self.started})
 
     def broadcast(self) -> None:
         text = self.catalog()
@@ -128,6 +130,9 @@ class EngineLinks:
         if call == "translate":
             served = self.core.models.by_key(request["key"])
             return {}, [await served.translate(np.ascontiguousarray(arrays[0]), request["to"])]
+        if call == "sample":
+            served = self.core.models.by_key(request["key"])
+            return {}, [np.ascontiguousarray(served.sample_latents(arrays[0].tolist()), np.float32)]
         repository = self.core.repository
         if call == "load":
             await _repository_call(repository.load, request["name"])
@@ -173,8 +178,12 @@ async def _engine(config: ServeConfig, socket_path: str, conn) -> None:
         loop.add_signal_handler(sig, stop.set)
     detach(conn, stop)
     started = time.perf_counter()
-    models = None if config.model_repository else load_models(config.models, config.engine,
-                                                               config.expect_digests, config.ort_threads)
+    try:
+        models = None if config.model_repository else load_models(config.models, config.engine,
+                                                                   config.expect_digests, config.ort_threads)
+    except ValueError as exc:  # a bundle that is missing or broken: the supervisor says it, once
+        conn.send({"state": "failed", "error": str(exc)})
+        raise SystemExit(1) from None
     metrics = ServerMetrics()
     core = EngineCore(config, models, metrics)
     core.freeze_heap = True
@@ -189,6 +198,7 @@ async def _engine(config: ServeConfig, socket_path: str, conn) -> None:
     waiting = asyncio.create_task(stop.wait())
     await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
     if starting.done() and starting.exception() is None:
+        links.started = True
         links.broadcast()
         conn.send({"state": "ready"})
         await stop.wait()

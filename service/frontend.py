@@ -79,6 +79,10 @@ class RemoteModel(ModelEntry):
     def sample_latents(self, seeds):  # the engine samples: RemoteRunner sends the seeds themselves
         raise NotImplementedError("seeds are sampled in the engine process")
 
+    async def prior(self, seeds: list[int]) -> np.ndarray:
+        _, arrays = await self.core.call({"call": "sample", "key": self.key}, [np.asarray(seeds, np.int64)])
+        return np.array(arrays[0])
+
     async def translate(self, z: np.ndarray, to: str) -> np.ndarray:
         _, arrays = await self.core.call({"call": "translate", "key": self.key, "to": to}, [z])
         return np.array(arrays[0])
@@ -95,8 +99,9 @@ class _Chunk:
 
 
 class _EngineQueue:
-    """What admission control reads of the queue: the engine's (as its last answer said) and what this front end
-    has sent and not yet heard back about."""
+    """What admission control reads of the queue: the engine's, across every front end, as its last answer said,
+    plus what this front end has sent since that answer. (Not plus everything it has outstanding: those items
+    are in the engine's count already, and counting them twice refused requests with room to spare.)"""
 
     def __init__(self, config: ServeConfig, runner: RemoteRunner):
         self.max_batch_size, self.max_queue_size = config.max_batch_size, config.max_queue_size
@@ -104,7 +109,7 @@ class _EngineQueue:
         self.runner = runner
 
     def __len__(self) -> int:
-        return int(self.runner.engine_queued) + self.runner.outstanding
+        return int(self.runner.engine_queued) + self.runner.unreported
 
     def items_where(self, predicate) -> int:
         return 0  # queue depth is the engine's metric (nv_inference_pending_request_count)
@@ -122,6 +127,7 @@ class RemoteRunner:
         self.engine_backlog_s = 0.0
         self.engine_queued = 0.0
         self.outstanding = 0  # items sent and not answered
+        self.unreported = 0  # items sent since the engine last said how many it has queued
         self._chunks: dict[int, _Chunk] = {}
         self._ids = itertools.count(1)
 
@@ -144,6 +150,7 @@ class RemoteRunner:
             id = next(self._ids)
             self._chunks[id] = chunk
             self.outstanding += chunk.n
+            self.unreported += chunk.n
             chunk.future.add_done_callback(lambda f, id=id: self._given_up(id, f))
             rows = [z[i : i + m], link.NONE if amounts is None else amounts[i : i + m],
                     link.NONE if seeds is None else seeds[i : i + m]]
@@ -163,6 +170,7 @@ class RemoteRunner:
         chunk = self._chunks.pop(message.id, None)
         if message.arrays:
             wait, self.engine_backlog_s, self.engine_queued = message.arrays[-1].tolist()
+            self.unreported = 0
         if chunk is None or chunk.future.done():
             return
         self.outstanding -= chunk.n
@@ -188,7 +196,7 @@ class RemoteRunner:
 
     def fail_all(self, error: Exception) -> int:
         chunks, self._chunks = list(self._chunks.values()), {}
-        self.outstanding = 0
+        self.outstanding = self.unreported = 0
         failed = 0
         for chunk in chunks:
             if not chunk.future.done():
@@ -248,7 +256,7 @@ class RemoteCore:
         self._calls: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
         self._reader: asyncio.Task | None = None
-        self._default_ready = asyncio.Event()
+        self._serving_ready = asyncio.Event()
         self._engine_was_gone = False
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
@@ -274,9 +282,10 @@ class RemoteCore:
                 self.models.forget(served)
         if self.repository is not None and data["repository"] is not None:
             self.repository.state = data["repository"]
-        first = next(iter(self.models.values()), None)
-        if first is not None and (first.ready or first.warmup_failure) and not self._default_ready.is_set():
-            self._default_ready.set()
+        # SERVING when an in-process server would: once the engine's start is done (its default model warm, or
+        # every model with ready_when="all", or every repository version loaded).
+        if data["started"] and not self._serving_ready.is_set():
+            self._serving_ready.set()
             if self._engine_was_gone:
                 self._engine_was_gone = False
                 log.info("front end %d: the engine process is back", os.getpid())
@@ -299,10 +308,11 @@ class RemoteCore:
                 await asyncio.sleep(0.05)
 
     async def start(self) -> None:
-        """Connect to the engine and wait until its default model is warm (the server then says SERVING)."""
+        """Connect to the engine and wait until it has started (its default model warm; every model with
+        ``ready_when="all"``); the server then says SERVING."""
         self.runner.link = await self._connect(CONNECT_TIMEOUT_S)
         self._reader = asyncio.create_task(self._read_forever())
-        await self._default_ready.wait()
+        await self._serving_ready.wait()
 
     async def _read_forever(self) -> None:
         while not self._stopping:
@@ -339,7 +349,7 @@ class RemoteCore:
         self._calls.clear()
         log.warning("front end %d: the engine process went away; %d request chunk(s) in flight fail with "
                     "UNAVAILABLE; reconnecting", os.getpid(), failed)
-        self._default_ready.clear()
+        self._serving_ready.clear()
         self._engine_was_gone = True
         if self.on_engine is not None:
             await self.on_engine(False)
@@ -399,7 +409,11 @@ async def _frontend(config: ServeConfig, socket_path: str, index: int, conn) -> 
     metrics = ServerMetrics()
     core = RemoteCore(config, socket_path)
     core.metrics = metrics
-    server = EditServer(config, None, core=core, metrics=metrics, reuse_port=True)
+    try:
+        server = EditServer(config, None, core=core, metrics=metrics, reuse_port=True)
+    except ValueError as exc:  # bad settings (an unreadable certificate, ...): the supervisor says it, once
+        conn.send({"state": "failed", "error": str(exc)})
+        raise SystemExit(1) from None
 
     async def engine_state(up: bool) -> None:
         server.ready = up and not server.servicer.draining
@@ -417,6 +431,8 @@ async def _frontend(config: ServeConfig, socket_path: str, index: int, conn) -> 
         await stop.wait()
         await server.drain()
     else:
+        if starting.done():
+            conn.send({"state": "failed", "error": str(starting.exception())})
         starting.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await starting

@@ -30,8 +30,12 @@ def merge(engine: str, fronts: list[str]) -> str:
     lines = []
     for name, (kind, doc, samples) in families.items():
         help_text = doc.replace("\\", r"\\").replace("\n", r"\n")
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
+        # As prometheus_client writes them: a counter's header names its samples (``_total``); the parser reads
+        # the text format's "untyped" (Triton's bare-named counters) as "unknown", which the format has no word
+        # for (Prometheus would refuse the whole scrape).
+        header = f"{name}_total" if kind == "counter" else name
+        lines.append(f"# HELP {header} {help_text}")
+        lines.append(f"# TYPE {header} {'untyped' if kind == 'unknown' else kind}")
         for (sample, labels), value in samples.items():
             label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
             lines.append(f"{sample}{{{label_text}}} {floatToGoString(value)}" if labels

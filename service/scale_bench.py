@@ -42,8 +42,8 @@ class ScaleCell:
     p99_ms: float
     cpu_us_per_request: float
     errors: int
-    rows_per_s: float = float("nan")
-    engine_rows_per_s: float = float("nan")
+    rows_per_s: float | None = None  # requests of many latents only
+    engine_rows_per_s: float | None = None
 
 
 def family(pid: int) -> list[int]:
@@ -223,7 +223,7 @@ HEADER = (f"{'N':>2} {'server':<9} {'conc':>5} {'items':>5} {'req/s':>9} {'p50 m
 
 
 def _row(c: ScaleCell) -> str:
-    rows = "" if np.isnan(c.rows_per_s) else f"{c.rows_per_s:10.0f} {c.engine_rows_per_s:13.0f}"
+    rows = "" if c.rows_per_s is None else f"{c.rows_per_s:10.0f} {c.engine_rows_per_s:13.0f}"
     return (f"{c.workers:>2} {c.server:<9} {c.concurrency:>5} {c.items_per_request:>5} {c.requests_per_s:9.0f} "
             f"{c.p50_ms:8.2f} {c.p99_ms:8.2f} {c.cpu_us_per_request:10.1f} {c.errors:>4} {rows}")
 

@@ -50,6 +50,10 @@ if TYPE_CHECKING:  # the front-end processes of `serve --workers N` import no to
 
 log = logging.getLogger(__name__)
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# Health's service "liveness": SERVING from the moment gRPC listens until the drain, whatever the models do
+# (warm-up, an engine restart): the question a liveness probe asks ("is this process alive?"). "" and the API's
+# own name answer the readiness question (SERVING: takes requests).
+LIVENESS = "liveness"
 # gRPC core silently CANCELs calls beyond this many waiting for the application; admission control answers them
 # instead (RESOURCE_EXHAUSTED with pushback, counted), so core's own limit is set out of the way.
 CORE_PENDING_LIMIT = 1 << 20
@@ -155,6 +159,7 @@ class EditServer:
                 raise ValueError(f"cannot serve HTTP/REST on {self.config.host}:{self.config.http_port} ({exc}); "
                                  "pass --http-port with a free port (0 = any, -1 = off)") from None
         await self.grpc.start()
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.core.start()
         if not self.servicer.draining:
             self.ready = True

@@ -22,7 +22,6 @@ import numpy as np
 
 from curvedit.service import codec, requests
 from curvedit.service.admission import Admission, Ticket
-from curvedit.service.batcher import as_array
 from curvedit.service.catalog import EDIT, EDIT_IMAGES, ENCODE, GENERATE, ModelEntry, from_images
 from curvedit.service.errors import (
     PUSHBACK_KEY,
@@ -37,7 +36,7 @@ from curvedit.service.errors import (
 from curvedit.service.logs import log_request
 from curvedit.service.metrics import ServerMetrics
 from curvedit.service.model_set import ModelSet
-from curvedit.service.requests import Corrupt, check_count, item_count
+from curvedit.service.requests import Corrupt, SeedLatents, check_count, item_count
 from curvedit.service.runner import BatchRunner
 from curvedit.v1 import latent_edit_pb2 as pb
 from curvedit.v1 import latent_edit_pb2_grpc as pb_grpc
@@ -54,6 +53,12 @@ def _model_name(request) -> str:
         if isinstance(name, str):
             return name
     return ""
+
+
+async def latent_array(served, z) -> np.ndarray:
+    """A request's latents as an array: seeds sampled by the model's prior (in the engine process when this is a
+    front end of ``serve --workers``)."""
+    return await served.prior(z.seeds) if isinstance(z, SeedLatents) else z
 
 
 def request_id() -> str:
@@ -306,7 +311,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
                                     lambda rows, _start: np.ascontiguousarray(rows[0], np.float32))
             z = np.concatenate(parts)
         else:
-            z = as_array(requests.latents(served, req))
+            z = await latent_array(served, requests.latents(served, req))
         translated = await served.translate(z, to)
         if not np.isfinite(translated).all():
             raise invalid("a translated latent is not finite: the input latents are far outside the source "
@@ -336,7 +341,7 @@ class LatentEditServicer(pb_grpc.LatentEditServiceServicer):
                               f"latent as [1, {served.latent_dim}]")
             key = (served.key, editor, EDIT_IMAGES)
             ticket.reserve(key, req.steps)
-            z = as_array(requests.latents(served, req))
+            z = await latent_array(served, requests.latents(served, req))
             amounts = np.zeros((req.steps, len(served.direction_index(editor))), np.float32)
             amounts[:, k] = values
 

@@ -81,7 +81,7 @@ class Child:
         self.role, self.index, self.target, self.args = role, index, target, args
         self.process: multiprocessing.Process | None = None
         self.conn = None
-        self.state, self.metrics_port, self.deaths = "", 0, []
+        self.state, self.metrics_port, self.deaths, self.error = "", 0, [], ""
 
     @property
     def name(self) -> str:
@@ -103,6 +103,7 @@ class Child:
                 message = self.conn.recv()
                 self.state = message.get("state", self.state)
                 self.metrics_port = message.get("metrics_port", self.metrics_port)
+                self.error = message.get("error", self.error)
 
     @property
     def alive(self) -> bool:
@@ -188,13 +189,37 @@ class Supervisor:
             for child in children:
                 child.poll()
                 if child.state == "failed" or (not child.alive and child.process is not None):
-                    raise ValueError(f"the {child.name} process failed to start (exit code "
+                    child.process.join(5)
+                    child.poll()  # what it said before it exited
+                    raise ValueError(child.error or f"the {child.name} process failed to start (exit code "
                                      f"{child.process.exitcode}); see its log above")
             reached = (state, "ready") if state == "listening" else (state,)  # ready: listening and warm
             if all(child.state in reached for child in children):
                 return True
             await asyncio.sleep(0.02)
         return False
+
+    async def start(self, stop: asyncio.Event) -> bool:
+        """/metrics, the engine, then the front ends once it listens: True when every front end is SERVING;
+        False (everything stopped) if ``stop`` was set first. A worker that fails to start stops them all
+        (ValueError)."""
+        if self.config.metrics_port >= 0:
+            self.serve_metrics()
+        self.engine.start()
+        try:
+            started = await self.wait_for([self.engine], "listening", stop)
+            if started:
+                for front in self.fronts:
+                    front.start()
+                started = await self.wait_for(self.fronts, "serving", stop)
+        except ValueError:
+            await self.stop()
+            raise
+        if not started:
+            for child in self.children:
+                child.signal(signal.SIGKILL if child.role == "frontend" else signal.SIGTERM)
+            await self.stop()
+        return started
 
     async def supervise(self, stop: asyncio.Event) -> None:
         """Restart any worker that dies, until ``stop``."""
@@ -270,23 +295,8 @@ async def serve_workers(config: ServeConfig, announce=print) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     supervisor = Supervisor(config)
-    if config.metrics_port >= 0:
-        supervisor.serve_metrics()
-    supervisor.engine.start()
-    try:
-        started = await supervisor.wait_for([supervisor.engine], "listening", stop)
-        if started:
-            for front in supervisor.fronts:
-                front.start()
-            started = await supervisor.wait_for(supervisor.fronts, "serving", stop)
-    except ValueError:
-        await supervisor.stop()
-        raise
-    if not started:
+    if not await supervisor.start(stop):
         log.info("curvedit serve: %s while starting: stopped before serving", received[0])
-        for child in supervisor.children:
-            child.signal(signal.SIGKILL if child.role == "frontend" else signal.SIGTERM)
-        await supervisor.stop()
         return 0
     watching = asyncio.create_task(supervisor.supervise(stop))
     metrics = (f"http://{config.metrics_host}:{supervisor.metrics_port}/metrics" if supervisor.metrics_port

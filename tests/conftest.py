@@ -1,5 +1,10 @@
 """Shared fixtures. Triton must run through its CPU interpreter here, and the flag must be set before any
-kernel module is imported, so it is set at the top of this file (CI sets it too)."""
+kernel module is imported, so it is set at the top of this file (CI sets it too).
+
+``pytest --serve-workers N`` serves every ``BackgroundServer`` of bundle paths as ``serve --workers N`` would
+(N front-end processes before one engine process): the service suites run against both shapes of server. A test
+that reaches into the server's own process (its runner, a compute wrapper, loaded models) is marked
+``in_process`` and skipped there."""
 
 import os
 
@@ -13,6 +18,42 @@ from curvedit.models.editors import DeCurvEd
 from curvedit.models.flows import InvertibleLinear
 from curvedit.models.generator import Generator, GeneratorConfig
 from curvedit.models.regressor import FactorRegressor
+
+
+def pytest_addoption(parser):
+    parser.addoption("--serve-workers", type=int, default=1, metavar="N",
+                     help="serve every BackgroundServer of bundle paths with N front-end processes (default 1)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--serve-workers") > 1:
+        skip = pytest.mark.skip(reason="reaches into the server's process; --serve-workers runs it elsewhere")
+        for item in items:
+            if "in_process" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _serve_workers(request):
+    """Session-wide (before any module's server fixture) under ``--serve-workers N``."""
+    workers = request.config.getoption("--serve-workers")
+    if workers <= 1:
+        yield
+        return
+    import dataclasses
+
+    from curvedit.service import background
+
+    plain = background.BackgroundServer.__init__
+
+    def with_workers(self, config, models=None, compute_wrapper=None):
+        if models is None and compute_wrapper is None:
+            config = dataclasses.replace(config, workers=workers)
+        plain(self, config, models, compute_wrapper)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(background.BackgroundServer, "__init__", with_workers)
+        yield
 
 
 def oblique(dim: int, seed: int = 0) -> torch.Tensor:

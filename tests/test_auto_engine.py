@@ -96,6 +96,7 @@ def test_the_real_auto_engine_routes_to_real_backends_that_agree(tiny_bundle):
     np.testing.assert_allclose(model.edit(z, {"x": 1.0}), reference.edit(z, {"x": 1.0}), atol=1e-5)
 
 
+@pytest.mark.in_process
 def test_modelinfo_and_metrics_say_which_backend_won_and_what_falls_back(tiny_bundle, tmp_path):
     path = shutil.copytree(tiny_bundle, tmp_path / "frozen")
     add_editor(path, "frozen", FrozenBatchEditor(8, ["a", "b"]), mode="test")  # no ONNX graph: runs on torch

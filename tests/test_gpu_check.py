@@ -31,19 +31,19 @@ def test_hangs():
 """
 
 
-def test_dry_run_on_the_cpu_leaves_every_result_even_when_a_step_is_cut(tmp_path):
+def test_dry_mode_runs_every_section_on_the_cpu_and_leaves_every_result_even_when_a_step_is_cut(tmp_path):
     (tmp_path / "hang").mkdir()
     hanging = tmp_path / "hang" / "test_hang.py"
     hanging.write_text(HANGING_TEST)
     out = tmp_path / "gpu_check"
     # Only the hanging test: it starts within a second (no conftest, no torch import), so the 6 s limit cuts it
     # and never pytest's start-up, however busy the machine.
-    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable,
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "CURVEDIT_GPU_CHECK_DRY": "1",
            "GPU_CHECK_TEST_FILES": str(hanging), "GPU_CHECK_TESTS_S": "6",
            "PYTEST_ADDOPTS": f"-c {ROOT / 'pyproject.toml'} --rootdir {ROOT}",
            "BENCH_ARGS": "--quick --flows shipped --batch-sizes 1 --repeats 2 --warmup 1"}
-    env.pop("TRITON_INTERPRET", None)  # the script sets it to 0 itself, as on a GPU
-    done = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=240)
+    env.pop("TRITON_INTERPRET", None)  # the dry mode sets it to 1 itself (on a GPU the script sets 0)
+    done = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=290)
     assert done.returncode == 1, done.stdout[-4000:] + done.stderr[-2000:]  # 1: a step was cut
 
     summary = (out / "summary.txt").read_text()
@@ -58,8 +58,19 @@ def test_dry_run_on_the_cpu_leaves_every_result_even_when_a_step_is_cut(tmp_path
     assert result["status"] == "complete"
     assert [r for r in result["rows"] if r["backend"] == "torch" and r["ms"]]
 
+    # The serve section: the real server at N = 1 and 2 beside the no-op server, every cell measured, no errors.
+    assert "serve: ok" in summary, summary
+    serve = json.loads((out / "serve.json").read_text())
+    cells = serve["cells"]
+    assert {c["workers"] for c in cells} == {1, 2}
+    assert {c["server"] for c in cells} == {"curvedit", "noop"}
+    assert all(c["requests_per_s"] > 0 and c["errors"] == 0 for c in cells), cells
+    assert [c for c in cells if c.get("engine_rows_per_s")], "no request of many latents against the engine"
+    assert "N=2 c=8:" in summary and "CPU-µs/request" in summary, summary
+    assert "N server" in (out / "serve.txt").read_text()
+
     log = (out / "gpu_check.log").read_text()
-    assert "=== GPU tests" in log and "=== engine benchmark" in log and "=== done" in log
+    assert "=== GPU tests" in log and "=== engine benchmark" in log and "=== serve" in log and "=== done" in log
     assert "KeyboardInterrupt" in log  # pytest saw SIGINT, not SIGKILL
 
 
@@ -72,3 +83,4 @@ def test_a_spent_budget_skips_the_steps_and_says_so(tmp_path):
     summary = (out / "summary.txt").read_text()
     assert "GPU tests: not started (time budget spent)" in summary, summary
     assert "benchmark: not started (time budget spent)" in summary, summary
+    assert "serve: not started (time budget spent)" in summary, summary

@@ -141,6 +141,7 @@ def test_draining_server_refuses_new_work_but_finishes_accepted(gated, tiny_bund
     assert drained.result(30) is True
 
 
+@pytest.mark.in_process
 def test_broken_metrics_never_fail_a_request(tiny_bundle):
     config = ServeConfig(port=0, http_port=0, metrics_port=-1, models=(str(tiny_bundle),), max_batch_size=4,
                          warmup=False)

@@ -107,6 +107,7 @@ def slow(tmp_path_factory):
     return pixelcnn_bundle(tmp_path_factory.mktemp("pixelcnn-full") / "b", PixelCNNConfig())
 
 
+@pytest.mark.in_process
 @pytest.mark.parametrize("ending", ["deadline", "cancel"])
 def test_sampling_stops_between_steps_when_its_requests_are_gone(slow, ending):
     """A call whose deadline passes (or that is cancelled) while its batch samples ends DEADLINE_EXCEEDED (or

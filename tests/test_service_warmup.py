@@ -210,3 +210,29 @@ def test_shipped_models_warm_up_with_the_auto_engine_and_cache_their_routes(tmp_
     assert routes[0][1] == routes[1][1]
     assert curvedit.load("faces-photo").digest in {json.loads(f.read_text())["key"]["bundle"]
                                                    for f in (tmp_path / "cache").iterdir()}
+
+
+@pytest.mark.slow
+def test_liveness_is_serving_while_readiness_waits_for_the_warm_up():
+    """Kubernetes' probes (deploy/kubernetes): during a cold warm-up the process is alive ("liveness" SERVING)
+    but not ready ("" NOT_SERVING), so a long warm-up never gets the pod killed."""
+    import socket
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc, lines = start_cli("--model", "shapes32", "--cache-dir", "off", "--port", str(port))
+    try:
+        wait_for_line(lines, r"warming up shapes32")
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            status = lambda service: check(health_pb2.HealthCheckRequest(service=service), timeout=5).status  # noqa: E731
+            assert status("liveness") == health_pb2.HealthCheckResponse.SERVING
+            assert status("") == health_pb2.HealthCheckResponse.NOT_SERVING
+            wait_for_line(lines, r"SERVING shapes32")
+            assert status("") == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        proc.terminate()
+        proc.wait(30)

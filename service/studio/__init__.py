@@ -74,7 +74,7 @@ class Studio:
         if len(parts) == 5 and parts[2] == "models" and parts[4] == "sample":
             self._method(method, "GET")
             query = urllib.parse.parse_qs(split.query)
-            return "/studio/api/models/{name}/sample", json_response(200, self.sample(parts[3], query))
+            return "/studio/api/models/{name}/sample", json_response(200, await self.sample(parts[3], query))
         if len(parts) == 5 and parts[2] == "models" and parts[4] == "fit":
             self._method(method, "POST")
             return "/studio/api/models/{name}/fit", json_response(200, await self.fit(parts[3], body))
@@ -95,20 +95,19 @@ class Studio:
         out = []
         for entry in self.inference.index():
             served = self.inference.model(entry["name"])
-            model = served.model
-            editors = model.bundle.manifest.get("editors", {})
+            spec = served.spec  # what the model takes and gives, in this process (a front end has no weights)
             out.append({
                 "name": served.name, "version": served.version, "latent_dim": served.latent_dim,
-                "image_shape": list(model.image_shape), "can_encode": bool(model.can_encode),
-                "default_editor": model.default_editor,
-                "editors": [{"name": name, "directions": list(model.directions_of(name)),
-                             "mode": editors.get(name, {}).get("mode", ""),
-                             "units": UNITS.get(editors.get(name, {}).get("mode", ""), "")}
-                            for name in model.editors],
+                "image_shape": list(spec.image_shape), "can_encode": bool(spec.can_encode),
+                "default_editor": spec.default_editor,
+                "editors": [{"name": name, "directions": list(spec.directions_of(name)),
+                             "mode": spec.editor_modes.get(name, ""),
+                             "units": UNITS.get(spec.editor_modes.get(name, ""), "")}
+                            for name in spec.editors],
             })
         return {"models": out, "max_upload_bytes": self.max_upload}
 
-    def sample(self, name: str, query: dict) -> dict:
+    async def sample(self, name: str, query: dict) -> dict:
         served = self.inference.model(name)
         values = query.get("seed", [])
         try:
@@ -117,12 +116,12 @@ class Studio:
             seed = None
         if seed is None or not 0 <= seed <= MAX_SEED:
             raise invalid(f"give one integer seed in 0..{MAX_SEED} (?seed=N), got {values[:2]}")
-        z = served.model.sample(1, seed=seed)[0]
+        z = (await served.prior([seed]))[0]
         return {"model": served.name, "seed": seed, "z": [float(v) for v in z]}
 
     async def fit(self, name: str, body: bytes) -> dict:
         served = self.inference.model(name)
-        if not served.model.can_encode:
+        if not served.spec.can_encode:
             encoders = [m["name"] for m in self.models()["models"] if m["can_encode"]]
             raise invalid(f"model {served.name} has no encoder, so it cannot start from an image; models that "
                           f"can: {encoders}")
@@ -131,7 +130,7 @@ class Studio:
                           "send a smaller image")
         # Decoding a large file takes a while: off the event loop, so other requests keep being served.
         try:
-            image = await asyncio.to_thread(decode_image_file, body, tuple(served.model.image_shape),
+            image = await asyncio.to_thread(decode_image_file, body, tuple(served.spec.image_shape),
                                             "the uploaded file")
         except InputError as exc:  # Pillow names its in-memory file object: noise on a page
             raise invalid(re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))) from None
