@@ -1,7 +1,8 @@
 """The public Python API: ``curvedit.load()``, ``curvedit.list_models()`` and the ``Model`` a load returns.
 
 A model is named by a shipped model's name (``"shapes32"``, the default; ``list_models()`` lists them all) or by
-the path of a bundle directory: ``resolve_model`` gives every command the same meaning for ``--model``.
+the path of a bundle directory: ``resolve_model`` (``curvedit.shipped``, re-exported here) gives every command
+the same meaning for ``--model``.
 
 Arrays in and out are NumPy: latents float32 ``[n, d]``, amounts float32 ``[n, K]``, images uint8
 ``[n, H, W, 3]``. Every input is checked here, and a bad one raises ``ValueError`` saying what is wrong and
@@ -13,53 +14,23 @@ goes wrong below ``Model`` with INTERNAL.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from curvedit.bundle import MANIFEST, Bundle, load_bundle
+from curvedit.bundle import Bundle, load_bundle
 from curvedit.engines import make_engine
 from curvedit.errors import InputError
 from curvedit.model_spec import ModelSpec
 from curvedit.models.families import families_that_encode
+from curvedit.shipped import DEFAULT_MODEL, default_bundle_path, list_models, resolve_model, shipped_models_dir
 from curvedit.translation import Translator, translation_fix
 
+# The shipped models' names and paths live in curvedit.shipped (translation needs them too, without this module).
+__all__ = ["DEFAULT_MODEL", "Model", "default_bundle_path", "list_models", "load", "resolve_model",
+           "shipped_models_dir"]
+
 Edits = Mapping[str, float] | np.ndarray | Sequence[Sequence[float]]
-
-DEFAULT_MODEL = "shapes32"
-
-
-def shipped_models_dir() -> Path:
-    return Path(str(resources.files("curvedit") / "bundles"))
-
-
-def list_models() -> list[str]:
-    """The names of the models shipped inside the package, the default (``shapes32``) first."""
-    names = sorted(p.name for p in shipped_models_dir().iterdir() if (p / MANIFEST).is_file())
-    return sorted(names, key=lambda name: name != DEFAULT_MODEL)
-
-
-def default_bundle_path() -> Path:
-    """The default shipped bundle (``shapes32``: the shapes GAN with its editors)."""
-    return shipped_models_dir() / DEFAULT_MODEL
-
-
-def resolve_model(model: str | Path | None) -> Path:
-    """A shipped model's name or a bundle directory → the bundle's path (``None`` = the default model).
-
-    A path wins over a name when both exist; anything else raises ``ValueError`` listing the shipped names.
-    """
-    if model is None or str(model) == "":
-        return default_bundle_path()
-    path = Path(model)
-    if path.is_dir():
-        return path
-    if str(model) in list_models():
-        return shipped_models_dir() / str(model)
-    raise InputError(f"no model {str(model)!r}: not a bundle directory, and the shipped models are "
-                     f"{list_models()}")
-
 
 def load(model: str | Path | None = None, engine: str = "auto", device: str | None = None,
          engine_options: dict | None = None, expect_digest: str | None = None) -> Model:

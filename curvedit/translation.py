@@ -18,6 +18,7 @@ import torch
 from curvedit.bundle import Bundle, add_alignment, load_bundle, read_manifest
 from curvedit.errors import InputError
 from curvedit.models.alignment import AlignmentTrainConfig, train_alignment, translate_latents
+from curvedit.shipped import list_models, resolve_model, shipped_models_dir
 
 
 def translation_fix(source: str) -> str:
@@ -44,8 +45,6 @@ class Translator:
         """The shipped models whose stored map targets this very bundle (its name and digest): this model
         translates to each of them through that map's inverse."""
         if self._reverse is None:
-            from curvedit.api import list_models, shipped_models_dir
-
             self._reverse = []
             for other in list_models():
                 if other == self.name or other in self.bundle.alignments:
@@ -60,11 +59,7 @@ class Translator:
         the bundle holding the map, which was checked against this one when ``reverse_targets`` found it.
         ``to`` is checked already (``ModelSpec.check_translation_target``)."""
         if to not in self._targets:
-            from curvedit.api import resolve_model
-
             if to not in self.bundle.alignments:  # the shipped model reverse_targets found (not a folder named so)
-                from curvedit.api import shipped_models_dir
-
                 self._targets[to] = load_bundle(shipped_models_dir() / to)
                 return self._targets[to]
             entry = self.bundle.manifest["alignments"][to]["target"]
@@ -96,8 +91,6 @@ def align_bundle(source: str | Path, target: str, config: AlignmentTrainConfig =
     """Train the map of bundle ``source``'s latents onto model ``target``'s (a shipped name or a bundle path;
     both need a supervised DeCurvEd default editor over the same directions, and a factor regressor) and store it
     in ``source``. Returns the training report."""
-    from curvedit.api import resolve_model
-
     src, tgt = load_bundle(source), load_bundle(resolve_model(target))
     for role, bundle in (("source", src), ("target", tgt)):
         if bundle.regressor is None:
