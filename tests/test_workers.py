@@ -188,3 +188,23 @@ def _gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def test_admission_counts_the_engines_queue_once(tiny_bundle):
+    """A front end's items already in the engine's queue are not counted again: with 16,384 items computing
+    (one request, chunks of 64), a request of 2,000 still fits a queue of 20,000."""
+    server = Workers("--model", str(tiny_bundle), "--max-batch-size", "64", "--max-items-per-request", "16384",
+                     "--max-queue-size", "20000", "--engine", "onnxruntime")
+    try:
+        with Client(f"127.0.0.1:{server.port}", timeout=120) as client:  # one connection: one front end
+            blocker = client.stub.Edit.future(edit_request(seeds=range(16384), edits={"x": 1.0}, images="raw"),
+                                              timeout=120)
+            wait_until(lambda: metric(server.metrics_port, "nv_inference_exec_count", model="tiny") >= 4,
+                       what="the engine's first batches answered")
+            assert not blocker.done(), "the large request finished too soon to test anything"
+            second = client.edit(seeds=range(2000), edits={"x": 1.0})
+            assert second.latents.shape == (2000, 8)
+            assert not blocker.done()  # admitted while the 16,384 were still queued or computing
+            assert blocker.result().latents.shape == [16384, 8]
+    finally:
+        assert server.stop() == 0
