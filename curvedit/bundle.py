@@ -46,7 +46,7 @@ from safetensors.torch import load_file, save_file
 
 from curvedit.models import all_editors, all_families  # noqa: F401  (register every editor kind and family)
 from curvedit.models.alignment import ALIGNMENT_KIND, LatentAlignment
-from curvedit.models.bundle_files import BundleError, locate, materialize
+from curvedit.models.bundle_files import MANIFEST, BundleError, locate, materialize
 from curvedit.models.editors import Editor, build_editor
 from curvedit.models.families import GeneratorFamily, build_generator
 from curvedit.models.files import atomic_write, sha256_file
@@ -54,7 +54,6 @@ from curvedit.models.regressor import FactorRegressor
 
 FORMAT = "curvedit-bundle"
 FORMAT_VERSION = 2
-MANIFEST = "manifest.json"
 DIGEST_KEY = "manifest_sha256"
 MIN_DIGEST_PREFIX = 12
 _META_KEY = "curvedit"  # safetensors metadata: JSON of what the weights were written as

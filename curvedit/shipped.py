@@ -11,9 +11,9 @@ from importlib import resources
 from pathlib import Path
 
 from curvedit.errors import InputError
+from curvedit.models.bundle_files import MANIFEST
 
 DEFAULT_MODEL = "shapes32"
-MANIFEST = "manifest.json"  # a bundle's manifest (curvedit.bundle.MANIFEST)
 
 
 def shipped_models_dir() -> Path:

@@ -21,6 +21,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+MANIFEST = "manifest.json"  # every bundle directory holds one
+
 SHARED = "_shared"
 
 

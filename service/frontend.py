@@ -33,6 +33,7 @@ from curvedit.service.config import ServeConfig
 from curvedit.service.errors import ServiceError, WarmingUp
 from curvedit.service.model_set import ModelSet
 from curvedit.service.requests import ImageFiles, SeedLatents
+from curvedit.service.runner import fail_futures
 from curvedit.v1 import latent_edit_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -197,13 +198,7 @@ class RemoteRunner:
     def fail_all(self, error: Exception) -> int:
         chunks, self._chunks = list(self._chunks.values()), {}
         self.outstanding = self.unreported = 0
-        failed = 0
-        for chunk in chunks:
-            if not chunk.future.done():
-                chunk.future.set_exception(error)
-                chunk.future.exception()
-                failed += 1
-        return failed
+        return fail_futures([chunk.future for chunk in chunks], error)
 
     def stop(self) -> None:
         pass

@@ -55,6 +55,18 @@ class _Failed:
         self.error = error
 
 
+def fail_futures(futures, error: Exception) -> int:
+    """Fail every future of ``futures`` not done yet with ``error`` (marked retrieved, so nothing logs it as never
+    awaited); returns how many."""
+    failed = 0
+    for future in futures:
+        if not future.done():
+            future.set_exception(error)
+            future.exception()
+            failed += 1
+    return failed
+
+
 @dataclass
 class BatchRunner:
     """Runs ``compute(batch) -> tuple of arrays [batch.size, ...]`` on its stage's thread for each batch."""
@@ -128,13 +140,7 @@ class BatchRunner:
     def fail_all(self, error: Exception) -> int:
         """Fail every queued entry and the batches computing now with ``error`` (shutdown); returns how many."""
         entries = self.queue.drain_all() + [e for batch, _ in self.running.values() for e in batch.entries]
-        failed = 0
-        for e in entries:
-            if not e.future.done():
-                e.future.set_exception(error)
-                e.future.exception()
-                failed += 1
-        return failed
+        return fail_futures([e.future for e in entries], error)
 
     def stop(self) -> None:
         self._stopped = True
