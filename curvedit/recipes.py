@@ -23,6 +23,7 @@ from curvedit.bundle import (
     write_bundle,
     write_manifest,
 )
+from curvedit.models import all_trainers  # noqa: F401  (register every family's training recipe)
 from curvedit.models.alignment import AlignmentTrainConfig
 from curvedit.models.datasets import factor_names_of
 from curvedit.models.editors import EDITOR_KINDS

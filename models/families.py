@@ -14,7 +14,9 @@ Every family provides
   acting on z, or ``None``) and ``edit_features(z) → [n, F]`` (GANSpace: an early nonlinear layer; default: the
   output pixels, pooled);
 - its training recipe: ``train_recipe(run_dir, config, train_config, progress)`` (classmethod; the VAE's also takes
-  ``regressor=`` for its factor-consistency term);
+  ``regressor=`` for its factor-consistency term), which runs the function the family's training module registered
+  with ``@register_training(Family)`` (that module imports the family, so the family cannot import it back;
+  ``all_trainers`` imports every such module);
 some also provide
 - ``encode(images [n, 3, H, W] in [-1, 1]) → z [n, d]`` (``can_encode``; the posterior mean for VAEs);
 - ``code_axes()``: the latent coordinates the family was trained to make independent controls (InfoGAN's codes;
@@ -27,7 +29,7 @@ some also provide
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -36,6 +38,7 @@ import torch
 from torch import nn
 
 GENERATOR_FAMILIES: dict[str, type[GeneratorFamily]] = {}
+TRAINING_RECIPES: dict[str, Callable[..., GeneratorFamily]] = {}  # by family name (``register_training``)
 
 
 def register_family(cls: type[GeneratorFamily]) -> type[GeneratorFamily]:
@@ -56,6 +59,19 @@ def build_generator(kind: str, config: dict) -> GeneratorFamily:
         return cls(cls.config_class(**config))
     except TypeError as exc:
         raise ValueError(f"bad config for generator family {kind!r}: {exc}") from None
+
+
+def register_training(family: type[GeneratorFamily]):
+    """Decorator: the function ``(run_dir, config, train_config, progress, **options) → generator`` (trained, eval
+    mode) is ``family``'s training recipe, which ``family.train_recipe`` runs."""
+
+    def register(train: Callable[..., GeneratorFamily]) -> Callable[..., GeneratorFamily]:
+        if family.family in TRAINING_RECIPES:
+            raise ValueError(f"generator family {family.family!r} already has a training recipe")
+        TRAINING_RECIPES[family.family] = train
+        return train
+
+    return register
 
 
 def families_that_encode() -> list[str]:
@@ -112,9 +128,14 @@ class GeneratorFamily(nn.Module):
         return nn.functional.avg_pool2d(self.decode(z), 2).flatten(1)
 
     @classmethod
-    def train_recipe(cls, run_dir: Path, config, train_config, progress: bool = True) -> GeneratorFamily:
-        """Train (or resume) a generator in ``run_dir`` with the family's own ``train_config``; eval mode."""
-        raise ValueError(f"the {cls.family!r} family has no built-in training recipe")
+    def train_recipe(cls, run_dir: Path, config, train_config, progress: bool = True,
+                     **options) -> GeneratorFamily:
+        """Train (or resume) a generator in ``run_dir`` with the family's own ``train_config``; eval mode.
+        ``options``: what the family's recipe takes besides (the VAE's ``regressor``)."""
+        if cls.family not in TRAINING_RECIPES:
+            raise ValueError(f"the {cls.family!r} family has no built-in training recipe (a family's training "
+                             "module registers one when imported: curvedit.models.all_trainers imports them all)")
+        return TRAINING_RECIPES[cls.family](run_dir, config, train_config, progress, **options)
 
     # -- what some families have ------------------------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,6 @@ Miyato et al., "Spectral Normalization for Generative Adversarial Networks", ICL
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -68,12 +67,6 @@ class Generator(GeneratorFamily):
         """The first nonlinear activations (fc → BN → ReLU), ``[n, 16 · 4c]``."""
         h = self.fc(z).view(z.shape[0], self.start_channels, 4, 4)
         return self.body[:2](h).flatten(1)
-
-    @classmethod
-    def train_recipe(cls, run_dir: Path, config: GeneratorConfig, train_config, progress: bool = True):
-        from curvedit.models.train_generator import train_generator
-
-        return train_generator(run_dir, config, train_config, progress)
 
 
 def critic_layers(c: int) -> list[nn.Module]:

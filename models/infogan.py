@@ -17,7 +17,6 @@ Adversarial Nets", NeurIPS 2016.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -85,13 +84,6 @@ class InfoGAN(Generator):
     def code_axes(self) -> list[int]:
         """The code coordinates ``0 .. codes − 1`` (the noise coordinates are not controls)."""
         return list(range(self.config.codes))
-
-    @classmethod
-    def train_recipe(cls, run_dir: Path, config: InfoGANConfig, train_config: InfoGANTrainConfig,
-                     progress: bool = True) -> InfoGAN:
-        from curvedit.models.train_infogan import train_infogan
-
-        return train_infogan(run_dir, config, train_config, progress)
 
 
 class InfoDiscriminator(nn.Module):

@@ -14,7 +14,8 @@ upsamples the 16×16 image ×2 (nearest) and runs that encoder, so real images c
 the contract's standard prior.
 
 Sampling is seeded and batch-independent: row i draws pixel j by inverse CDF from ``u[j]`` of ``torch.rand(H·W,
-generator=manual_seed(seeds[i]))``, so equal ``(h, seed)`` give equal images at any batch size or position.
+generator=manual_seed(seeds[i]))``, so equal ``(h, seed)`` give equal images at any batch size or position (the
+loop itself: ``pixelcnn_sampling``).
 ``decode(z)`` samples with ``DEFAULT_SEED``; ``render(z, seeds, check)`` with given seeds, calling ``check``
 between steps (the service stops a cancelled request's work there). The fast loop (``sample(..., fast=True)``)
 computes the conditioning once, the vertical stack once per row on the rows its receptive field reaches, and per
@@ -29,13 +30,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from curvedit.models.families import GeneratorFamily, register_family
+from curvedit.models.pixelcnn_graphs import graph_sample
+from curvedit.models.pixelcnn_sampling import sample_loop
 from curvedit.models.vae import VAE, VAEConfig
 
 DEFAULT_SEED = 0
@@ -212,8 +214,6 @@ class PixelCNN(GeneratorFamily):
         fast loop is replayed from a CUDA graph per batch bucket (``pixelcnn_graphs``; the same images) unless
         ``cuda_graphs`` is off."""
         if fast and cuda_graphs and h.is_cuda:
-            from curvedit.models.pixelcnn_graphs import graph_sample
-
             return graph_sample(self, h, seeds, check)
         cond = self.conditioning(h)
         step = self._fast_rows if fast else self._naive_rows
@@ -246,42 +246,3 @@ class PixelCNN(GeneratorFamily):
         for layer, (_, cond_h), a in zip(self.layers, cond, above, strict=True):
             h = layer.horizontal(h, a[..., c0:col + 1], cond_h)
         return self.head(h[..., -1:])[:, :, 0, 0]
-
-    @classmethod
-    def train_recipe(cls, run_dir: Path, config: PixelCNNConfig, train_config, progress: bool = True) -> PixelCNN:
-        from curvedit.models.train_pixelcnn import train_pixelcnn
-
-        return train_pixelcnn(run_dir, config, train_config, progress)
-
-
-def sampling_noise(seeds: Sequence[int], size: int) -> torch.Tensor:
-    """``[n, size²]`` uniforms: row i is ``torch.rand(size², generator=manual_seed(seeds[i]))``."""
-    return torch.stack([torch.rand(size * size, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
-
-
-def sample_loop(rows, seeds: Sequence[int], n: int, size: int, device, check=None) -> torch.Tensor:
-    """The raster-order sampling loop every engine shares: ``rows(classes)`` yields ``(r, logits_of)`` per row,
-    ``logits_of(col) → [n, K]`` from the ``classes [n, size, size]`` drawn so far; each pixel is drawn by inverse
-    CDF from its seed's uniform; ``check(step)`` runs after each pixel step (``step`` = pixels done)."""
-    if len(seeds) != n:
-        raise ValueError(f"need one seed per latent: {len(seeds)} seeds for {n} latents")
-    return draw_loop(rows, sampling_noise(seeds, size).to(device), size, check)
-
-
-def draw_loop(rows, noise: torch.Tensor, size: int, check=None) -> torch.Tensor:
-    """``sample_loop`` on the uniforms themselves, ``noise [n, size²]`` on the sampling device (no host
-    transfer inside, so a CUDA graph can capture it: ``pixelcnn_graphs``)."""
-    n, device = noise.shape[0], noise.device
-    classes = torch.zeros(n, size, size, dtype=torch.long, device=device)
-    for r, logits_of in rows(classes):
-        for col in range(size):
-            classes[:, r, col] = _draw(logits_of(col), noise[:, r * size + col])
-            if check is not None:
-                check(r * size + col + 1)
-    return classes
-
-
-def _draw(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF draw: ``logits [n, K]``, ``u [n]`` in [0, 1) → classes ``[n]``."""
-    cdf = torch.softmax(logits, dim=1).cumsum(dim=1)
-    return (cdf < u[:, None]).sum(dim=1).clamp(max=logits.shape[1] - 1)

@@ -15,10 +15,14 @@ is one launch, so cancellation between steps becomes cancellation between batche
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
-from curvedit.models.pixelcnn import PixelCNN, draw_loop, sampling_noise
+from curvedit.models.pixelcnn_sampling import draw_loop, sampling_noise
+
+if TYPE_CHECKING:  # the model calls in here (``PixelCNN.sample`` on a CUDA device)
+    from curvedit.models.pixelcnn import PixelCNN
 
 
 class GraphSampler:

@@ -9,9 +9,9 @@ per step): every input has only a batch axis free, so a graph exported at one ba
   ``[n, levels³]`` of pixel ``(row, col)``; columns at or right of ``col`` do not reach it.
 
 Together they give the teacher-forced forward's logits at every position (``tests/test_pixelcnn_steps.py``), so a
-loop over them (``pixelcnn.sample_loop``) draws the same images as the torch loops for equal ``(h, seed)`` up to
-float rounding at a draw's boundary. Row and column are picked by one-hot products, not indexing, so the graphs
-have no data-dependent shapes.
+loop over them (``pixelcnn_sampling.sample_loop``) draws the same images as the torch loops for equal
+``(h, seed)`` up to float rounding at a draw's boundary. Row and column are picked by one-hot products, not
+indexing, so the graphs have no data-dependent shapes.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class PixelStep(nn.Module):
 
 
 def step_rows(row_step, pixel_step, h: torch.Tensor):
-    """``rows`` for ``pixelcnn.sample_loop`` from two step functions with ``RowStep`` / ``PixelStep``'s
+    """``rows`` for ``pixelcnn_sampling.sample_loop`` from two step functions with ``RowStep`` / ``PixelStep``'s
     signatures (torch modules, or ONNX Runtime sessions wrapped to take and return tensors)."""
 
     def rows(classes: torch.Tensor):

@@ -15,6 +15,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from curvedit.models.families import register_training
 from curvedit.models.files import (
     image_grid,
     load_checkpoint,
@@ -56,6 +57,7 @@ def sample_grid(generator: Generator, latents: torch.Tensor, columns: int = 8):
     return image_grid(images, columns, zoom=2)
 
 
+@register_training(Generator)
 def train_generator(
     out_dir: str | Path,
     gen_config: GeneratorConfig = GeneratorConfig(),

@@ -19,6 +19,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from curvedit.models.families import register_training
 from curvedit.models.files import (
     image_grid,
     load_checkpoint,
@@ -32,6 +33,7 @@ from curvedit.models.renderer import RenderedShapes
 from curvedit.models.train_generator import _update_ema, sample_grid
 
 
+@register_training(InfoGAN)
 def train_infogan(out_dir: str | Path, config: InfoGANConfig = InfoGANConfig(),
                   train_config: InfoGANTrainConfig = InfoGANTrainConfig(), progress: bool = True) -> InfoGAN:
     """Train (or resume from ``out_dir/checkpoint.pt``) an InfoGAN; returns the EMA generator in eval mode."""

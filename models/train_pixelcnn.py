@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from curvedit.models.datasets import make_dataset
+from curvedit.models.families import register_training
 from curvedit.models.files import (
     image_grid,
     load_checkpoint,
@@ -65,6 +66,7 @@ def _load_encoder(model: PixelCNN, name: str) -> None:
     model.encoder.load_state_dict(source.encoder.state_dict())
 
 
+@register_training(PixelCNN)
 def train_pixelcnn(run_dir: str | Path, config: PixelCNNConfig, train_config: PixelCNNTrainConfig,
                    progress: bool = True) -> PixelCNN:
     """Train (or resume from ``run_dir/checkpoint.pt``) a PixelCNN; writes ``generator.safetensors`` and

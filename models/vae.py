@@ -29,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from curvedit.models.datasets import DATASETS, LABELLED, channels_of, make_dataset
-from curvedit.models.families import GeneratorFamily, register_family
+from curvedit.models.families import GeneratorFamily, register_family, register_training
 from curvedit.models.files import (
     image_grid,
     load_checkpoint,
@@ -155,11 +155,6 @@ class VAE(GeneratorFamily):
         beta = float(known.get("generator", {}).get("beta", 1.0))
         return {"constraint": f"β-VAE, KL weight β = {beta:g}"} if beta != 1.0 else {}
 
-    @classmethod
-    def train_recipe(cls, run_dir: Path, config: VAEConfig, train_config: VAETrainConfig,
-                     progress: bool = True, regressor: nn.Module | None = None) -> VAE:
-        return train_vae(run_dir, config, train_config, progress, regressor)
-
 
 def elbo_terms(vae: VAE, images: torch.Tensor, sigma: float, noise: torch.Generator | None = None):
     """Per image ``(reconstruction negative log-likelihood up to a constant, KL, reconstruction)``, the first two
@@ -179,6 +174,7 @@ def psnr(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     return -10.0 * torch.log10(mse.clamp_min(1e-12))
 
 
+@register_training(VAE)
 def train_vae(run_dir: str | Path, config: VAEConfig, train_config: VAETrainConfig,
               progress: bool = True, regressor: nn.Module | None = None) -> VAE:
     """Train (or resume from ``run_dir/checkpoint.pt``) a VAE; writes ``generator.safetensors``, ``samples.png``

@@ -26,6 +26,7 @@ from curvedit.service.catalog import to_catalog
 from curvedit.service.config import ServeConfig
 from curvedit.service.errors import ServiceError, not_found, to_status
 from curvedit.service.requests import SeedLatents
+from curvedit.service.supervised import detach
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,6 @@ async def _engine(config: ServeConfig, socket_path: str, conn) -> None:
     from curvedit.service.engine_core import EngineCore
     from curvedit.service.metrics import ServerMetrics
     from curvedit.service.models import WarmUpStopped, load_models
-    from curvedit.service.workers import detach
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

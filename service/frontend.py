@@ -34,6 +34,7 @@ from curvedit.service.errors import ServiceError, WarmingUp
 from curvedit.service.model_set import ModelSet
 from curvedit.service.requests import ImageFiles, SeedLatents
 from curvedit.service.runner import fail_futures
+from curvedit.service.supervised import detach
 from curvedit.v1 import latent_edit_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -394,7 +395,6 @@ async def _frontend(config: ServeConfig, socket_path: str, index: int, conn) -> 
 
     from curvedit.service.metrics import ServerMetrics
     from curvedit.service.server import EditServer
-    from curvedit.service.workers import detach
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

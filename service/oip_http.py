@@ -32,9 +32,11 @@ import numpy as np
 
 from curvedit.service import security
 from curvedit.service.errors import PUSHBACK_KEY, invalid, to_status, unauthenticated
+from curvedit.service.http_response import HttpError, Response, json_response
 from curvedit.service.logs import log_request
 from curvedit.service.oip import Inference, model_metadata, server_metadata, tensor_from_bytes, tensor_from_values
 from curvedit.service.servicer import request_id
+from curvedit.service.studio import Studio
 
 log = logging.getLogger(__name__)
 HEADER_LENGTH = "inference-header-content-length"
@@ -50,23 +52,6 @@ REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
 MAX_HEADERS = 100
 
 
-class HttpError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-class Response:
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, status: int, body: bytes = b"", headers: dict | None = None):
-        self.status, self.body, self.headers = status, body, headers or {}
-
-
-def json_response(status: int, value, headers: dict | None = None) -> Response:
-    return Response(status, json.dumps(value).encode(), {"Content-Type": "application/json", **(headers or {})})
-
-
 class HttpFront:
     """The HTTP/REST front end. ``await start(host, port)`` → bound port; ``await stop()``."""
 
@@ -77,9 +62,7 @@ class HttpFront:
         self.admission = inference.servicer.admission
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
-        from curvedit.service.studio import Studio  # the browser studio at / (it imports this module)
-
-        self.studio = Studio(inference, max_body)
+        self.studio = Studio(inference, max_body)  # the browser studio at /
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
         """Listen on ``host:port`` (``reuse_port``: beside the other front-end processes on the same port)."""

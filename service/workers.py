@@ -43,23 +43,6 @@ log = logging.getLogger(__name__)
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # after the 1st, 2nd, 3rd, later deaths within a minute
 
 
-def detach(conn, stop: asyncio.Event) -> None:
-    """In a worker: leave the supervisor's process group (a terminal's Ctrl-C, or ``timeout``, signals the group:
-    the workers must stop in the supervisor's order, front ends draining first), and stop when the supervisor is
-    gone (its end of ``conn`` closes), so that no worker outlives it."""
-    os.setpgrp()
-    loop = asyncio.get_running_loop()
-
-    def parent_gone() -> None:
-        try:
-            conn.recv()
-        except (EOFError, OSError):
-            loop.remove_reader(conn.fileno())
-            stop.set()
-
-    loop.add_reader(conn.fileno(), parent_gone)
-
-
 def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     """A bound (not listening) ``SO_REUSEPORT`` socket on ``host:port`` (0 = any): the port the workers share."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -4,7 +4,8 @@ and a loop over them against the torch sampler."""
 import pytest
 import torch
 
-from curvedit.models.pixelcnn import PixelCNN, PixelCNNConfig, sample_loop
+from curvedit.models.pixelcnn import PixelCNN, PixelCNNConfig
+from curvedit.models.pixelcnn_sampling import sample_loop
 from curvedit.models.pixelcnn_steps import PixelStep, RowStep, step_rows
 
 TINY = PixelCNNConfig(channels=8, layers=3, kernel=3, head=16, encoder_channels=8, encoder_hidden=32)

@@ -137,6 +137,22 @@ def test_generator_run_refuses_a_different_config(tmp_path):
                         GANTrainConfig(steps=2, batch_size=4), progress=False)
 
 
+def test_each_family_trains_through_the_recipe_its_training_module_registers(tmp_path):
+    from curvedit.models import all_trainers  # noqa: F401
+    from curvedit.models.families import TRAINING_RECIPES
+    from curvedit.models.train_infogan import train_infogan
+    from curvedit.models.train_pixelcnn import train_pixelcnn
+    from curvedit.models.vae import train_vae
+
+    recipes = {"dcgan": train_generator, "infogan": train_infogan, "pixelcnn": train_pixelcnn, "vae": train_vae}
+    assert dict(TRAINING_RECIPES) == recipes
+    config = GeneratorConfig(latent_dim=4, base_channels=8)
+    trained = Generator.train_recipe(tmp_path, config, GANTrainConfig(steps=1, batch_size=4), progress=False)
+    assert isinstance(trained, Generator) and (tmp_path / "generator.safetensors").is_file()
+    with pytest.raises(ValueError, match="no built-in training recipe"):
+        KnownChart.train_recipe(tmp_path, KnownChartConfig(), None, progress=False)
+
+
 class Interrupted(Exception):
     pass
 

@@ -32,7 +32,8 @@ from curvedit.engines.base import ANY_SHAPE, seed_list, to_tensor
 from curvedit.models.bundle_files import ort_session
 from curvedit.models.editors import DeCurvEd
 from curvedit.models.files import from_uint8, to_uint8
-from curvedit.models.pixelcnn import DEFAULT_SEED, PixelCNN, dequantise, sample_loop
+from curvedit.models.pixelcnn import DEFAULT_SEED, PixelCNN, dequantise
+from curvedit.models.pixelcnn_sampling import sample_loop
 from curvedit.models.pixelcnn_steps import step_rows
 
 log = logging.getLogger("curvedit.engines.onnx")

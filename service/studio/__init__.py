@@ -25,8 +25,8 @@ from importlib import resources
 from curvedit.errors import InputError
 from curvedit.images import MAX_FILE_BYTES, decode_image_file
 from curvedit.service.errors import invalid
+from curvedit.service.http_response import HttpError, Response, json_response
 from curvedit.service.oip import Inference
-from curvedit.service.oip_http import HttpError, Response, json_response
 
 STATIC = {"studio.js": "text/javascript; charset=utf-8", "studio.css": "text/css; charset=utf-8"}
 # The page may only talk to this server: a CDN or any other origin is refused by the browser itself.
