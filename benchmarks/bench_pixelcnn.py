@@ -3,7 +3,8 @@ once, the vertical stack once per row on the rows it reaches, the horizontal sta
 reaches) and ONNX Runtime's loop over the step graphs (``pixelcnn_rows.onnx`` once per row, ``pixelcnn_pixel.onnx``
 per pixel; ``models/pixelcnn_steps.py``).
 
-    python benchmarks/bench_pixelcnn.py --batches 1 16 256 --repeats 3 --csv benchmarks/cpu_pixelcnn.csv
+    python benchmarks/bench_pixelcnn.py --batches 1 16 256 --repeats 3 --csv out/pixelcnn.csv
+    curvedit bench results record pixelcnn out/pixelcnn.csv --machine NAME
     python benchmarks/bench_pixelcnn.py --device cuda      # naive, fast, and the fast loop from CUDA graphs
 
 The engines run side by side on the same latents and seeds, interleaved per repeat (the machine is shared and its

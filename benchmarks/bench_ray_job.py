@@ -1,7 +1,8 @@
 """The batch job on Ray against the in-process job, side by side on this machine (a local Ray).
 
     python benchmarks/bench_ray_job.py --items 1000000 --png-items 10000 --workers 1 2 --repeats 3 \
-        --csv benchmarks/cpu_ray_job.csv
+        --csv out/ray_job.csv
+    curvedit bench results record ray_job out/ray_job.csv --machine NAME
 
 For each workload (latents only; latents + one PNG per item) and each repeat it runs the in-process job, then
 the Ray job with each worker count on a local Ray of ``--num-cpus`` CPUs: interleaved, because the machine is

@@ -1,12 +1,13 @@
 """Reliability benchmark of `curvedit serve` (same as `curvedit bench reliability`); see
-curvedit/service/reliability.py.
+curvedit/bench/reliability.py.
 
-    python benchmarks/bench_reliability.py --out benchmarks/cpu_reliability_DATE.json
+    python benchmarks/bench_reliability.py --out out/reliability.json
+    curvedit bench results record reliability out/reliability.json --machine NAME
 """
 
 import sys
 
-from curvedit.service.reliability import main
+from curvedit.bench.reliability import main
 
 if __name__ == "__main__":
     sys.exit(main())

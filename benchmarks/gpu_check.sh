@@ -172,6 +172,22 @@ for line in result["checks"]:
     print(f"  {line}")
 EOF
 
+step "results: this run as the card's in \$OUT/results and \$OUT/RESULTS.md"
+# benchmarks/results with this run in place of the card's last: copy $OUT/results/*.json to benchmarks/results
+# and run `curvedit bench results render` there (docs/benchmarks.md).
+MACHINE=$("$PY" -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else '')")
+[ "$DRY" = 1 ] && MACHINE="dry run, $(nproc) CPU cores"
+mkdir -p "$OUT/results" && cp benchmarks/results/*.json "$OUT/results/" 2>/dev/null
+record() {  # record BENCHMARK FILE: the run's FILE as $MACHINE's run of BENCHMARK
+  [ -f "$OUT/$2" ] || return 0
+  PYTHONPATH="${SITE}${SITE:+:}${PYTHONPATH:-}" "$PY" -m curvedit.cli bench results record "$1" "$OUT/$2" \
+    --machine "${MACHINE:-unknown GPU}" --run-command "bash benchmarks/gpu_check.sh" --results-dir "$OUT/results"
+}
+record engine bench_gpu.json && record scale serve.json \
+  && PYTHONPATH="${SITE}${SITE:+:}${PYTHONPATH:-}" "$PY" -m curvedit.cli bench results render \
+    --results-dir "$OUT/results" --out "$OUT/RESULTS.md"
+status results $?
+
 step "done"
 note "total: $(elapsed) s of a ${BUDGET_S} s budget"
 exec >&- 2>&-

@@ -12,24 +12,28 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = (
-    "curvedit.commands",  # edit, traverse, info, models
-    "curvedit.translate_cli",  # translate
-    "curvedit.train_cli",  # train generator | regressor | editor | recipe | default
-    "curvedit.export.cli",  # export
-    "curvedit.bench_cli",  # bench engine | serve
-    "curvedit.service.cli",  # serve, client, batch, bench serve
-    "curvedit.evaluation.cli",  # eval
-)
+# Each command module and the commands it registers (tests/test_cli_help.py checks the two agree).
+COMMAND_MODULES = {
+    "curvedit.commands": ("edit", "traverse", "info", "models"),
+    "curvedit.translate_cli": ("translate",),
+    "curvedit.train_cli": ("train",),
+    "curvedit.export.cli": ("export",),
+    "curvedit.bench.cli": ("bench",),
+    "curvedit.service.cli": ("serve", "client", "batch"),
+    "curvedit.evaluation.cli": ("eval",),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or with ``command`` only of the module that owns it: ``curvedit serve``
+    then imports neither the benchmarks nor the trainers (an unknown ``command`` gets them all, for the error)."""
     parser = argparse.ArgumentParser(
         prog="curvedit", description="Commutative, nonlinear latent-space image editing (DeCurvEd)."
     )
     parser.add_argument("--version", action="version", version=f"curvedit {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    owners = [name for name, commands in COMMAND_MODULES.items() if command in commands] or COMMAND_MODULES
+    for name in owners:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -52,7 +56,8 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except ValueError as exc:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from curvedit.bench import engine as bench
 from curvedit.cli import main
-from curvedit.engines import bench
 
 # The shipped flow is small, so these runs take seconds; ONNX Runtime uses the bundle's own graphs.
 QUICK = ["bench", "engine", "--quick", "--flows", "shipped", "--repeats", "2", "--warmup", "1", "--device", "cpu"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from curvedit.service.peers import _exchange, _start, _stop, http_load
+from curvedit.bench.peers import _exchange, _start, _stop, http_load
 
 
 @pytest.mark.slow

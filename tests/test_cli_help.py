@@ -34,3 +34,15 @@ def test_every_option_has_help_with_its_default(command, action):
     assert action.help, f"`curvedit {command} {action.option_strings[-1]}` has no help text"
     assert "default" in action.help or "required" in action.help or action.required, (
         f"`curvedit {command} {action.option_strings[-1]}` does not say its default: {action.help!r}")
+
+
+def test_each_command_module_registers_the_commands_the_cli_maps_to_it():
+    """``curvedit COMMAND`` builds only its owner's parser (curvedit/cli.py), so the map must be exact."""
+    import importlib
+
+    from curvedit.cli import COMMAND_MODULES
+
+    for name, commands in COMMAND_MODULES.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(name).register(sub)
+        assert tuple(sub.choices) == commands, name

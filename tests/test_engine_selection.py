@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import curvedit
+from curvedit.bench.engine import edit_flops
 from curvedit.bundle import load_bundle
 from curvedit.cli import main
 from curvedit.engines import ENGINE_NAMES, make_engine, resolve_engine
-from curvedit.engines.bench import edit_flops
 from curvedit.kernels.configs import triton_available
 from curvedit.models.editors import DeCurvEd
 

@@ -69,6 +69,13 @@ def test_dry_mode_runs_every_section_on_the_cpu_and_leaves_every_result_even_whe
     assert "N=2 c=8:" in summary and "CPU-µs/request" in summary, summary
     assert "N server" in (out / "serve.txt").read_text()
 
+    # The results step: both benchmarks recorded as this machine's runs, beside the committed ones.
+    assert "results: ok" in summary, summary
+    for name in ("engine", "scale"):
+        runs = json.loads((out / "results" / f"{name}.json").read_text())["runs"]
+        assert any(machine.startswith("dry run") for machine in runs) and len(runs) > 1, runs.keys()
+    assert "### dry run" in (out / "RESULTS.md").read_text()
+
     log = (out / "gpu_check.log").read_text()
     assert "=== GPU tests" in log and "=== engine benchmark" in log and "=== serve" in log and "=== done" in log
     assert "KeyboardInterrupt" in log  # pytest saw SIGINT, not SIGKILL

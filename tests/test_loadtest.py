@@ -9,8 +9,8 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from curvedit.service import loadtest
-from curvedit.service.loadtest import Cell, _cell, summarize
+from curvedit.bench import loadtest
+from curvedit.bench.loadtest import Cell, _cell, summarize
 
 DELTA_KEYS = ("nv_inference_exec_count", "nv_inference_count", "nv_inference_compute_infer_duration_us")
 
