@@ -1,11 +1,11 @@
-# The front door: `make run` (main job on the shipped model) and `make test` (lint + the whole test suite).
+# The front door: `make run` (main job on the shipped model) and `make test` (lint, docs, the whole test suite).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
 LOCK := requirements/lock.txt
 
-.PHONY: setup run test lint bench proto lock check-install clean
+.PHONY: setup run test lint docs bench proto lock check-install clean
 
 # Every install takes its versions from the lock (pip constraints; `make lock` refreshes it).
 setup: $(VENV)/.installed
@@ -23,12 +23,16 @@ run: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# The documentation site (mkdocs.yml, docs/) into build/site; --strict fails on a broken link or a page left out.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
+
 # The whole suite, then the service suites again against `serve --workers 2` (front-end processes before an
 # engine process: tests/conftest.py's --serve-workers).
 SERVICE_SUITES := tests/test_service_*.py tests/test_studio.py tests/test_studio_browser.py tests/test_deploy.py \
 	tests/test_auto_engine.py tests/test_client_balancing.py tests/test_kubernetes.py
 
-test: lint
+test: lint docs
 	TRITON_INTERPRET=1 $(BIN)/pytest -q
 	TRITON_INTERPRET=1 $(BIN)/pytest -q --serve-workers 2 $(SERVICE_SUITES)
 
