@@ -77,15 +77,20 @@ def serve_argv(*flags: str) -> list[str]:
             "--metrics-port", "0", *flags]
 
 
-async def burst(target: str, n: int, items: int, timeout: float) -> list[tuple[str, float, bool, str]]:
-    """``n`` Edit calls of ``items`` seeds started at once: (code, seconds, pushback trailer?, details)."""
+async def burst(target: str, n: int, items: int, timeout: float,
+                connections: int = 8) -> list[tuple[str, float, bool, str]]:
+    """``n`` Edit calls of ``items`` seeds started at once, spread over ``connections`` TCP connections (the
+    kernel gives each connection to one front end of ``serve --workers N``): (code, seconds, pushback trailer?,
+    details)."""
     request = edit_request(seeds=range(items), edits={"x": 1.0})
-    async with grpc.aio.insecure_channel(target, options=OPTIONS) as channel:
-        await channel.channel_ready()
-        edit = pb_grpc.LatentEditServiceStub(channel).Edit
+    options = [*OPTIONS, ("grpc.use_local_subchannel_pool", 1)]  # else channels to one address share a connection
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(connections)]
+    try:
+        await asyncio.gather(*(channel.channel_ready() for channel in channels))
+        edits = [pb_grpc.LatentEditServiceStub(channel).Edit for channel in channels]
         loop = asyncio.get_running_loop()
 
-        async def one():
+        async def one(edit):
             t = loop.time()
             try:
                 await edit(request, timeout=timeout)
@@ -93,7 +98,10 @@ async def burst(target: str, n: int, items: int, timeout: float) -> list[tuple[s
             except grpc.aio.AioRpcError as exc:
                 trailers = dict(exc.trailing_metadata() or ())
                 return exc.code().name, loop.time() - t, PUSHBACK_KEY in trailers, exc.details() or ""
-        return await asyncio.gather(*(one() for _ in range(n)))
+        return await asyncio.gather(*(one(edits[i % connections]) for i in range(n)))
+    finally:
+        for channel in channels:
+            await channel.close()
 
 
 def overload_row(label: str, results, before: dict, after: dict) -> dict:
