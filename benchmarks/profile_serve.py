@@ -1,14 +1,14 @@
 """Where a serving process spends its CPU under unary load: per-thread CPU time and py-spy samples, grouped.
 
 Issue #26 asks, where a target is missed, for a profile rather than a guess. This starts the real server (the
-flags `curvedit bench serve` uses), drives it with the benchmark's own client processes at one concurrency, and
-measures two things over the same window for every server process:
+flags `curvedit bench serve` uses) and a no-op gRPC server of as many processes, drives each with the scale-out
+benchmark's client processes at one concurrency, and measures, in two windows of ``--duration``:
 
-- CPU-µs per request by thread (``/proc/PID/task/TID/stat``, exact): the asyncio thread that runs gRPC's Python
-  layer and the servicer, gRPC's own poller threads, the batcher and engine threads;
-- where the Python-holding threads are (py-spy ``--nonblocking`` samples, grouped by the innermost Python frame:
-  gRPC's Python layer, asyncio, protobuf, numpy, ONNX Runtime, curvedit's own code, the rest of the standard
-  library). Time inside a C extension counts for the Python frame that called it.
+- CPU-µs per request by thread (``/proc/PID/task/TID/stat``, no profiler attached): each process's asyncio
+  thread (gRPC's aio layer and the servicer), gRPC's poller and event-engine threads, the compute threads;
+- where each process's main thread is (py-spy ``--nonblocking --threads --idle`` samples; those not waiting in
+  epoll grouped by the innermost Python frame: gRPC's Cython aio layer, asyncio, numpy, curvedit's own code, the
+  rest of the standard library). Time inside a C extension counts for the Python frame that called it.
 
     python -m venv /tmp/pyspy && /tmp/pyspy/bin/pip install py-spy        # not a project dependency
     .venv/bin/python benchmarks/profile_serve.py --py-spy /tmp/pyspy/bin/py-spy --workers 1 --json out/p1.json
@@ -32,9 +32,8 @@ from pathlib import Path
 
 import curvedit
 from curvedit.bench.load import ServerProcess
-from curvedit.bench.scale import family, load
+from curvedit.bench.scale import family, load, stat_cpu_seconds
 
-TICKS = os.sysconf("SC_CLK_TCK")
 WAITING = "epoll wait (selectors)"
 CALLBACKS = "C code under an event-loop callback (a front end's: gRPC's Cython aio layer)"
 GROUPS = [  # (group, substrings of the innermost Python frame; first match wins)
@@ -42,12 +41,10 @@ GROUPS = [  # (group, substrings of the innermost Python frame; first match wins
     # own: in a front end, a sample whose innermost Python frame is Handle._run is in that C code (the call's
     # state machine and the protobuf parsing and serialising it does). The engine process runs no gRPC.
     (CALLBACKS, ("Handle._run (asyncio/events.py",)),
-    ("epoll wait (selectors)", ("selectors.py",)),
+    (WAITING, ("selectors.py",)),
     ("asyncio loop machinery", ("asyncio/",)),
     ("gRPC Python layer", ("grpc/",)),
-    ("protobuf", ("google/protobuf",)),
     ("numpy", ("numpy/",)),
-    ("ONNX Runtime", ("onnxruntime/",)),
     ("curvedit", ("service/", "curvedit/", "engines/", "models/", "kernels/", "export/")),
 ]
 
@@ -63,10 +60,9 @@ def thread_cpu(pids: list[int]) -> dict[tuple[int, int], tuple[str, float]]:
         for tid in tids:
             try:
                 name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-                fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            out[pid, int(tid)] = (name, (int(fields[11]) + int(fields[12])) / TICKS)
+            out[pid, int(tid)] = (name, stat_cpu_seconds(f"/proc/{pid}/task/{tid}/stat"))
     return out
 
 
@@ -89,8 +85,6 @@ def parse_raw(text: str) -> list[tuple[list[str], int]]:
         if stack and count.isdigit():
             out.append((stack.split(";"), int(count)))
     return out
-
-
 
 
 def summarize(stacks: list[tuple[list[str], int]], pid: int, top: int = 12) -> dict:

@@ -1,4 +1,4 @@
-"""``curvedit bench engine | serve | reliability | peers | start``: each benchmark registers its own options."""
+"""``curvedit bench engine | serve | reliability | peers | start | results``: each registers its own options."""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ For each N it starts ``curvedit serve --workers N`` (``--workers 1``: today's si
 from ``--client-processes`` processes of this benchmark (asyncio, grpc.aio), each with its share of the
 concurrency and its own connections, so the load generator is not one Python core. A cell reports requests/s
 (median round), client p50/p99 over all rounds, and **server CPU-µs per request**: the CPU time of the server's
-processes (supervisor, front ends, engine; or the no-op's) over the round, divided by the requests it answered —
+processes (supervisor, front ends, engine; or the no-op's) over the round, divided by every call it answered
+(the warm-up's too) —
 what a request costs the machine, which does not depend on how many cores it has. A last cell per N sends
 requests of ``--big-items`` latents each and reports rows/s against the in-process engine's own rows/s at that
 batch (``engine_items_per_s``).
@@ -72,14 +73,16 @@ def family(pid: int) -> list[int]:
 
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds the processes have used so far."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICKS
+    return sum(stat_cpu_seconds(f"/proc/{pid}/stat") for pid in pids)
+
+
+def stat_cpu_seconds(stat: str) -> float:
+    """User + system CPU seconds from a ``/proc/.../stat`` file (a process's or a thread's); 0 once it is gone."""
+    try:
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
 def _client(target: str, latents: np.ndarray, concurrency: int, duration: float, conn) -> None:
